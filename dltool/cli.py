@@ -1,0 +1,109 @@
+"""The `dltool` command line: parse arguments, call one library function, render, map errors.
+
+Nothing here imports torch at module level: `dltool --help` must stay instant.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import sys
+from pathlib import Path
+from typing import Iterator, List, Optional
+
+import typer
+
+from dltool.errors import DltoolError
+
+app = typer.Typer(
+    name="dltool",
+    help="Train image classifiers from one YAML file.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+def stderr_console():
+    from rich.console import Console
+
+    return Console(stderr=True, highlight=False)
+
+
+@contextlib.contextmanager
+def user_errors() -> Iterator[None]:
+    """Turn a DltoolError into one red line on stderr and its exit code; bugs keep their traceback."""
+    try:
+        yield
+    except DltoolError as exc:
+        from rich.markup import escape
+
+        stderr_console().print(f"[red]error:[/red] {escape(str(exc))}", soft_wrap=True)
+        raise typer.Exit(code=exc.exit_code) from None
+
+
+def print_json(data) -> None:
+    sys.stdout.write(json.dumps(data, indent=2) + "\n")
+
+
+OverridesArg = typer.Argument(None, metavar="[KEY=VALUE]...", help="Dotted overrides, e.g. train.epochs=3")
+
+
+@app.command("config")
+def config_command(
+    config: Path = typer.Argument(..., help="YAML config file"),
+    overrides: Optional[List[str]] = OverridesArg,
+    as_json: bool = typer.Option(False, "--json", help="Print JSON on stdout"),
+) -> None:
+    """Print the resolved config (after base: and overrides), or the first error."""
+    from dltool.config import dump_yaml, load_config
+
+    with user_errors():
+        data = load_config(config, overrides or []).to_data()
+    if as_json:
+        print_json(data)
+    else:
+        sys.stdout.write(dump_yaml(data))
+
+
+@app.command("list")
+def list_command(
+    kind: Optional[str] = typer.Argument(None, help="layers, datasets, transforms, losses, optimizers, schedulers, models"),
+    name: Optional[str] = typer.Argument(None, help="Show the arguments of one entry"),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON on stdout"),
+) -> None:
+    """List what the registries hold (or the arguments of one entry)."""
+    from dltool.listing import describe, registry_names
+
+    with user_errors():
+        if name is not None:
+            rows = describe(kind, name)
+            if as_json:
+                print_json([{"argument": a, "default": d} for a, d in rows])
+            else:
+                stderr_console().print(_arguments_table(kind, name, rows))
+            return
+        names = registry_names(kind)
+    if as_json:
+        print_json(names)
+        return
+    console = stderr_console()
+    for registry_kind, entries in (names.items() if isinstance(names, dict) else [(kind, names)]):
+        console.print(f"[bold]{registry_kind}[/bold] ({len(entries)})")
+        console.print("  " + ", ".join(entries), soft_wrap=False)
+
+
+def _arguments_table(kind: str, name: str, rows):
+    from rich.table import Table
+
+    table = Table(title=f"{kind}: {name}")
+    table.add_column("argument")
+    table.add_column("default")
+    for argument, default in rows:
+        table.add_row(argument, default)
+    return table
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,408 @@
+"""Config: safe YAML load with line marks, `base:` inheritance, KEY=VALUE overrides, and
+validation into frozen dataclasses.
+
+After `load_config` returns, the rest of dltool trusts the typed Config.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Mapping, Optional
+
+import yaml
+
+from dltool.errors import ConfigError, with_location
+from dltool.registry import suggest
+from dltool.spec import Mark, Marks, Spec, located, parse_spec
+
+
+def _f(default: Any = None, *, factory: Any = None, **checks: Any) -> Any:
+    """A dataclass field with range checks (`min`, `gt`, `lt`, `max`) in its metadata."""
+    if factory is not None:
+        return field(default_factory=factory, metadata=checks)
+    return field(default=default, metadata=checks)
+
+
+@dataclass(frozen=True)
+class TransformsConfig:
+    train: Optional[tuple[Spec, ...]] = None
+    eval: Optional[tuple[Spec, ...]] = None
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    dataset: Spec = _f(factory=lambda: Spec("Digits"))
+    val_split: float = _f(0.2, gt=0, lt=1)
+    batch_size: int = _f(64, min=1)
+    eval_batch_size: Optional[int] = _f(None, min=1)
+    num_workers: int = _f(0, min=0)
+    shuffle: bool = True
+    drop_last: bool = False
+    pin_memory: Literal["auto", True, False] = "auto"
+    persistent_workers: bool = False
+    sampler: Optional[Literal["balanced"]] = None
+    channels: Optional[Literal[1, 3]] = None
+    transforms: TransformsConfig = _f(factory=TransformsConfig)
+    batch_transforms: tuple[Spec, ...] = ()
+    cache: Literal["auto", "ram", "none"] = "auto"
+    cache_budget_mb: int = _f(2048, min=0)
+    max_image_pixels: int = _f(89_478_485, min=1)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    layers: tuple[Spec, ...] = ()
+    input_shape: Optional[tuple[int, ...]] = None
+    init: Mapping[str, Any] = _f(factory=dict)
+    freeze: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = _f(10, min=1)
+    device: str = "auto"
+    deterministic: bool = False
+    monitor: str = "auto"
+    mode: Literal["auto", "max", "min"] = "auto"
+    patience: Optional[int] = _f(None, min=1)
+    min_delta: float = _f(0.0, min=0)
+    clip_grad_norm: Optional[float] = _f(None, gt=0)
+    clip_grad_value: Optional[float] = _f(None, gt=0)
+    accumulate: int = _f(1, min=1)
+    amp: Literal["none", "bf16", "fp16"] = "none"
+    ema: Optional[float] = _f(None, gt=0, lt=1)
+    warmup_epochs: float = _f(0.0, min=0)
+    scheduler_interval: Literal["auto", "epoch", "step"] = "auto"
+    channels_last: bool = False
+    compile: bool = False
+    histograms: bool = True
+    log_every: int = _f(10, min=1)
+    unfreeze_at: Optional[int] = _f(None, min=1)
+
+
+@dataclass(frozen=True)
+class Config:
+    seed: int = _f(0, min=0)
+    data: DataConfig = _f(factory=DataConfig)
+    model: ModelConfig = _f(factory=ModelConfig)
+    loss: Spec = _f(factory=lambda: Spec("CrossEntropyLoss"))
+    optimizer: Spec = _f(factory=lambda: Spec("Adam", kwargs={"lr": 1e-3}))
+    scheduler: Optional[Spec] = None
+    train: TrainConfig = _f(factory=TrainConfig)
+    path: Optional[str] = field(default=None, compare=False, metadata={"internal": True})
+    marks: Marks = field(default_factory=Marks, compare=False, repr=False, metadata={"internal": True})
+
+    @property
+    def stem(self) -> str:
+        return Path(self.path).stem if self.path else "run"
+
+    def to_data(self) -> dict:
+        """The resolved config as plain YAML data (defaults filled in); `config_from_data` inverts it."""
+        return _to_data(self)
+
+
+def load_config(path: str | Path, overrides: typing.Sequence[str] = ()) -> Config:
+    """Read a YAML config, resolve `base:`, apply KEY=VALUE overrides and validate.
+
+    Raises:
+        ConfigError: the file is missing or unreadable, the YAML is invalid, or a value is wrong.
+    """
+    data, marks = load_yaml_tree(Path(path))
+    for text in overrides:
+        apply_override(data, marks, text)
+    return validate(data, marks, path=str(path))
+
+
+def config_from_data(data: Mapping, source: str = "checkpoint") -> Config:
+    """Validate plain config data (e.g. stored in a checkpoint)."""
+    marks = Marks({"": Mark(source)})
+    return validate(dict(data), marks, path=None)
+
+
+def dump_yaml(data: Any) -> str:
+    return yaml.safe_dump(data, sort_keys=False, default_flow_style=None, width=100)
+
+
+# YAML with marks ---------------------------------------------------------------------------------
+
+
+def load_yaml_tree(path: Path, _seen: tuple[Path, ...] = ()) -> tuple[dict, Marks]:
+    """Safe-load `path`, following `base:` (relative to the including file); mappings merge deeply."""
+    resolved = path.resolve()
+    if resolved in _seen:
+        chain = " -> ".join(str(p) for p in (*_seen, resolved))
+        raise ConfigError(f"{path}: base: inheritance loops ({chain})")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {path}") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{path}: is a folder, not a config file") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read config file ({exc})") from None
+    data, marks = parse_yaml(text, str(path))
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(with_location("a config must be a mapping of sections (data:, model:, ...)", str(path), None, 1, 1))
+    base = data.pop("base", None)
+    if base is None:
+        return data, marks
+    if not isinstance(base, str) or not base:
+        raise ConfigError(located("base: must be a path to another YAML file", "base", marks))
+    base_path = path.parent / base
+    if not base_path.exists():
+        raise ConfigError(located(f"base file not found: {base_path}", "base", marks))
+    parent, parent_marks = load_yaml_tree(base_path, (*_seen, resolved))
+    return deep_merge(parent, data, parent_marks, marks, "")
+
+
+def parse_yaml(text: str, file: str) -> tuple[Any, Marks]:
+    """Safe-load one YAML document and record the line/column of every dotted key."""
+    loader = yaml.SafeLoader(text)
+    try:
+        node = loader.get_single_node()
+        data = loader.construct_document(node) if node is not None else None
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        problem = exc.problem or exc.context or "invalid YAML"
+        line = mark.line + 1 if mark else None
+        column = mark.column + 1 if mark else None
+        raise ConfigError(with_location(f"invalid YAML: {problem}", file, None, line, column)) from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{file}: invalid YAML: {str(exc).splitlines()[0]}") from None
+    finally:
+        loader.dispose()
+    marks = Marks({"": Mark(file)})
+    if node is not None:
+        _record_marks(node, "", file, marks, depth=0)
+    return data, marks
+
+
+def _record_marks(node: yaml.Node, key: str, file: str, marks: Marks, depth: int) -> None:
+    if depth > 100:
+        return
+    if isinstance(node, yaml.MappingNode):
+        for key_node, value_node in node.value:
+            child = f"{key}.{key_node.value}" if key else str(key_node.value)
+            marks[child] = Mark(file, key_node.start_mark.line + 1, key_node.start_mark.column + 1)
+            _record_marks(value_node, child, file, marks, depth + 1)
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            child = f"{key}.{i}" if key else str(i)
+            marks[child] = Mark(file, item.start_mark.line + 1, item.start_mark.column + 1)
+            _record_marks(item, child, file, marks, depth + 1)
+
+
+def deep_merge(base: dict, over: dict, base_marks: Marks, over_marks: Marks, key: str) -> tuple[dict, Marks]:
+    """`over` on top of `base`: mappings merge key by key, anything else (lists too) is replaced."""
+    merged = dict(base)
+    marks = Marks(base_marks)
+    for name, value in over.items():
+        child = f"{key}.{name}" if key else str(name)
+        if isinstance(value, dict) and isinstance(merged.get(name), dict):
+            merged[name], sub = deep_merge(merged[name], value, base_marks, over_marks, child)
+            marks.update(sub)
+        else:
+            merged[name] = value
+            for stale in [k for k in marks if k == child or k.startswith(child + ".")]:
+                del marks[stale]
+        marks.update({k: m for k, m in over_marks.items() if k == child or k.startswith(child + ".")})
+    return merged, marks
+
+
+# Overrides ---------------------------------------------------------------------------------------
+
+
+def apply_override(data: dict, marks: Marks, text: str) -> None:
+    """Apply one `dotted.key=value` (value parsed as YAML) to `data` in place.
+
+    A bare component name on the way (`loss: CrossEntropyLoss`) becomes `{name: ...}` so that its
+    arguments can be set (`loss.label_smoothing=0.1`).
+    """
+    where = f"override {text!r}"
+    key, sep, raw = text.partition("=")
+    if not sep or not key or any(not part for part in key.split(".")):
+        raise ConfigError(f"{where}: expected KEY=VALUE with a dotted key, like train.epochs=3")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{where}: the value is not valid YAML ({str(exc).splitlines()[0]})") from None
+    parts = key.split(".")
+    node: Any = data
+    for depth, part in enumerate(parts[:-1]):
+        node = _descend(node, part, parts[depth + 1], where, ".".join(parts[: depth + 1]))
+    last = parts[-1]
+    if isinstance(node, list):
+        node[_index(node, last, where, key)] = value
+    else:
+        node[last] = value
+    for stale in [k for k in marks if k == key or k.startswith(key + ".")]:
+        del marks[stale]
+    parts_so_far = ""
+    for part in parts:
+        parts_so_far = f"{parts_so_far}.{part}" if parts_so_far else part
+        marks.setdefault(parts_so_far, Mark("command line"))
+    marks[key] = Mark("command line")
+
+
+def _descend(node: Any, part: str, next_part: str, where: str, key: str) -> Any:
+    if isinstance(node, list):
+        i = _index(node, part, where, key)
+        node[i] = _as_section(node[i], next_part)
+        return node[i]
+    if not isinstance(node, dict):
+        raise ConfigError(f"{where}: {key} is a value, not a section")
+    child = node.get(part)
+    if child is None:
+        child = node[part] = {}
+    elif isinstance(child, str):
+        child = node[part] = _as_section(child, next_part)
+    elif not isinstance(child, (dict, list)):
+        raise ConfigError(f"{where}: {key} is a value ({child!r}), not a section")
+    return child
+
+
+def _as_section(value: Any, next_part: str) -> Any:
+    """A bare component name opened up so that one of its arguments can be set."""
+    if not isinstance(value, str):
+        return value
+    return {value: {}} if next_part == value else {"name": value}
+
+
+def _index(node: list, part: str, where: str, key: str) -> int:
+    try:
+        i = int(part)
+    except ValueError:
+        raise ConfigError(f"{where}: {key} is a list; use an index 0..{len(node) - 1}") from None
+    if not 0 <= i < len(node):
+        raise ConfigError(f"{where}: {key}: index {i} is out of range (the list has {len(node)} items)")
+    return i
+
+
+# Validation --------------------------------------------------------------------------------------
+
+
+def validate(data: Mapping, marks: Marks, path: str | None) -> Config:
+    """Check `data` against the Config dataclasses and build them.
+
+    Raises:
+        ConfigError: unknown key (with a suggestion), wrong type, or value out of range.
+    """
+    values = _validate_dataclass(Config, data, "", marks)
+    config = Config(**values, path=path, marks=marks)
+    _check_optimizer(config.optimizer)
+    return config
+
+
+def _validate_dataclass(cls: type, data: Any, key: str, marks: Marks) -> dict:
+    if data is None:
+        data = {}
+    if not isinstance(data, Mapping):
+        raise ConfigError(located(f"must be a mapping of settings; got {_kind(data)}", key, marks))
+    fields = {f.name: f for f in dataclasses.fields(cls) if not f.metadata.get("internal")}
+    hints = typing.get_type_hints(cls)
+    values = {}
+    for name, value in data.items():
+        child = f"{key}.{name}" if key else str(name)
+        if name not in fields:
+            allowed = ", ".join(fields)
+            raise ConfigError(located(f"unknown key{suggest(str(name), fields)} (allowed: {allowed})", child, marks))
+        values[name] = _validate_value(hints[name], value, child, marks, fields[name].metadata)
+    return values
+
+
+def _validate_value(hint: Any, value: Any, key: str, marks: Marks, checks: Mapping) -> Any:
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin is typing.Union:
+        if value is None and type(None) in args:
+            return None
+        (hint,) = [a for a in args if a is not type(None)]
+        return _validate_value(hint, value, key, marks, checks)
+    if hint is Spec:
+        return parse_spec(value, key, marks)
+    if dataclasses.is_dataclass(hint):
+        return hint(**_validate_dataclass(hint, value, key, marks))
+    if origin is Literal:
+        for allowed in args:
+            if value == allowed and type(value) is type(allowed):
+                return value
+        choices = " | ".join(str(a).lower() if isinstance(a, bool) else str(a) for a in args)
+        raise ConfigError(located(f"must be one of {choices}; got {value!r}", key, marks))
+    if origin is tuple:
+        if not isinstance(value, list):
+            raise ConfigError(located(f"must be a list; got {_kind(value)}", key, marks))
+        item = args[0]
+        return tuple(_validate_value(item, v, f"{key}.{i}", marks, checks) for i, v in enumerate(value))
+    if origin in (Mapping, dict) or hint is Mapping:
+        if not isinstance(value, Mapping):
+            raise ConfigError(located(f"must be a mapping; got {_kind(value)}", key, marks))
+        return dict(value)
+    return _scalar(hint, value, key, marks, checks)
+
+
+def _scalar(hint: Any, value: Any, key: str, marks: Marks, checks: Mapping) -> Any:
+    bounds = _describe_bounds(checks)
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(located(f"must be true or false; got {value!r}", key, marks))
+        return value
+    if hint is str:
+        if not isinstance(value, str):
+            raise ConfigError(located(f"must be a string; got {value!r}", key, marks))
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(located(f"must be an integer{bounds}; got {value!r}", key, marks))
+    elif hint is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise ConfigError(located(f"must be a number{bounds}; got {value!r}", key, marks))
+        value = float(value)
+    if not _in_bounds(value, checks):
+        noun = "an integer" if hint is int else "a number"
+        raise ConfigError(located(f"must be {noun}{bounds}; got {value!r}", key, marks))
+    return value
+
+
+def _in_bounds(value: float, checks: Mapping) -> bool:
+    return (("min" not in checks or value >= checks["min"]) and ("max" not in checks or value <= checks["max"])
+            and ("gt" not in checks or value > checks["gt"]) and ("lt" not in checks or value < checks["lt"]))
+
+
+def _describe_bounds(checks: Mapping) -> str:
+    words = {"min": ">=", "max": "<=", "gt": ">", "lt": "<"}
+    parts = [f"{words[k]} {checks[k]}" for k in ("gt", "min", "lt", "max") if k in checks]
+    return " " + " and ".join(parts) if parts else ""
+
+
+def _check_optimizer(spec: Spec) -> None:
+    lr = spec.kwargs.get("lr")
+    if lr is None:
+        return
+    if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not math.isfinite(lr) or lr <= 0:
+        raise ConfigError(located(f"must be a number > 0; got {lr!r}", f"{spec.key}.lr", spec.marks))
+
+
+def _kind(value: Any) -> str:
+    if isinstance(value, Mapping):
+        return "a mapping"
+    if isinstance(value, list):
+        return "a list"
+    return repr(value)
+
+
+def _to_data(obj: Any) -> Any:
+    if isinstance(obj, Spec):
+        return obj.to_data()
+    if dataclasses.is_dataclass(obj):
+        return {f.name: _to_data(getattr(obj, f.name)) for f in dataclasses.fields(obj)
+                if not f.metadata.get("internal")}
+    if isinstance(obj, tuple):
+        return [_to_data(v) for v in obj]
+    if isinstance(obj, Mapping):
+        return {k: _to_data(v) for k, v in obj.items()}
+    return obj

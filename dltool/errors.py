@@ -1,0 +1,67 @@
+"""The errors a user can see. Each carries a one-line message and the exit code the CLI uses."""
+
+from __future__ import annotations
+
+
+class DltoolError(Exception):
+    """Base of every error caused by the user's input or by a failed run (never by a bug)."""
+
+    exit_code = 2
+
+
+class ConfigError(DltoolError):
+    """A config file, key, value or override is wrong."""
+
+
+class RegistryError(ConfigError):
+    """A component name or one of its arguments is unknown or invalid."""
+
+
+class ShapeError(DltoolError):
+    """A layer cannot take the shape that arrives at it.
+
+    `rows` holds the shape rows of the layers built before the failing one, so the CLI can print
+    the table up to it.
+    """
+
+    def __init__(self, message: str, rows: list | None = None):
+        super().__init__(message)
+        self.rows = rows or []
+
+
+class DataError(DltoolError):
+    """A dataset is missing, empty or unusable."""
+
+
+class ImageError(DltoolError):
+    """An image file cannot be read."""
+
+
+class CheckpointError(DltoolError):
+    """A checkpoint file is missing, unsafe, damaged, or does not fit its model."""
+
+
+class RunFailed(DltoolError):
+    """Training started but could not go on (a non-finite loss, a device out of memory)."""
+
+    exit_code = 1
+
+
+class Interrupted(DltoolError):
+    """Training was interrupted by a signal after saving its state."""
+
+    exit_code = 130
+
+
+def with_location(message: str, file: str | None = None, key: str | None = None,
+                  line: int | None = None, column: int | None = None) -> str:
+    """Prefix `message` with `file:line:column: key:` as far as those are known."""
+    place = ""
+    if file:
+        place = str(file)
+        if line is not None:
+            place += f":{line}"
+            if column is not None:
+                place += f":{column}"
+    prefix = ": ".join(part for part in (place, key) if part)
+    return f"{prefix}: {message}" if prefix else message

@@ -1,0 +1,28 @@
+"""What the registries hold, for `dltool list`."""
+
+from __future__ import annotations
+
+from dltool.errors import ConfigError
+from dltool.registry import REGISTRIES, suggest
+
+
+def _registry(kind: str):
+    registry = REGISTRIES.get(kind.lower()) if kind else None
+    if registry is None:
+        raise ConfigError(f"unknown kind {kind!r}{suggest(kind, REGISTRIES)} (kinds: {', '.join(REGISTRIES)})")
+    return registry
+
+
+def registry_names(kind: str | None) -> list[str] | dict[str, list[str]]:
+    """The names in one registry, or {kind: names} for all of them."""
+    if kind is None:
+        return {k: r.names() for k, r in REGISTRIES.items()}
+    return _registry(kind).names()
+
+
+def describe(kind: str | None, name: str) -> list[tuple[str, str]]:
+    """(argument, default) rows for one registered entry."""
+    if kind is None:
+        raise ConfigError("name a kind first, e.g. `dltool list layers Conv2d`")
+    registry = _registry(kind)
+    return registry.parameters(registry.canonical(name))

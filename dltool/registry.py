@@ -1,0 +1,167 @@
+"""One small registry class, and the registries dltool fills from torch, torchvision and itself.
+
+Registries are filled lazily: the first lookup imports the modules that walk torch (so that
+`dltool --help` imports no torch).
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+import inspect
+from typing import Any, Callable, Iterable
+
+from dltool.errors import RegistryError
+from dltool.spec import Spec, located
+
+
+class Registry:
+    """Names (case-insensitive) -> builders, with close-match suggestions and argument checks."""
+
+    def __init__(self, kind: str, fill: Iterable[str] = ()):
+        self.kind = kind
+        self._fill = tuple(fill)
+        self._filled = not self._fill
+        self._entries: dict[str, tuple[str, Callable]] = {}
+
+    def register(self, name: str | None = None, obj: Callable | None = None) -> Callable:
+        """Register `obj` under `name` (default: its __name__); usable as a decorator.
+
+        Raises:
+            ValueError: the name (ignoring case) is taken already.
+        """
+        def add(target: Callable) -> Callable:
+            entry = name or target.__name__
+            if entry.lower() in self._entries:
+                raise ValueError(f"{self.kind} registry already has {entry!r}")
+            self._entries[entry.lower()] = (entry, target)
+            return target
+
+        return add(obj) if obj is not None else add
+
+    def __contains__(self, name: str) -> bool:
+        self._ensure_filled()
+        return isinstance(name, str) and name.lower() in self._entries
+
+    def names(self) -> list[str]:
+        self._ensure_filled()
+        return sorted((entry for entry, _ in self._entries.values()), key=str.lower)
+
+    def canonical(self, name: str, spec: Spec | None = None) -> str:
+        """The registered spelling of `name`."""
+        return self._lookup(name, spec)[0]
+
+    def get(self, name: str, spec: Spec | None = None) -> Callable:
+        """The builder registered under `name` (any case).
+
+        Raises:
+            RegistryError: no such name; the message lists the closest names.
+        """
+        return self._lookup(name, spec)[1]
+
+    def _lookup(self, name: str, spec: Spec | None) -> tuple[str, Callable]:
+        self._ensure_filled()
+        found = self._entries.get(name.lower())
+        if found is not None:
+            return found
+        message = f"unknown {self.kind[:-1] if self.kind.endswith('s') else self.kind} {name!r}"
+        message += suggest(name, self.names()) + f" (see `dltool list {self.kind}`)"
+        raise RegistryError(spec_error(spec, message))
+
+    def build(self, spec: Spec, *args: Any, **extra: Any) -> Any:
+        """Call the builder for `spec` with its arguments, plus `args`/`extra` supplied by dltool.
+
+        Positional `args` come before the spec's own; `extra` keyword arguments fill what the
+        user left out (a keyword written in the spec wins).
+
+        Raises:
+            RegistryError: an argument is unknown, missing or refused by the builder.
+        """
+        target = self.get(spec.name, spec)
+        kwargs = {**extra, **spec.kwargs}
+        check_arguments(target, (*args, *spec.args), kwargs, spec)
+        try:
+            return target(*args, *spec.args, **kwargs)
+        except (TypeError, ValueError, AssertionError) as exc:
+            raise RegistryError(spec.error(_first_line(exc))) from exc
+
+    def parameters(self, name: str) -> list[tuple[str, str]]:
+        """(argument, default or 'required') for `dltool list KIND NAME`."""
+        target = self.get(name)
+        try:
+            params = signature(target).parameters.values()
+        except (TypeError, ValueError):
+            return []
+        rows = []
+        for p in params:
+            if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
+                rows.append((("*" if p.kind == p.VAR_POSITIONAL else "**") + p.name, ""))
+            else:
+                rows.append((p.name, "required" if p.default is p.empty else repr(p.default)))
+        return rows
+
+    def _ensure_filled(self) -> None:
+        if not self._filled:
+            self._filled = True
+            for module in self._fill:
+                importlib.import_module(module)
+
+
+def signature(target: Callable) -> inspect.Signature:
+    sig = inspect.signature(target)
+    if inspect.isclass(target):
+        params = list(sig.parameters.values())
+        sig = sig.replace(parameters=[p for p in params if p.name != "self"])
+    return sig
+
+
+def check_arguments(target: Callable, args: tuple, kwargs: dict, spec: Spec) -> None:
+    """Refuse keyword names the target does not take (with a suggestion) and missing/extra args."""
+    try:
+        sig = signature(target)
+    except (TypeError, ValueError):
+        return
+    params = sig.parameters
+    takes_any = any(p.kind == p.VAR_KEYWORD for p in params.values())
+    named = [n for n, p in params.items() if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+    if not takes_any:
+        for key in kwargs:
+            if key not in named:
+                allowed = ", ".join(named) or "no arguments"
+                raise RegistryError(spec.error(
+                    f"unknown argument {key!r}{suggest(key, named)}; allowed: {allowed}"))
+    try:
+        sig.bind(*args, **kwargs)
+    except TypeError as exc:
+        raise RegistryError(spec.error(_first_line(exc))) from exc
+
+
+def suggest(word: str, choices: Iterable[str]) -> str:
+    """'; did you mean X?' (or 'X or Y') for the closest choices, ignoring case, else ''."""
+    choices = list(choices)
+    lowered = {c.lower(): c for c in choices}
+    close = difflib.get_close_matches(str(word).lower(), list(lowered), n=3, cutoff=0.6)
+    if not close:
+        return ""
+    names = [lowered[c] for c in close]
+    return "; did you mean " + " or ".join(names) + "?"
+
+
+def spec_error(spec: Spec | None, message: str) -> str:
+    return located(message, spec.key, spec.marks) if spec is not None else message
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip() or type(exc).__name__
+    return text.splitlines()[0]
+
+
+LAYERS = Registry("layers", fill=["dltool.models.layers"])
+TRANSFORMS = Registry("transforms", fill=["dltool.data.transforms"])
+DATASETS = Registry("datasets", fill=["dltool.data.datasets"])
+LOSSES = Registry("losses", fill=["dltool.optim"])
+OPTIMIZERS = Registry("optimizers", fill=["dltool.optim"])
+SCHEDULERS = Registry("schedulers", fill=["dltool.optim"])
+MODELS = Registry("models", fill=["dltool.models.torchvision"])
+
+REGISTRIES = {r.kind: r for r in (LAYERS, DATASETS, TRANSFORMS, LOSSES, OPTIMIZERS, SCHEDULERS, MODELS)}
