@@ -129,7 +129,7 @@ def check_arguments(target: Callable, args: tuple, kwargs: dict, spec: Spec) -> 
             if key not in named:
                 allowed = ", ".join(named) or "no arguments"
                 raise RegistryError(spec.error(
-                    f"unknown argument {key!r}{suggest(key, named)}; allowed: {allowed}"))
+                    f"unknown argument {key!r}{suggest(key, named)} (allowed: {allowed})"))
     try:
         sig.bind(*args, **kwargs)
     except TypeError as exc:

@@ -39,15 +39,15 @@ def located(message: str, key: str, marks: Marks | None) -> str:
     return with_location(message, mark.file, key or None, mark.line, mark.column)
 
 
-@dataclass(frozen=True, eq=False)
+@dataclass(frozen=True)
 class Spec:
     """A component: its registered name, positional and keyword arguments, and where it was written."""
 
     name: str
     args: tuple = ()
     kwargs: Mapping[str, Any] = field(default_factory=dict)
-    key: str = ""
-    marks: Marks | None = field(default=None, repr=False)
+    key: str = field(default="", compare=False)
+    marks: Marks | None = field(default=None, repr=False, compare=False)
 
     @property
     def mark(self) -> Mark:
