@@ -1,0 +1,188 @@
+"""build_data: dataset spec + transforms + split -> DataBundle of transformed datasets."""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Sequence
+
+import torch
+from PIL import Image
+from torch.utils.data import Dataset
+
+from dltool.data.bundle import DataBundle
+from dltool.data.sources import RawSplit, Source, stratified_split
+from dltool.data.transforms import build_pipeline, deterministic_part, to_float_tensor
+from dltool.errors import DataError
+from dltool.registry import DATASETS
+from dltool.spec import Spec
+
+GRAY_MODES = {"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F"}
+MODES = {1: "L", 3: "RGB"}
+
+
+class TransformedDataset(Dataset):
+    """A subset of a raw split with the channel conversion and a transform pipeline applied.
+
+    An index may come as (index, seed): the global torch RNG is then seeded with `seed` before the
+    random transforms run, which makes augmentation a pure function of the loader's (seed, epoch).
+    """
+
+    def __init__(self, raw: RawSplit, indices: Sequence[int], transform: Any, mode: str, root: str | None):
+        self.items = raw.items
+        self.indices = list(indices)
+        self.transform = transform
+        self.mode = mode
+        self.classes = list(raw.classes)
+        self.targets = [raw.targets[i] for i in self.indices]
+        self.keys = [raw.keys[i] for i in self.indices]
+        self.ids = [os.path.join(root, k) if isinstance(k, str) and root else f"index {k}" for k in self.keys]
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def raw_image(self, index: int) -> Any:
+        """Sample `index` decoded and converted to the channel mode, before any transform."""
+        image, _ = self.items[self.indices[index]]
+        return convert_mode(image, self.mode)
+
+    def __getitem__(self, index: int | tuple[int, int]) -> tuple[torch.Tensor, Any]:
+        seed = None
+        if isinstance(index, tuple):
+            index, seed = index
+        image, target = self.items[self.indices[index]]
+        if seed is not None:
+            torch.manual_seed(seed)
+        return to_float_tensor(self.transform(convert_mode(image, self.mode))), target
+
+
+def convert_mode(image: Any, mode: str) -> Any:
+    """A PIL image in `mode` ('L' or 'RGB'); tensors are returned as they are."""
+    if isinstance(image, Image.Image) and image.mode != mode:
+        return image.convert(mode)
+    return image
+
+
+def build_data(config: Any, splits: Sequence[str] = ("train", "val"), split_state: dict | None = None) -> DataBundle:
+    """Build the named splits of the configured dataset, transformed, with the split recorded.
+
+    Args:
+        config: a validated Config.
+        splits: which of "train", "val", "test" to build (the others are None).
+        split_state: the `split` of an earlier bundle (e.g. from a checkpoint): repeats that split.
+
+    Returns:
+        A DataBundle.
+
+    Raises:
+        DataError: the dataset is missing, empty, or lacks a requested split.
+        RegistryError: an unknown dataset or transform, or a wrong argument.
+    """
+    data = config.data
+    source: Source = DATASETS.build(data.dataset)
+    raws, split = _select(source, splits, data.val_split, config.seed, split_state, data.dataset)
+    channels = _channels(config, raws)
+    train_tf, eval_tf = _pipelines(data.transforms)
+    mode = MODES[channels]
+    built = {name: TransformedDataset(raw, idx, train_tf if name == "train" else eval_tf, mode, source.root)
+             for name, (raw, idx) in raws.items()}
+    first_raw, _ = next(iter(raws.values()))
+    sample = next(d for d in built.values() if len(d))
+    input_shape = tuple(to_float_tensor(eval_tf(sample.raw_image(0))).shape)
+    return DataBundle(
+        train=built.get("train"), val=built.get("val"), test=built.get("test"),
+        classes=list(first_raw.classes), task=source.task, input_shape=input_shape, split=split,
+        bad_files=list(source.bad_files), channels=channels, dataset_name=source.name,
+    )
+
+
+def _select(source: Source, splits: Sequence[str], fraction: float, seed: int, state: dict | None,
+            spec: Spec) -> tuple[dict[str, tuple[RawSplit, list[int]]], dict]:
+    """(raw split, indices) per requested split, and the plain-data record of the split used."""
+    unknown = [s for s in splits if s not in ("train", "val", "test")]
+    if unknown:
+        raise DataError(f"unknown split {unknown[0]!r}; allowed: train, val, test")
+    chosen: dict[str, tuple[RawSplit, list[int]]] = {}
+    split: dict = {"method": "dataset"}
+    own_val = source.has("val") and (state is None or state.get("method") != "val_split")
+    for name in splits:
+        if name == "test" or (name == "val" and own_val) or (name == "train" and own_val):
+            chosen[name] = _whole(source, name, spec)
+    if not own_val and ("train" in splits or "val" in splits):
+        base = _whole(source, "train", spec)[0]
+        train_idx, val_idx, split = _val_split(base, fraction, seed, state, spec)
+        for name, idx in (("train", train_idx), ("val", val_idx)):
+            if name in splits:
+                chosen[name] = (base, idx)
+    for name, (raw, idx) in chosen.items():
+        _check_usable(name, raw, idx, spec)
+    return {name: chosen[name] for name in splits}, split
+
+
+def _whole(source: Source, name: str, spec: Spec) -> tuple[RawSplit, list[int]]:
+    if not source.has(name):
+        have = ", ".join(source.loaders)
+        raise DataError(spec.error(f"has no {name} split (it has: {have})"))
+    raw = source.load(name)
+    return raw, list(range(len(raw)))
+
+
+def _val_split(base: RawSplit, fraction: float, seed: int, state: dict | None,
+               spec: Spec) -> tuple[list[int], list[int], dict]:
+    if state is not None and state.get("method") == "val_split":
+        position = {key: i for i, key in enumerate(base.keys)}
+        missing = [k for k in (*state["train"], *state["val"]) if k not in position]
+        if missing:
+            raise DataError(spec.error(f"{len(missing)} samples of the stored split are gone "
+                                       f"(first: {missing[0]}); restore them to reuse that split"))
+        train_idx = [position[k] for k in state["train"]]
+        val_idx = [position[k] for k in state["val"]]
+        fraction, seed = state.get("val_split", fraction), state.get("seed", seed)
+    else:
+        train_idx, val_idx = stratified_split(base.targets, fraction, seed)
+    record = {"method": "val_split", "val_split": fraction, "seed": seed,
+              "train": [_plain(base.keys[i]) for i in train_idx], "val": [_plain(base.keys[i]) for i in val_idx]}
+    return train_idx, val_idx, record
+
+
+def _plain(key: Any) -> Any:
+    return int(key) if not isinstance(key, str) else key
+
+
+def _check_usable(name: str, raw: RawSplit, indices: list[int], spec: Spec) -> None:
+    if not indices:
+        raise DataError(spec.error(f"the {name} split has no samples"))
+    if raw.classes and name == "train":
+        present = {raw.targets[i] for i in indices}
+        if len(present) < 2:
+            raise DataError(spec.error(f"the train split has only one class ({raw.classes[next(iter(present))]!r}); "
+                                       "a classifier needs at least two"))
+
+
+def _channels(config: Any, raws: dict[str, tuple[RawSplit, list[int]]]) -> int:
+    """data.channels, else the model's input channels, else 1 for grayscale data and 3 otherwise."""
+    if config.data.channels is not None:
+        return config.data.channels
+    shape = config.model.input_shape
+    if shape and shape[0] in MODES:
+        return shape[0]
+    raw, indices = next(iter(raws.values()))
+    modes = getattr(raw, "modes", None)
+    if modes is not None:
+        return 1 if all(m in GRAY_MODES for m in modes) else 3
+    image, _ = raw.items[indices[0]]
+    if isinstance(image, Image.Image):
+        return 1 if image.mode in GRAY_MODES else 3
+    return 1 if image.shape[-3] == 1 else 3
+
+
+def _pipelines(transforms: Any) -> tuple[Any, Any]:
+    """(train, eval) pipelines; a missing list falls back to the other (eval keeps train's fixed part)."""
+    train_specs = transforms.train
+    eval_specs = transforms.eval
+    if train_specs is None and eval_specs is None:
+        train_specs = eval_specs = (Spec("ToTensor"),)
+    elif eval_specs is None:
+        eval_specs = deterministic_part(train_specs)
+    elif train_specs is None:
+        train_specs = eval_specs
+    return build_pipeline(train_specs), build_pipeline(eval_specs)

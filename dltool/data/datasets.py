@@ -1,0 +1,180 @@
+"""The DATASETS registry: the embedded `Digits`, torchvision's classification datasets by their own
+names and arguments, and the file datasets (`ImageFolder`, `ImageList`, in `dltool.data.folders`).
+
+Each builder returns a `Source`; `build_data` turns it into transformed train/val/test datasets.
+"""
+
+from __future__ import annotations
+
+import inspect
+import os
+from typing import Any, Callable
+from urllib.error import URLError
+
+import numpy as np
+import torchvision.datasets as tvd
+from PIL import Image
+
+from dltool.data.sources import RawSplit, Source
+from dltool.errors import DataError
+from dltool.registry import DATASETS
+
+# Datasets that take `train: bool`; the others below take `split:` with these values per split.
+TRAIN_FLAG = ("MNIST", "FashionMNIST", "KMNIST", "EMNIST", "QMNIST", "CIFAR10", "CIFAR100", "USPS")
+SPLIT_ARG = {
+    "SVHN": {"train": "train", "test": "test"},
+    "STL10": {"train": "train", "test": "test"},
+    "Flowers102": {"train": "train", "val": "val", "test": "test"},
+    "Food101": {"train": "train", "test": "test"},
+    "DTD": {"train": "train", "val": "val", "test": "test"},
+    "FER2013": {"train": "train", "test": "test"},
+    "GTSRB": {"train": "train", "test": "test"},
+    "OxfordIIITPet": {"train": "trainval", "test": "test"},
+    "Country211": {"train": "train", "val": "valid", "test": "test"},
+    "FGVCAircraft": {"train": "train", "val": "val", "test": "test"},
+    "StanfordCars": {"train": "train", "test": "test"},
+    "Imagenette": {"train": "train", "val": "val"},
+    "PCAM": {"train": "train", "val": "val", "test": "test"},
+}
+SINGLE = ("FakeData", "SEMEION", "EuroSAT", "Caltech256", "SUN397")
+# Arguments dltool sets itself: the split, and the transforms it applies after channel conversion.
+OWN_ARGS = {"train", "split", "transform", "target_transform", "transforms", "loader"}
+
+
+class DigitsImages:
+    """The scikit-learn digits as 8x8 'L' images, ink bright on dark like MNIST."""
+
+    def __init__(self) -> None:
+        from sklearn.datasets import load_digits
+
+        digits = load_digits()
+        # values are 0..16; scale to the 0..255 range of an 8-bit image
+        self.pixels = np.rint(digits.images * 255.0 / 16.0).astype(np.uint8)
+        self.targets = [int(t) for t in digits.target]
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+    def __getitem__(self, index: int) -> tuple[Image.Image, int]:
+        return Image.fromarray(self.pixels[index], mode="L"), self.targets[index]
+
+
+@DATASETS.register()
+def Digits() -> Source:
+    """The 1,797 8x8 handwritten digits shipped inside scikit-learn (no download), classes "0".."9"."""
+
+    def load() -> RawSplit:
+        images = DigitsImages()
+        return RawSplit(images, images.targets, list(range(len(images))), [str(i) for i in range(10)])
+
+    return Source("Digits", {"train": load})
+
+
+def _vision_builder(cls: type) -> Callable[..., Source]:
+    """A builder for the torchvision dataset `cls`, taking its arguments except split and transforms."""
+    name = cls.__name__
+    sig = inspect.signature(cls)
+    params = [p for p in sig.parameters.values() if p.name not in OWN_ARGS or (name == "EMNIST" and p.name == "split")]
+    params = [p if p.kind == p.VAR_KEYWORD else
+              p.replace(kind=p.KEYWORD_ONLY, **({"default": "data"} if p.name == "root" else {})) for p in params]
+
+    def build(**kwargs: Any) -> Source:
+        loaders = {split: _split_loader(cls, kwargs, extra) for split, extra in _split_args(name).items()}
+        return Source(name, loaders, root=str(kwargs.get("root", "data")))
+
+    build.__signature__ = sig.replace(parameters=params)
+    build.__name__ = name
+    build.__doc__ = f"torchvision.datasets.{name}: " + (inspect.getdoc(cls) or "").split("\n")[0]
+    return build
+
+
+def _split_args(name: str) -> dict[str, dict]:
+    if name in TRAIN_FLAG:
+        return {"train": {"train": True}, "test": {"train": False}}
+    if name in SPLIT_ARG:
+        return {ours: {"split": theirs} for ours, theirs in SPLIT_ARG[name].items()}
+    return {"train": {}}
+
+
+def _split_loader(cls: type, kwargs: dict, extra: dict) -> Callable[[], RawSplit]:
+    def load() -> RawSplit:
+        args = {**kwargs, **extra}
+        if "root" in inspect.signature(cls).parameters:
+            args.setdefault("root", "data")
+        dataset = _construct(cls, args)
+        targets = _targets(dataset)
+        return RawSplit(dataset, targets, list(range(len(targets))), _classes(dataset, targets))
+
+    return load
+
+
+def _construct(cls: type, kwargs: dict) -> Any:
+    try:
+        return cls(**kwargs)
+    except (URLError, OSError) as exc:
+        raise DataError(_missing_message(cls, kwargs, exc)) from None
+    except RuntimeError as exc:
+        text = str(exc).lower()
+        if "not found" in text or "download" in text or "corrupted" in text:
+            raise DataError(_missing_message(cls, kwargs, exc)) from None
+        raise
+
+
+def _missing_message(cls: type, kwargs: dict, exc: BaseException) -> str:
+    name = cls.__name__
+    root = str(kwargs.get("root", "data"))
+    reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0].rstrip(":")
+    how = "the download failed" if kwargs.get("download") else "download is off"
+    return (f"{name}: dataset files not found under {root!r} and {how} ({reason}); "
+            f"{_file_hint(cls, root, kwargs)}, or set download: true where there is network")
+
+
+def _file_hint(cls: type, root: str, kwargs: dict) -> str:
+    name = cls.__name__
+    resources = getattr(cls, "resources", None)
+    if isinstance(resources, dict):
+        resources = [r for pair in resources.values() for r in pair]
+    if isinstance(resources, list):
+        files = ", ".join(os.path.basename(str(r[0])) for r in resources)
+        return f"put {files} into {os.path.join(root, name, 'raw')}{os.sep}"
+    if name == "EMNIST":
+        return f"put the idx files of {cls.url} into {os.path.join(root, name, 'raw')}{os.sep}"
+    if isinstance(getattr(cls, "split_list", None), dict):
+        files = ", ".join(entry[1] for entry in cls.split_list.values())
+        return f"put {files} into {root}{os.sep}"
+    if hasattr(cls, "filename") and hasattr(cls, "base_folder"):
+        return (f"put {cls.filename} (from {cls.url}) into {root}{os.sep} "
+                f"or extract it to {os.path.join(root, cls.base_folder)}{os.sep}")
+    if isinstance(getattr(cls, "filename", None), str):
+        return f"put {cls.filename} into {root}{os.sep}"
+    return f"put the files that torchvision.datasets.{name} expects under {root}{os.sep}"
+
+
+def _targets(dataset: Any) -> list:
+    for attr in ("targets", "labels", "_labels", "y"):
+        found = getattr(dataset, attr, None)
+        if found is not None and not callable(found) and len(found) == len(dataset):
+            values = found.tolist() if hasattr(found, "tolist") else list(found)
+            return [int(v) for v in values]
+    if hasattr(dataset, "_samples") and len(dataset._samples) == len(dataset):
+        return [int(s[1]) for s in dataset._samples]
+    return [int(dataset[i][1]) for i in range(len(dataset))]
+
+
+def _classes(dataset: Any, targets: list) -> list[str]:
+    classes = getattr(dataset, "classes", None)
+    n = max(targets, default=-1) + 1
+    if isinstance(classes, (list, tuple)) and len(classes) >= n and all(isinstance(c, str) for c in classes):
+        return list(classes)
+    n = max(n, int(getattr(dataset, "num_classes", 0) or 0))
+    return [str(i) for i in range(n)]
+
+
+def _register_torchvision() -> None:
+    for name in (*TRAIN_FLAG, *SPLIT_ARG, *SINGLE):
+        cls = getattr(tvd, name, None)
+        if cls is not None:
+            DATASETS.register(name, _vision_builder(cls))
+
+
+_register_torchvision()

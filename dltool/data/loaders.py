@@ -1,0 +1,161 @@
+"""Loader: batches of (x, y) whose order and augmentation are a pure function of (seed, epoch).
+
+The sampler hands each sample index out with its own seed, drawn from a generator seeded with
+(seed, epoch); the dataset seeds the RNG with it before the random transforms. So the batches of an
+epoch do not depend on the number of workers, on what ran before, or on the global RNG, and a run
+resumed at an epoch boundary sees exactly the batches an uninterrupted run would have seen.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Sampler
+
+from dltool.registry import TRANSFORMS, signature
+
+
+def epoch_seed(seed: int, epoch: int, stream: int = 0) -> int:
+    """A 63-bit seed that depends on (seed, epoch, stream) only."""
+    state = np.random.SeedSequence([seed, epoch, stream]).generate_state(2, dtype=np.uint32)
+    return (int(state[0]) << 31) ^ int(state[1])
+
+
+class EpochSampler(Sampler):
+    """Indices for one epoch (shuffled, balanced or in order; sharded by rank), each with a seed."""
+
+    def __init__(self, targets: Sequence[Any], *, shuffle: bool, balanced: bool, seed: int,
+                 rank: int = 0, world_size: int = 1, with_seeds: bool = True):
+        self.targets = list(targets)
+        self.shuffle, self.balanced, self.seed = shuffle, balanced, seed
+        self.rank, self.world_size, self.with_seeds = rank, world_size, with_seeds
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def order(self) -> list[int]:
+        """This epoch's sample indices for this rank."""
+        n = len(self.targets)
+        generator = torch.Generator().manual_seed(epoch_seed(self.seed, self.epoch))
+        if self.balanced:
+            order = torch.multinomial(balanced_weights(self.targets), n, replacement=True, generator=generator)
+        elif self.shuffle:
+            order = torch.randperm(n, generator=generator)
+        else:
+            order = torch.arange(n)
+        if self.world_size > 1:
+            per_rank = -(-n // self.world_size)
+            order = order.repeat(-(-per_rank * self.world_size // max(n, 1)))[: per_rank * self.world_size]
+            order = order[self.rank:: self.world_size]
+        return order.tolist()
+
+    def __iter__(self) -> Iterator[Any]:
+        order = self.order()
+        if not self.with_seeds:
+            return iter(order)
+        generator = torch.Generator().manual_seed(epoch_seed(self.seed, self.epoch, 1))
+        seeds = torch.randint(0, 2**62, (len(order),), generator=generator).tolist()
+        return iter(zip(order, seeds))
+
+    def __len__(self) -> int:
+        return -(-len(self.targets) // self.world_size)
+
+
+def balanced_weights(targets: Sequence[Any]) -> torch.Tensor:
+    """Per-sample weight 1 / (samples of its class): every class is drawn equally often."""
+    labels = [int(t) for t in targets]
+    counts = Counter(labels)
+    return torch.tensor([1.0 / counts[t] for t in labels], dtype=torch.double)
+
+
+def seed_worker(worker_id: int) -> None:
+    """Seed numpy and random in a worker from its torch seed (which the loader derives from its own)."""
+    seed = torch.initial_seed() % 2**32
+    np.random.seed(seed)
+    random.seed(seed)
+
+
+class Loader:
+    """Iterable of (x, y) batches; `len()` is batches per epoch; call `set_epoch(e)` before each epoch."""
+
+    def __init__(self, dataset: Any, loader: DataLoader, sampler: EpochSampler, seed: int,
+                 batch_transform: Any = None):
+        self.dataset = dataset
+        self.loader = loader
+        self.sampler = sampler
+        self.seed = seed
+        self.batch_transform = batch_transform
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Make the next pass the batches of `epoch` (a pure function of the seed and `epoch`)."""
+        self.epoch = epoch
+        self.sampler.set_epoch(epoch)
+        self.loader.generator.manual_seed(epoch_seed(self.seed, epoch, 3))
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        batches = iter(self.loader)
+        in_process = self.loader.num_workers == 0
+        for step in range(len(self.loader)):
+            if in_process:
+                # the dataset seeds the RNG per sample; keep the caller's RNG (dropout, init) untouched
+                with torch.random.fork_rng(devices=[]):
+                    x, y = next(batches)
+            else:
+                x, y = next(batches)
+            if self.batch_transform is not None:
+                with torch.random.fork_rng(devices=[]):
+                    torch.manual_seed(epoch_seed(self.seed, self.epoch, 4 + step))
+                    x, y = self.batch_transform(x, y)
+            yield x, y
+
+
+def make_loader(dataset: Any, data: Any, *, train: bool, seed: int, device: str = "cpu",
+                rank: int = 0, world_size: int = 1) -> Loader:
+    """A Loader over `dataset` with the knobs of `data` (a DataConfig).
+
+    Args:
+        dataset: a dataset of a DataBundle.
+        data: the DataConfig (batch sizes, workers, sampler, batch transforms, ...).
+        train: shuffle/balance, drop_last and batch transforms apply only when True.
+        seed: the run's seed; with the epoch it fixes order and augmentation.
+        device: where batches go; pin_memory "auto" pins for CUDA.
+        rank, world_size: this process's shard of every epoch.
+    """
+    sampler = EpochSampler(dataset.targets, shuffle=train and data.shuffle,
+                           balanced=train and data.sampler == "balanced", seed=seed,
+                           rank=rank, world_size=world_size, with_seeds=train)
+    pin = str(device).startswith("cuda") if data.pin_memory == "auto" else data.pin_memory
+    loader = DataLoader(
+        dataset, batch_size=data.batch_size if train else (data.eval_batch_size or data.batch_size),
+        sampler=sampler, num_workers=data.num_workers, drop_last=train and data.drop_last,
+        pin_memory=pin, persistent_workers=data.persistent_workers and data.num_workers > 0,
+        worker_init_fn=seed_worker if data.num_workers else None,
+        generator=torch.Generator().manual_seed(epoch_seed(seed, 0, 3)),
+    )
+    batch_transform = build_batch_transform(data.batch_transforms, len(getattr(dataset, "classes", []))) if train else None
+    return Loader(dataset, loader, sampler, seed, batch_transform)
+
+
+def build_batch_transform(specs: Sequence[Any], num_classes: int) -> Any:
+    """MixUp/CutMix (or any batch transform) with num_classes filled in; several: one per batch."""
+    if not specs:
+        return None
+    built = []
+    for spec in specs:
+        target = TRANSFORMS.get(spec.name, spec)
+        extra = {"num_classes": num_classes} if "num_classes" in signature(target).parameters else {}
+        built.append(TRANSFORMS.build(spec, **extra))
+    if len(built) == 1:
+        return built[0]
+    from torchvision.transforms import v2
+
+    return v2.RandomChoice(built)
