@@ -1,0 +1,292 @@
+"""Build `model.layers` into a module by carrying the shape forward, layer by layer.
+
+Each layer is built with the sizes the incoming shape determines (`in_channels`, `in_features`,
+`num_features`, ...) and run once on a zero tensor of that shape, so the next layer knows what
+arrives. Module names follow YAML positions (`3.body.0`), which keeps state_dict keys stable.
+Shapes here never include the batch dimension.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from dltool.errors import ConfigError, RegistryError, ShapeError
+from dltool.models.layers import fmt
+from dltool.registry import LAYERS, signature
+from dltool.spec import Spec, located, parse_spec
+
+# Channel-first layers and the (unbatched) ranks they take.
+RANKS = {"Conv": {"1": (2,), "2": (3,), "3": (4,)}, "ConvTranspose": {"1": (2,), "2": (3,), "3": (4,)},
+         "BatchNorm": {"1": (1, 2), "2": (3,), "3": (4,)}}
+WANTED = {1: "(C)", 2: "(C, L)", 3: "(C, H, W)", 4: "(C, D, H, W)"}
+CHANNEL_ARGS = ("in_channels", "num_features", "num_channels")
+LAST_DIM_ARGS = ("in_features", "input_size", "d_model", "embed_dim", "normalized_shape")
+PROBE_ERRORS = (RuntimeError, ValueError, TypeError, IndexError)
+
+
+class LayerStack(nn.Sequential):
+    """The built model: an nn.Sequential that also records its input and output shapes (no batch dim)."""
+
+    input_shape: tuple[int, ...] = ()
+    output_shape: tuple[int, ...] = ()
+
+
+def build_model(model, input_shape: tuple[int, ...], num_classes: int | None) -> nn.Module:
+    """Build `model.layers` for inputs of `input_shape` (C, H, W: no batch dim).
+
+    Args:
+        model: the ModelConfig (layers, init, freeze).
+        input_shape: one sample's shape, e.g. (1, 28, 28).
+        num_classes: what `num_classes` in the YAML means; None when the task has no classes.
+
+    Returns:
+        A LayerStack whose children are named "0", "1", ... after the YAML positions.
+
+    Raises:
+        ShapeError: a layer cannot take the shape arriving at it (`rows` holds the layers before it).
+        ConfigError: a layer is unknown, or its arguments are wrong.
+    """
+    from dltool.models.init import apply_freeze, apply_init
+
+    shape = tuple(int(s) for s in input_shape)
+    if not model.layers:
+        raise ConfigError("model.layers: is empty; list the layers, e.g. [Flatten, {Linear: {out_features: num_classes}}]")
+    stack, net = Stack(num_classes), LayerStack()
+    net.input_shape = shape
+    for i, spec in enumerate(model.layers):
+        try:
+            module, shape = stack.build_layer(spec, shape)
+        except ShapeError as exc:
+            raise with_rows(exc, net, input_shape) from None
+        net.add_module(str(i), module)
+    net.output_shape = shape
+    check_output(model.layers[-1], shape, num_classes, net, input_shape)
+    marks = model.layers[0].marks
+    apply_init(net, model.init, marks)
+    apply_freeze(net, model.freeze, marks, key="model.freeze")
+    return net
+
+
+def with_rows(exc: ShapeError, partial: nn.Module, input_shape: tuple[int, ...]) -> ShapeError:
+    """Attach the shape rows of the layers built so far (and the partial model, for other batch sizes)."""
+    from dltool.shapes import module_rows
+
+    exc.rows = module_rows(partial, input_shape, batch_size=1) if len(partial) else []
+    exc.partial = partial
+    return exc
+
+
+def check_output(spec: Spec, shape: tuple[int, ...], num_classes: int | None, net, input_shape) -> None:
+    """A classifier must end in one score per class."""
+    if num_classes is None or shape == (num_classes,):
+        return
+    hint = "add Flatten and " if len(shape) > 1 else ""
+    message = (f"the model's output is {fmt(shape)} per sample but the dataset has {num_classes} classes; "
+               f"{hint}end with Linear: {{out_features: num_classes}}")
+    raise with_rows(ShapeError(spec.error(message)), net, input_shape)
+
+
+class Stack:
+    """Builds layers and lists of layers for one model; composite plans call back into it."""
+
+    def __init__(self, num_classes: int | None):
+        self.num_classes = num_classes
+        self.flattened: dict[tuple[int, ...], tuple[int, ...]] = {}
+
+    def build_layer(self, spec: Spec, shape: tuple[int, ...]) -> tuple[nn.Module, tuple[int, ...]]:
+        """Build one layer for an input of `shape`; return the module and its output shape."""
+        target = LAYERS.get(spec.name, spec)
+        spec = self.resolve_classes(spec)
+        if getattr(target, "composite", False):
+            return LAYERS.build(spec).build(self, spec, shape)
+        args, extra = self.inferred(target, spec, shape)
+        module = LAYERS.build(spec, *args, **extra)
+        self.check_kernel(module, spec, shape)
+        out = probe(module, spec, shape)
+        if len(out) == 1 and len(shape) > 1:
+            self.flattened[out] = shape
+        return module, out
+
+    def build_list(self, spec: Spec, field: str | None, items: Any, shape: tuple[int, ...],
+                   repetition: int | None = None) -> tuple[nn.Sequential, tuple[int, ...]]:
+        """Build the layers listed under `field` of a composite spec, one after another."""
+        base = child_key(spec, field)
+        if not isinstance(items, (list, tuple)) or not items:
+            raise RegistryError(located(f"expected a non-empty list of layers; got {items!r}", base, spec.marks))
+        body = nn.Sequential()
+        for i, item in enumerate(items):
+            child = parse_spec(item, f"{base}.{i}", spec.marks)
+            try:
+                module, shape = self.build_layer(child, shape)
+            except ShapeError as exc:
+                if repetition is not None and "(repetition" not in str(exc):
+                    exc.args = (f"{exc} (repetition {repetition + 1})",)
+                raise
+            body.add_module(str(i), module)
+        return body, shape
+
+    def resolve_classes(self, spec: Spec) -> Spec:
+        """Replace the word `num_classes` in the layer's arguments by the number of classes."""
+        def resolve(value: Any) -> Any:
+            if value != "num_classes":
+                return value
+            if self.num_classes is None:
+                raise ConfigError(spec.error("num_classes is not known here (the task has no classes); write a number"))
+            return self.num_classes
+
+        return dataclasses.replace(spec, args=tuple(resolve(a) for a in spec.args),
+                                   kwargs={k: resolve(v) for k, v in spec.kwargs.items()})
+
+    def inferred(self, target: Callable, spec: Spec, shape: tuple[int, ...]) -> tuple[tuple, dict]:
+        """Sizes the incoming shape determines: checked when written, supplied when left out.
+
+        Returns positional arguments to put before the spec's own (when the user wrote torch's
+        positional form without its first size, e.g. `Linear: [120]`) and keyword arguments.
+        """
+        try:
+            params = list(signature(target).parameters.values())
+        except (TypeError, ValueError):
+            return (), {}
+        positional = [p.name for p in params if p.kind == p.POSITIONAL_OR_KEYWORD]
+        required = [p.name for p in params if p.kind == p.POSITIONAL_OR_KEYWORD and p.default is p.empty
+                    and p.name not in spec.kwargs]
+        given = dict(zip(positional, spec.args))
+        shift = bool(spec.args) and bool(positional) and positional[0] in (*CHANNEL_ARGS, *LAST_DIM_ARGS) \
+            and positional[0] not in spec.kwargs and len(spec.args) < len(required)
+        if shift:
+            given = dict(zip(positional[1:], spec.args))
+        args, extra = (), {}
+        for name in (p.name for p in params):
+            if name not in CHANNEL_ARGS and name not in LAST_DIM_ARGS:
+                continue
+            value = self.size_for(name, target, spec, shape)
+            if name in spec.kwargs or name in given:
+                self.check_given(name, spec.kwargs.get(name, given.get(name)), value, spec, shape)
+            elif shift and name == positional[0]:
+                args = (value,)
+            else:
+                extra[name] = value
+        return args, extra
+
+    def size_for(self, name: str, target: Callable, spec: Spec, shape: tuple[int, ...]) -> int:
+        if name in CHANNEL_ARGS:
+            check_rank(target, spec, shape)
+            if not shape:
+                raise self.shape_error(spec, "needs an input with a channel dimension but gets a scalar per sample")
+            return shape[0]
+        if not shape:
+            raise self.shape_error(spec, "needs an input with a feature dimension but gets a scalar per sample")
+        if name == "in_features" and len(shape) >= 3:
+            raise self.shape_error(spec, (
+                f"the input is {fmt(shape)}, not flat; add Flatten before this layer "
+                f"(it then gets {_prod(shape)} features)"))
+        return shape[-1]
+
+    def check_given(self, name: str, given: Any, value: int, spec: Spec, shape: tuple[int, ...]) -> None:
+        if name == "normalized_shape":
+            wanted = tuple(given) if isinstance(given, (list, tuple)) else (given,)
+            if tuple(shape[-len(wanted):]) != wanted or len(wanted) > len(shape):
+                raise self.shape_error(spec, (
+                    f"normalized_shape is {list(wanted)} but the input is {fmt(shape)}; it must match the "
+                    f"trailing sizes, e.g. normalized_shape: {shape[-1]}, or leave it out"))
+            return
+        if given == value:
+            return
+        if name == "in_features":
+            origin = self.flattened.get(shape)
+            what = f"{value} features" + (f" ({fmt(origin)} flattened)" if origin else "")
+        elif name in CHANNEL_ARGS:
+            what = f"{value} channel{'s' if value != 1 else ''} (shape {fmt(shape)})"
+        else:
+            what = f"size {value} in its last dimension (shape {fmt(shape)})"
+        raise self.shape_error(spec, f"{name} is {given} but the input has {what}; write {name}: {value} or leave it out")
+
+    def check_kernel(self, module: nn.Module, spec: Spec, shape: tuple[int, ...]) -> None:
+        """A kernel larger than the (padded) input: say so instead of torch's message."""
+        kernel = getattr(module, "kernel_size", None)
+        padding = getattr(module, "padding", 0)
+        if kernel is None or isinstance(padding, str) or "Adaptive" in type(module).__name__:
+            return
+        spatial = shape[1:]
+        if not spatial:
+            return
+        kernel, padding = _per_dim(kernel, len(spatial)), _per_dim(padding, len(spatial))
+        dilation = _per_dim(getattr(module, "dilation", 1), len(spatial))
+        reach = [d * (k - 1) + 1 for k, d in zip(kernel, dilation)]
+        if any(r > s + 2 * p for r, s, p in zip(reach, spatial, padding)):
+            size = "x".join(map(str, kernel))
+            raise self.shape_error(spec, (
+                f"kernel_size {size} is larger than the {fmt(spatial)} input (padding "
+                f"{'x'.join(map(str, padding))}); use a smaller kernel, add padding, or downsample less before it"))
+
+    def shape_error(self, spec: Spec, message: str) -> ShapeError:
+        return ShapeError(spec.error(message))
+
+    def config_error(self, spec: Spec, message: str) -> ConfigError:
+        return RegistryError(spec.error(message))
+
+
+def check_rank(target: Callable, spec: Spec, shape: tuple[int, ...]) -> None:
+    """Conv2d on a flattened input (and the like): name the rank it needs."""
+    name = getattr(target, "__name__", "")
+    match = re.fullmatch(r"(?:Lazy)?(ConvTranspose|Conv|BatchNorm)([123])d", name)
+    if match is None:
+        return
+    ranks = RANKS[match.group(1)][match.group(2)]
+    if len(shape) in ranks:
+        return
+    want = " or ".join(WANTED[r] for r in ranks)
+    if len(shape) == 1 and ranks[-1] > 1:
+        got = f"{shape[0]} flattened features; remove the Flatten before it or move it after this layer"
+    else:
+        got = fmt(shape)
+    raise ShapeError(spec.error(f"needs a {want} input but gets {got}"))
+
+
+def probe(module: nn.Module, spec: Spec, shape: tuple[int, ...]) -> tuple[int, ...]:
+    """Run `module` once on zeros of `shape` (batch of one, eval mode) and return its output shape."""
+    was_training = module.training
+    module.eval()
+    try:
+        with torch.no_grad():
+            out = module(torch.zeros(1, *shape))
+    except PROBE_ERRORS as exc:
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise ShapeError(spec.error(f"cannot take an input of shape {fmt(shape)}: {reason}")) from None
+    finally:
+        module.train(was_training)
+    if not isinstance(out, torch.Tensor):
+        raise ShapeError(spec.error(
+            f"returns {type(out).__name__}, not one tensor; a layer in a stack must return one tensor"))
+    if out.dim() == 0 or out.shape[0] != 1:
+        raise ShapeError(spec.error(f"changes the batch dimension (output {fmt(tuple(out.shape))}); keep dim 0 as the batch"))
+    return tuple(out.shape[1:])
+
+
+def child_key(spec: Spec, field: str | None) -> str:
+    """The dotted YAML key of the list under `field` of a composite, in whichever form it was written."""
+    base = spec.key
+    marks = spec.marks if spec.marks is not None else {}
+    if f"{spec.key}.{spec.name}" in marks:
+        base = f"{spec.key}.{spec.name}"
+    if field is None:
+        return f"{base}.args" if f"{base}.args" in marks else base
+    return f"{base}.{field}"
+
+
+def _per_dim(value: Any, n: int) -> tuple[int, ...]:
+    if isinstance(value, (list, tuple)):
+        return tuple(value)
+    return (value,) * n
+
+
+def _prod(shape: tuple[int, ...]) -> int:
+    total = 1
+    for s in shape:
+        total *= s
+    return total
