@@ -105,5 +105,32 @@ def _arguments_table(kind: str, name: str, rows):
     return table
 
 
+@app.command("shapes")
+def shapes_command(
+    config: Path = typer.Argument(..., help="YAML config file"),
+    overrides: Optional[List[str]] = OverridesArg,
+    batch_size: int = typer.Option(1, "--batch-size", min=1, help="Batch dimension of the shapes"),
+    input_shape: Optional[str] = typer.Option(None, "--input-shape", help="C,H,W when the config has no model.input_shape"),
+    depth: Optional[int] = typer.Option(None, "--depth", min=1, help="Levels of nested layers to list (default: all)"),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON on stdout"),
+) -> None:
+    """Layer-by-layer output shapes, parameters and mult-adds (table on stderr)."""
+    from dltool.errors import ShapeError
+    from dltool.shapes import render_table, shapes_for_config
+
+    console = stderr_console()
+    with user_errors():
+        try:
+            report = shapes_for_config(str(config), overrides or [], batch_size=batch_size,
+                                       input_shape=input_shape, depth=depth)
+        except ShapeError as exc:
+            if exc.rows:
+                console.print(render_table(None, exc.rows, title="layers before the error"))
+            raise
+    console.print(render_table(report))
+    if as_json:
+        print_json(report.to_json())
+
+
 def main() -> None:
     app()

@@ -74,6 +74,51 @@ def collect_shapes(config: Any, input_shape: Sequence[int], batch_size: int = 1,
     return measure(model, input_shape, batch_size, depth)
 
 
+def shapes_for_config(path: str, overrides: Sequence[str] = (), *, batch_size: int = 1,
+                      input_shape: Any = None, depth: int | None = None) -> ShapeReport:
+    """`dltool shapes`: load the config, find the input shape and class count, collect the rows.
+
+    The dataset is read only when the config needs it: no model.input_shape and no `input_shape`,
+    or layers that mention num_classes (TorchvisionModel resizes its head to it).
+
+    Raises:
+        ConfigError: the config is wrong or the input shape cannot be found.
+        ShapeError: a layer cannot take its input.
+        DataError: the dataset is needed but cannot be read.
+    """
+    from dltool.config import load_config
+    from dltool.models import parse_shape, resolve_input_shape
+
+    config = load_config(path, overrides)
+    cli_shape = parse_shape(input_shape) if input_shape else None
+    data = None
+    if not (config.model.input_shape or cli_shape) or needs_classes(config.model.layers):
+        data = _load_data(config)
+    shape = resolve_input_shape(config, cli_shape, data)
+    num_classes = len(data.classes) if data is not None and data.classes else None
+    return collect_shapes(config, shape, batch_size, depth, num_classes)
+
+
+def needs_classes(layers: Sequence[Any]) -> bool:
+    """True when a layer's arguments mention num_classes or it is a TorchvisionModel (head size)."""
+    def mentions(value: Any) -> bool:
+        if isinstance(value, str):
+            return value == "num_classes" or value.lower() == "torchvisionmodel"
+        if isinstance(value, dict):
+            return any(mentions(k) or mentions(v) for k, v in value.items())
+        if isinstance(value, (list, tuple)):
+            return any(mentions(v) for v in value)
+        return False
+
+    return any(mentions(spec.to_data()) for spec in layers)
+
+
+def _load_data(config: Any) -> Any:
+    from dltool.data import build_data
+
+    return build_data(config, splits=("val",))
+
+
 def measure(model: nn.Module, input_shape: Sequence[int], batch_size: int = 1, depth: int | None = None) -> ShapeReport:
     """A ShapeReport for an already built model."""
     rows, mult_adds = _run(model, input_shape, batch_size, depth)
@@ -161,15 +206,19 @@ def _shape_of(output: Any) -> list[int]:
 
 
 def render_table(report: ShapeReport | None, rows: Sequence[ShapeRow] | None = None, title: str = "dltool shapes"):
-    """A rich Table of the rows, with totals when a full report is given."""
+    """A rich Table of the rows, with totals and parameter memory when a full report is given."""
+    from rich import box
     from rich.table import Table
 
     rows = report.rows if report is not None else list(rows or [])
-    table = Table(title=title, show_footer=report is not None)
+    caption = f"parameter memory {report.param_bytes / 2**20:.2f} MB" if report is not None else None
+    table = Table(title=title, caption=caption, show_footer=report is not None, box=box.SIMPLE_HEAD)
+    footers = ["", "total", "", "", *(_totals(report) if report is not None else ["", "", ""])]
     columns = [("#", "right"), ("layer", "left"), ("type", "left"), ("output shape", "left"),
                ("params", "right"), ("trainable", "right"), ("mult-adds", "right")]
-    for (header, justify), footer in zip(columns, _footer(report)):
-        table.add_column(header, justify=justify, footer=footer)
+    for (header, justify), footer in zip(columns, footers):
+        table.add_column(header, justify=justify, footer=footer, no_wrap=True,
+                         min_width=len(header) if header == "type" else None)
     if report is not None:
         table.add_row("", "input", "", _shape(report.input_shape), "", "", "")
     for row in rows:
@@ -179,12 +228,8 @@ def render_table(report: ShapeReport | None, rows: Sequence[ShapeRow] | None = N
     return table
 
 
-def _footer(report: ShapeReport | None) -> list[str]:
-    if report is None:
-        return [""] * 7
-    memory = f"params {report.param_bytes / 2**20:.2f} MB"
-    return ["", "total", "", memory, f"{report.total_params:,}", f"{report.trainable_params:,}",
-            human(report.total_mult_adds)]
+def _totals(report: ShapeReport) -> list[str]:
+    return [f"{report.total_params:,}", f"{report.trainable_params:,}", human(report.total_mult_adds)]
 
 
 def _shape(shape: Sequence[int]) -> str:
