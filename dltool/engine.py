@@ -1,0 +1,426 @@
+"""The training loop: `train_one_epoch`, `evaluate` and `fit`, plain functions with explicit arguments.
+
+Metrics are summed on the device and read once per log interval, so the loop never waits on the
+accelerator between steps. Progress goes to `Callback` objects; the library itself never prints.
+Where a run stands (epoch, step, batch within the epoch, partial sums, early-stopping counters)
+is a `LoopState` of plain data, so a checkpoint can hold it and a resumed run continue exactly.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable, Iterable
+
+import torch
+from torch import nn
+
+from dltool.errors import RunFailed
+from dltool.optim import Schedule, current_lr
+from dltool.runtime import EMA, seed_epoch
+
+MONITORS = ("val_loss", "val_accuracy", "val_top5_accuracy", "val_mae", "train_loss", "train_accuracy", "train_mae")
+SOFT_TARGET_LOSSES = (nn.BCEWithLogitsLoss, nn.BCELoss, nn.MultiLabelSoftMarginLoss)
+
+
+class Callback:
+    """Hooks the loop calls; subclass and override what you need (all do nothing by default)."""
+
+    def on_fit_start(self, info: dict) -> None: ...
+    def on_epoch_start(self, epoch: int, epochs: int, batches: int) -> None: ...
+    def on_step(self, epoch: int, batch: int, batches: int, metrics: dict) -> None: ...
+    def on_eval_start(self, epoch: int, batches: int) -> None: ...
+    def on_epoch_end(self, epoch: int, row: dict, improved: bool) -> None: ...
+    def on_message(self, text: str) -> None: ...
+    def on_fit_end(self, summary: dict) -> None: ...
+
+
+class Callbacks(Callback):
+    """Several callbacks called in order."""
+
+    def __init__(self, callbacks: Iterable[Callback] = ()):
+        self.callbacks = [c for c in callbacks if c is not None]
+
+    def __getattribute__(self, name: str) -> Any:
+        if name.startswith("on_"):
+            return lambda *args: [getattr(c, name)(*args) for c in object.__getattribute__(self, "callbacks")]
+        return object.__getattribute__(self, name)
+
+
+@dataclass
+class LoopState:
+    """Where a run stands, as plain data: enough to continue it exactly."""
+
+    epoch: int = 0                  # epochs completed
+    step: int = 0                   # optimizer steps taken in the whole run
+    batch: int = 0                  # batches done in the epoch under way (0 at an epoch boundary)
+    sums: dict = field(default_factory=dict)  # the epoch under way's partial train sums
+    train_seconds: float = 0.0
+    train_samples: int = 0
+    compile_seconds: float = 0.0
+    best: float | None = None
+    best_epoch: int = 0
+    bad_epochs: int = 0
+    stopped_early: bool = False
+    interrupted: bool = False
+    history: list = field(default_factory=list)
+
+    def to_data(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_data(cls, data: dict) -> LoopState:
+        return cls(**{k: v for k, v in data.items() if k in cls.__dataclass_fields__})
+
+
+@dataclass
+class StepOptions:
+    """What one optimizer step does besides forward/backward (from TrainConfig)."""
+
+    device: torch.device
+    task: str = "classification"
+    accumulate: int = 1
+    clip_grad_norm: float | None = None
+    clip_grad_value: float | None = None
+    amp: str = "none"
+    channels_last: bool = False
+    log_every: int = 10
+    scaler: Any = None
+    ema: EMA | None = None
+    compile_pending: bool = False  # the first step compiles the model: timed apart from training
+
+    def autocast(self) -> Any:
+        if self.amp == "none":
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=torch.bfloat16 if self.amp == "bf16" else torch.float16)
+
+    def to_device(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x = x.to(self.device, non_blocking=True)
+        if self.channels_last and x.dim() == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return x, y.to(self.device, non_blocking=True)
+
+
+def fit_targets(loss_fn: nn.Module, out: torch.Tensor, y: torch.Tensor, task: str) -> torch.Tensor:
+    """The targets in the form `loss_fn` takes: float and shaped like the output for regression,
+    one-hot for BCE-style losses given class indices."""
+    if task == "regression":
+        return y.to(out.dtype).reshape(out.shape) if y.numel() == out.numel() else y.to(out.dtype)
+    if isinstance(loss_fn, SOFT_TARGET_LOSSES) and not y.is_floating_point():
+        return nn.functional.one_hot(y, out.shape[-1]).to(out.dtype)
+    return y
+
+
+class _Sums:
+    """Running sums of loss, correct predictions (or absolute error) and samples, kept on the device."""
+
+    def __init__(self, device: torch.device, start: dict | None = None):
+        start = start or {}
+        self.loss = torch.tensor(start.get("loss", 0.0), dtype=torch.float64, device=device)
+        self.score = torch.tensor(start.get("score", 0.0), dtype=torch.float64, device=device)
+        self.count = int(start.get("count", 0))
+
+    def add(self, loss: torch.Tensor, out: torch.Tensor, y: torch.Tensor, task: str) -> None:
+        n = out.shape[0]
+        self.loss += loss.detach().double() * n
+        if task == "regression":
+            self.score += (out.detach().double().reshape(y.shape) - y.double()).abs().sum() / max(1, y[0].numel())
+        else:
+            labels = y.argmax(1) if y.is_floating_point() and y.dim() == 2 else y
+            self.score += (out.detach().argmax(1) == labels).sum()
+        self.count += n
+
+    def read(self, task: str, prefix: str) -> dict:
+        n = max(1, self.count)
+        key = "mae" if task == "regression" else "accuracy"
+        return {f"{prefix}loss": self.loss.item() / n, f"{prefix}{key}": self.score.item() / n}
+
+    def to_data(self) -> dict:
+        return {"loss": self.loss.item(), "score": self.score.item(), "count": self.count}
+
+
+def train_one_epoch(model: nn.Module, loader: Iterable, loss_fn: nn.Module, optimizer: torch.optim.Optimizer,
+                    schedule: Schedule, opts: StepOptions, state: LoopState, *, epoch: int,
+                    callback: Callback = Callback(), stop: Callable[[], bool] = lambda: False,
+                    forward: nn.Module | None = None) -> dict:
+    """Train for one epoch (or the rest of it, from `state.batch`), updating `state` as it goes.
+
+    Args:
+        model: the module whose parameters `optimizer` holds.
+        loader: batches (x, y); `len(loader)` batches per epoch.
+        loss_fn, optimizer, schedule: as built by dltool.optim.
+        opts: device, AMP, clipping, accumulation, EMA.
+        state: the run's position; `state.batch` batches of this epoch are skipped (already done).
+        epoch: 1-based epoch number (for messages).
+        callback: receives progress every `opts.log_every` batches.
+        stop: polled after every optimizer step; True ends the epoch early (state.interrupted).
+        forward: what to call instead of `model` (a torch.compile'd wrapper).
+
+    Returns:
+        train_loss, train_accuracy (or train_mae), lr, samples, seconds of this epoch's training.
+
+    Raises:
+        RunFailed: the loss became NaN or infinite (no update with it is kept in `state`).
+    """
+    forward = forward or model
+    model.train()
+    batches = len(loader)
+    sums = _Sums(opts.device, state.sums)
+    check_each_step = opts.device.type == "cpu"  # reading a CPU scalar costs nothing; on CUDA it stalls
+    first_bad = torch.full((), -1, dtype=torch.long, device=opts.device)
+    lr, started, samples, skip = current_lr(optimizer), time.perf_counter(), 0, state.batch
+    for batch, (x, y) in enumerate(loader):
+        if batch < skip:
+            continue
+        x, y = opts.to_device(x, y)
+        with opts.autocast():
+            out = forward(x)
+            loss = loss_fn(out, fit_targets(loss_fn, out, y, opts.task))
+            loss = loss.mean() if loss.dim() else loss
+        if check_each_step and not torch.isfinite(loss):
+            raise _non_finite(loss, epoch, batch, lr)
+        if not check_each_step:
+            first_bad = torch.where((first_bad < 0) & ~torch.isfinite(loss), batch, first_bad)
+        _backward(loss / opts.accumulate, opts.scaler)
+        sums.add(loss, out, y, opts.task)
+        samples += x.shape[0]
+        if (batch + 1) % opts.accumulate == 0 or batch + 1 == batches:
+            lr = _optimizer_step(model, optimizer, schedule, opts, state.step)
+            state.step += 1
+            state.batch = batch + 1
+            if opts.compile_pending:
+                state.compile_seconds, started, samples = _compiled(opts, started), time.perf_counter(), 0
+            if (batch + 1) % opts.log_every == 0 or batch + 1 == batches or stop():
+                _check_first_bad(first_bad, epoch, lr)
+                callback.on_step(epoch, batch + 1, batches, _progress(sums, opts.task, samples, started))
+            if stop() and batch + 1 < batches:
+                state.interrupted = True
+                break
+    _check_first_bad(first_bad, epoch, lr)
+    if opts.device.type == "cuda":
+        torch.cuda.synchronize(opts.device)
+    state.sums = sums.to_data() if state.interrupted else {}
+    return {**sums.read(opts.task, "train_"), "lr": lr, "samples": samples, "seconds": time.perf_counter() - started}
+
+
+def _backward(loss: torch.Tensor, scaler: Any) -> None:
+    (scaler.scale(loss) if scaler is not None else loss).backward()
+
+
+def _optimizer_step(model: nn.Module, optimizer: torch.optim.Optimizer, schedule: Schedule,
+                    opts: StepOptions, step: int) -> float:
+    """Clip, step (with the warmup factor), zero the gradients, update EMA and per-step schedules."""
+    if opts.scaler is not None and (opts.clip_grad_norm or opts.clip_grad_value):
+        opts.scaler.unscale_(optimizer)
+    if opts.clip_grad_norm:
+        nn.utils.clip_grad_norm_(model.parameters(), opts.clip_grad_norm)
+    if opts.clip_grad_value:
+        nn.utils.clip_grad_value_(model.parameters(), opts.clip_grad_value)
+    factor = schedule.warmup_factor(step)
+    planned = [group["lr"] for group in optimizer.param_groups]
+    if factor != 1.0:
+        for group, lr in zip(optimizer.param_groups, planned):
+            group["lr"] = lr * factor
+    used = current_lr(optimizer)
+    if opts.scaler is not None:
+        opts.scaler.step(optimizer)
+        opts.scaler.update()
+    else:
+        optimizer.step()
+    for group, lr in zip(optimizer.param_groups, planned):
+        group["lr"] = lr  # the schedule keeps its own value; warmup only scales this step
+    optimizer.zero_grad(set_to_none=True)
+    if opts.ema is not None:
+        opts.ema.update(model)
+    if schedule.interval == "step":
+        schedule.scheduler.step()
+    return used
+
+
+def _compiled(opts: StepOptions, started: float) -> float:
+    if opts.device.type == "cuda":
+        torch.cuda.synchronize(opts.device)
+    opts.compile_pending = False
+    return time.perf_counter() - started
+
+
+def _non_finite(loss: torch.Tensor, epoch: int, batch: int, lr: float) -> RunFailed:
+    return RunFailed(f"the loss became {loss.item()} at epoch {epoch}, step {batch + 1} (lr {lr:g}); "
+                     "lower optimizer.lr, or set train.clip_grad_norm (the checkpoints keep the last good weights)")
+
+
+def _check_first_bad(first_bad: torch.Tensor, epoch: int, lr: float) -> None:
+    bad = int(first_bad.item()) if first_bad.device.type != "cpu" else -1
+    if bad >= 0:
+        raise _non_finite(torch.tensor(float("nan")), epoch, bad, lr)
+
+
+def _progress(sums: _Sums, task: str, samples: int, started: float) -> dict:
+    metrics = sums.read(task, "")
+    metrics["samples_per_second"] = samples / max(1e-9, time.perf_counter() - started)
+    return metrics
+
+
+@torch.inference_mode()
+def evaluate(model: nn.Module, loader: Iterable, loss_fn: nn.Module, opts: StepOptions, *,
+             collect: bool = False, callback: Callback = Callback(), epoch: int = 0) -> tuple[dict, dict | None]:
+    """Loss and accuracy (top-1, top-5 with >= 5 classes) or MAE of `model` over `loader`.
+
+    Args:
+        collect: also return the softmax probabilities and targets (for PR curves).
+
+    Returns:
+        (metrics with keys val_loss, val_accuracy[, val_top5_accuracy] or val_mae;
+         {"probs": (N, C), "targets": (N,)} on the CPU, or None).
+    """
+    model.eval()
+    callback.on_eval_start(epoch, len(loader))
+    sums, top5 = _Sums(opts.device), torch.zeros((), dtype=torch.long, device=opts.device)
+    probs, targets, classes = [], [], 0
+    for x, y in loader:
+        x, y = opts.to_device(x, y)
+        with opts.autocast():
+            out = model(x)
+            loss = loss_fn(out, fit_targets(loss_fn, out, y, opts.task))
+        loss = loss.float().mean()
+        sums.add(loss, out, y, opts.task)
+        if opts.task == "classification":
+            classes = out.shape[1]
+            if classes >= 5:
+                top5 += (out.topk(5, dim=1).indices == y[:, None]).any(1).sum()
+            if collect:
+                probs.append(out.float().softmax(1))
+                targets.append(y)
+    metrics = sums.read(opts.task, "val_")
+    if classes >= 5:
+        metrics["val_top5_accuracy"] = top5.item() / max(1, sums.count)
+    collected = {"probs": torch.cat(probs).cpu(), "targets": torch.cat(targets).cpu()} if probs else None
+    return metrics, collected
+
+
+def improved(value: float, best: float | None, mode: str, min_delta: float) -> bool:
+    """Whether `value` beats `best` by more than `min_delta` in direction `mode`."""
+    if best is None:
+        return not math.isnan(value)
+    return value > best + min_delta if mode == "max" else value < best - min_delta
+
+
+def step_epoch_schedule(schedule: Schedule, metrics: dict, monitor: str) -> None:
+    """Advance an epoch-wise schedule (ReduceLROnPlateau with the monitored metric)."""
+    if schedule.interval == "epoch":
+        schedule.scheduler.step()
+    elif schedule.interval == "plateau":
+        schedule.scheduler.step(metrics[monitor])
+
+
+def start_epoch(model: nn.Module, loader: Any, seed: int, epoch: int, unfreeze_at: int | None) -> bool:
+    """Seed the RNGs and the loader for `epoch`; unfreeze every parameter once `unfreeze_at` epochs are done.
+
+    Returns:
+        True when this call unfroze parameters.
+    """
+    seed_epoch(seed, epoch)
+    if hasattr(loader, "set_epoch"):
+        loader.set_epoch(epoch)
+    if unfreeze_at is not None and epoch > unfreeze_at:
+        frozen = [p for p in model.parameters() if not p.requires_grad]
+        for param in frozen:
+            param.requires_grad_(True)
+        return bool(frozen)
+    return False
+
+
+@dataclass
+class FitPlan:
+    """What `fit` runs: the epochs, what it watches, and what it calls at each epoch end."""
+
+    epochs: int
+    seed: int
+    monitor: str
+    mode: str
+    patience: int | None = None
+    min_delta: float = 0.0
+    unfreeze_at: int | None = None
+    on_epoch_end: Callable[[LoopState, dict, bool, dict | None], None] | None = None
+    on_interrupt: Callable[[LoopState], None] | None = None
+    resume_rng: dict | None = None  # random states to restore when resuming inside an epoch
+
+
+def fit(model: nn.Module, train_loader: Any, val_loader: Any | None, loss_fn: nn.Module,
+        optimizer: torch.optim.Optimizer, schedule: Schedule, opts: StepOptions, plan: FitPlan, *,
+        state: LoopState | None = None, callback: Callback = Callback(), stop: Callable[[], bool] = lambda: False,
+        forward: nn.Module | None = None) -> LoopState:
+    """Train from `state` (a fresh run when None) to `plan.epochs`, early stopping, or a stop request.
+
+    After each epoch, `plan.on_epoch_end(state, row, improved, collected)` records it (metrics,
+    checkpoints); after a stop request mid-epoch, `plan.on_interrupt(state)` does, and the returned
+    state has `interrupted` set.
+
+    Returns:
+        The final LoopState (history holds one row per epoch).
+
+    Raises:
+        RunFailed: a non-finite loss.
+    """
+    state = state or LoopState()
+    for epoch in range(state.epoch + 1, plan.epochs + 1):
+        if start_epoch(model, train_loader, plan.seed, epoch, plan.unfreeze_at):
+            callback.on_message(f"epoch {epoch}: unfroze all parameters (train.unfreeze_at={plan.unfreeze_at})")
+        if state.batch and plan.resume_rng is not None:
+            from dltool.runtime import set_rng_state
+
+            set_rng_state(plan.resume_rng)
+        callback.on_epoch_start(epoch, plan.epochs, len(train_loader))
+        started = time.perf_counter()
+        trained = train_one_epoch(model, train_loader, loss_fn, optimizer, schedule, opts, state, epoch=epoch,
+                                  callback=callback, stop=stop, forward=forward)
+        state.train_seconds += trained["seconds"]
+        state.train_samples += trained["samples"]
+        if state.interrupted:
+            if plan.on_interrupt is not None:
+                plan.on_interrupt(state)
+            return state
+        row, collected = _finish_epoch(model, val_loader, loss_fn, schedule, opts, plan, state, epoch, trained,
+                                       started, callback)
+        better = _record(state, row, plan)
+        if plan.on_epoch_end is not None:
+            plan.on_epoch_end(state, row, better, collected)
+        callback.on_epoch_end(epoch, row, better)
+        if plan.patience is not None and state.bad_epochs >= plan.patience:
+            state.stopped_early = True
+            callback.on_message(f"early stopping: {plan.monitor} did not improve for {plan.patience} epochs")
+            break
+        if stop():
+            state.interrupted = True
+            if plan.on_interrupt is not None:
+                plan.on_interrupt(state)
+            break
+    return state
+
+
+def _finish_epoch(model, val_loader, loss_fn, schedule, opts, plan, state, epoch, trained, started, callback):
+    """Validate, step the epoch schedule, and build the epoch's metrics row."""
+    evaluated = opts.ema.module if opts.ema is not None else model
+    metrics, collected = {}, None
+    if val_loader is not None:
+        metrics, collected = evaluate(evaluated, val_loader, loss_fn, opts, collect=True, callback=callback, epoch=epoch)
+    train_metrics = {k: v for k, v in trained.items() if k.startswith("train_")}
+    step_epoch_schedule(schedule, {**metrics, **train_metrics}, plan.monitor)
+    row = {"epoch": epoch, "lr": trained["lr"], **train_metrics, **metrics,
+           "epoch_seconds": time.perf_counter() - started,
+           "samples_per_second": trained["samples"] / max(1e-9, trained["seconds"])}
+    state.epoch, state.batch, state.sums = epoch, 0, {}
+    return row, collected
+
+
+def _record(state: LoopState, row: dict, plan: FitPlan) -> bool:
+    """Add `row` to the history and update best/bad-epoch counters; True when the monitor improved."""
+    state.history.append(row)
+    value = row[plan.monitor]
+    if improved(value, state.best, plan.mode, plan.min_delta):
+        state.best, state.best_epoch, state.bad_epochs = value, row["epoch"], 0
+        return True
+    state.bad_epochs += 1
+    return False
