@@ -132,5 +132,26 @@ def shapes_command(
         print_json(report.to_json())
 
 
+@app.command("data")
+def data_command(
+    config: Path = typer.Argument(..., help="YAML config file"),
+    overrides: Optional[List[str]] = OverridesArg,
+    show: int = typer.Option(0, "--show", min=0, help="Write a PNG grid of N augmented train samples"),
+    out: Optional[Path] = typer.Option(None, "--out", help="Where --show writes (default: <config>-samples.png)"),
+    stats: bool = typer.Option(False, "--stats", help="Per-channel mean/std of the train split, for Normalize"),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON on stdout"),
+) -> None:
+    """Classes and counts per split, skipped files, sample shape; --stats, --show N."""
+    from dltool.config import load_config
+    from dltool.data.report import inspect_data, render
+
+    with user_errors():
+        report = inspect_data(load_config(config, overrides or []), stats=stats, show=show, out=out)
+    if as_json:
+        print_json(report)
+    else:
+        stderr_console().print(render(report))
+
+
 def main() -> None:
     app()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from typing import Any, Sequence
 
 import torch
@@ -11,6 +10,7 @@ from torch.utils.data import Dataset
 
 from dltool.data.bundle import DataBundle
 from dltool.data.sources import RawSplit, Source, stratified_split
+from dltool.data.scan import scan_split
 from dltool.data.transforms import build_pipeline, deterministic_part, to_float_tensor
 from dltool.errors import DataError
 from dltool.registry import DATASETS
@@ -27,7 +27,7 @@ class TransformedDataset(Dataset):
     random transforms run, which makes augmentation a pure function of the loader's (seed, epoch).
     """
 
-    def __init__(self, raw: RawSplit, indices: Sequence[int], transform: Any, mode: str, root: str | None):
+    def __init__(self, raw: RawSplit, indices: Sequence[int], transform: Any, mode: str):
         self.items = raw.items
         self.indices = list(indices)
         self.transform = transform
@@ -35,7 +35,7 @@ class TransformedDataset(Dataset):
         self.classes = list(raw.classes)
         self.targets = [raw.targets[i] for i in self.indices]
         self.keys = [raw.keys[i] for i in self.indices]
-        self.ids = [os.path.join(root, k) if isinstance(k, str) and root else f"index {k}" for k in self.keys]
+        self.ids = [raw.paths[i] for i in self.indices] if raw.paths else [f"index {k}" for k in self.keys]
 
     def __len__(self) -> int:
         return len(self.indices)
@@ -52,6 +52,8 @@ class TransformedDataset(Dataset):
         image, target = self.items[self.indices[index]]
         if seed is not None:
             torch.manual_seed(seed)
+        if isinstance(target, float):
+            target = torch.tensor(target, dtype=torch.float32)
         return to_float_tensor(self.transform(convert_mode(image, self.mode))), target
 
 
@@ -79,11 +81,11 @@ def build_data(config: Any, splits: Sequence[str] = ("train", "val"), split_stat
     """
     data = config.data
     source: Source = DATASETS.build(data.dataset)
-    raws, split = _select(source, splits, data.val_split, config.seed, split_state, data.dataset)
+    raws, split = _select(source, splits, data, config.seed, split_state)
     channels = _channels(config, raws)
     train_tf, eval_tf = _pipelines(data.transforms)
     mode = MODES[channels]
-    built = {name: TransformedDataset(raw, idx, train_tf if name == "train" else eval_tf, mode, source.root)
+    built = {name: TransformedDataset(raw, idx, train_tf if name == "train" else eval_tf, mode)
              for name, (raw, idx) in raws.items()}
     first_raw, _ = next(iter(raws.values()))
     sample = next(d for d in built.values() if len(d))
@@ -95,9 +97,10 @@ def build_data(config: Any, splits: Sequence[str] = ("train", "val"), split_stat
     )
 
 
-def _select(source: Source, splits: Sequence[str], fraction: float, seed: int, state: dict | None,
-            spec: Spec) -> tuple[dict[str, tuple[RawSplit, list[int]]], dict]:
+def _select(source: Source, splits: Sequence[str], data: Any, seed: int,
+            state: dict | None) -> tuple[dict[str, tuple[RawSplit, list[int]]], dict]:
     """(raw split, indices) per requested split, and the plain-data record of the split used."""
+    spec = data.dataset
     unknown = [s for s in splits if s not in ("train", "val", "test")]
     if unknown:
         raise DataError(f"unknown split {unknown[0]!r}; allowed: train, val, test")
@@ -106,10 +109,10 @@ def _select(source: Source, splits: Sequence[str], fraction: float, seed: int, s
     own_val = source.has("val") and (state is None or state.get("method") != "val_split")
     for name in splits:
         if name == "test" or (name == "val" and own_val) or (name == "train" and own_val):
-            chosen[name] = _whole(source, name, spec)
+            chosen[name] = _whole(source, name, spec, data.max_image_pixels)
     if not own_val and ("train" in splits or "val" in splits):
-        base = _whole(source, "train", spec)[0]
-        train_idx, val_idx, split = _val_split(base, fraction, seed, state, spec)
+        base = _whole(source, "train", spec, data.max_image_pixels)[0]
+        train_idx, val_idx, split = _val_split(base, data.val_split, seed, state, spec)
         for name, idx in (("train", train_idx), ("val", val_idx)):
             if name in splits:
                 chosen[name] = (base, idx)
@@ -118,12 +121,27 @@ def _select(source: Source, splits: Sequence[str], fraction: float, seed: int, s
     return {name: chosen[name] for name in splits}, split
 
 
-def _whole(source: Source, name: str, spec: Spec) -> tuple[RawSplit, list[int]]:
+def _whole(source: Source, name: str, spec: Spec, max_pixels: int) -> tuple[RawSplit, list[int]]:
     if not source.has(name):
         have = ", ".join(source.loaders)
         raise DataError(spec.error(f"has no {name} split (it has: {have})"))
     raw = source.load(name)
+    if raw.items is None:
+        raw, bad = scan_split(raw, max_pixels)
+        source.bad_files.extend(bad)
+        _check_scanned(name, raw, bad, spec)
     return raw, list(range(len(raw)))
+
+
+def _check_scanned(name: str, raw: RawSplit, bad: list, spec: Spec) -> None:
+    if not raw.keys:
+        detail = f" ({len(bad)} unreadable, first: {bad[0][0]}: {bad[0][1]})" if bad else ""
+        raise DataError(spec.error(f"the {name} split has no usable image file{detail}"))
+    if raw.classes and name == "train":
+        present = set(raw.targets)
+        empty = [c for i, c in enumerate(raw.classes) if i not in present]
+        if empty:
+            raise DataError(spec.error(f"class {empty[0]!r} has no usable image in the train split"))
 
 
 def _val_split(base: RawSplit, fraction: float, seed: int, state: dict | None,

@@ -15,6 +15,7 @@ import numpy as np
 import torchvision.datasets as tvd
 from PIL import Image
 
+from dltool.data import folders  # noqa: F401  (registers ImageFolder and ImageList)
 from dltool.data.sources import RawSplit, Source
 from dltool.errors import DataError
 from dltool.registry import DATASETS
@@ -124,12 +125,14 @@ def _missing_message(cls: type, kwargs: dict, exc: BaseException) -> str:
     name = cls.__name__
     root = str(kwargs.get("root", "data"))
     reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0].rstrip(":")
-    how = "the download failed" if kwargs.get("download") else "download is off"
-    return (f"{name}: dataset files not found under {root!r} and {how} ({reason}); "
-            f"{_file_hint(cls, root, kwargs)}, or set download: true where there is network")
+    if kwargs.get("download"):
+        how, then = "the download failed", "or run again where there is network"
+    else:
+        how, then = "download is off", "or set download: true where there is network"
+    return f"{name}: dataset files not found under {root!r} and {how} ({reason}); {_file_hint(cls, root)}, {then}"
 
 
-def _file_hint(cls: type, root: str, kwargs: dict) -> str:
+def _file_hint(cls: type, root: str) -> str:
     name = cls.__name__
     resources = getattr(cls, "resources", None)
     if isinstance(resources, dict):

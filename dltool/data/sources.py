@@ -21,7 +21,8 @@ class RawSplit:
 
     `items[i]` gives (PIL image or image tensor, target), unless `paths` is set: then the items are
     image files that `build_data` scans and decodes. `keys[i]` names sample i in a stored split
-    (an int index, or a path relative to the dataset root).
+    (an int index, or a path relative to the dataset root). `modes` holds the PIL mode of each
+    scanned file.
     """
 
     items: Sequence[Any] | None
@@ -29,6 +30,7 @@ class RawSplit:
     keys: list[Hashable]
     classes: list[str]
     paths: list[str] | None = None
+    modes: list[str] | None = None
 
     def __len__(self) -> int:
         return len(self.keys)
@@ -54,8 +56,8 @@ class Source:
 def stratified_split(targets: Sequence[Any], fraction: float, seed: int) -> tuple[list[int], list[int]]:
     """Indices (train, val): `fraction` of every class to val, chosen by a generator seeded with `seed`.
 
-    Per-class counts are rounded so that the val total is round(fraction * n) and every class with
-    two or more samples keeps at least one on each side. Regression targets split unstratified.
+    Per-class counts are rounded (largest remainder) so that the val total is round(fraction * n),
+    and no class gives all its samples to val. Regression targets split unstratified.
     """
     rng = np.random.default_rng(seed)
     n = len(targets)
@@ -90,9 +92,6 @@ def _quotas(counts: dict, fraction: float, total: int) -> dict:
         if quotas[c] < counts[c] - 1:
             quotas[c] += 1
             spare -= 1
-    for c, k in counts.items():
-        if k >= 2 and quotas[c] == 0 and total > 0:
-            quotas[c] = 1
     return quotas
 
 
