@@ -1,0 +1,108 @@
+"""TensorBoard events for a run: scalars, images, graph, histograms, text, PR curves, hparams.
+
+tensorboard is imported only when a Board is made, so nothing else pays for it.
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+from torch import nn
+
+SCALARS = {
+    "train_loss": "loss/train", "val_loss": "loss/val", "train_accuracy": "accuracy/train",
+    "val_accuracy": "accuracy/val", "val_top5_accuracy": "accuracy/val_top5", "train_mae": "mae/train",
+    "val_mae": "mae/val", "lr": "lr", "samples_per_second": "throughput/samples_per_second",
+    "epoch_seconds": "time/epoch_seconds",
+}
+
+
+class Board:
+    """A SummaryWriter on `log_dir`; `purge_step` drops events a killed run wrote past its checkpoint."""
+
+    def __init__(self, log_dir: str | Path, purge_step: int | None = None):
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.writer = SummaryWriter(log_dir=str(log_dir), purge_step=purge_step)
+
+    def text(self, tag: str, text: str) -> None:
+        # TensorBoard renders text as markdown: indenting keeps the YAML verbatim
+        self.writer.add_text(tag, "\n".join("    " + line for line in text.splitlines()), 0)
+
+    def images(self, x: torch.Tensor, max_images: int = 64) -> None:
+        """A grid of the first training batch after transforms, each image scaled to [0, 1] for display."""
+        from torchvision.utils import make_grid
+
+        x = x[:max_images].detach().float().cpu()
+        if x.dim() != 4 or x.shape[1] not in (1, 3):
+            return
+        grid = make_grid(x, nrow=8, normalize=True, scale_each=True, pad_value=1.0)
+        self.writer.add_image("train/first_batch", grid, 0)
+
+    def graph(self, model: nn.Module, example: torch.Tensor) -> str | None:
+        """The model's graph, traced in eval mode without touching its state or the RNG.
+
+        Returns:
+            None, or why the model could not be traced (the run goes on without a graph).
+        """
+        was_training = model.training
+        model.eval()
+        try:
+            with torch.random.fork_rng(devices=[]), torch.no_grad(), warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # the tracer's warnings are about tracing, not the run
+                self.writer.add_graph(model, example)
+        except (RuntimeError, TypeError, ValueError) as exc:
+            return f"TensorBoard graph skipped: {str(exc).splitlines()[0][:200]}"
+        finally:
+            model.train(was_training)
+        return None
+
+    def epoch(self, row: dict, step: int) -> None:
+        for key, tag in SCALARS.items():
+            if row.get(key) is not None:
+                self.writer.add_scalar(tag, row[key], step)
+        self.writer.flush()
+
+    def histograms(self, model: nn.Module, step: int) -> None:
+        """Weights and (the epoch's last) gradients of every parameter."""
+        for name, param in model.named_parameters():
+            self.writer.add_histogram(f"weights/{name}", param.detach().float().cpu(), step)
+            if param.grad is not None:
+                self.writer.add_histogram(f"gradients/{name}", param.grad.detach().float().cpu(), step)
+
+    def pr_curves(self, probs: torch.Tensor, targets: torch.Tensor, classes: Sequence[str], step: int) -> None:
+        """One precision-recall curve per class, one-vs-rest, on the validation predictions."""
+        labels = targets.argmax(1) if targets.dim() == 2 else targets
+        for index, name in enumerate(classes):
+            self.writer.add_pr_curve(f"pr/{index}_{name}", labels == index, probs[:, index], step)
+
+    def hparams(self, config: dict, metrics: dict) -> None:
+        """Config values against final metrics (the HPARAMS tab), in this run's own event file."""
+        from torch.utils.tensorboard.summary import hparams
+
+        values = {k: v for k, v in flatten(config).items()}
+        final = {f"hparam/{k}": float(v) for k, v in metrics.items() if isinstance(v, (int, float))}
+        experiment, start, end = hparams(values, final)
+        writer = self.writer._get_file_writer()
+        for summary in (experiment, start, end):
+            writer.add_summary(summary)
+        for key, value in final.items():
+            self.writer.add_scalar(key, value)
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+def flatten(data: Any, prefix: str = "") -> dict[str, Any]:
+    """Nested config -> {dotted.key: int | float | str | bool}; lists and specs become their text."""
+    if isinstance(data, dict):
+        out: dict[str, Any] = {}
+        for key, value in data.items():
+            out.update(flatten(value, f"{prefix}.{key}" if prefix else str(key)))
+        return out
+    if isinstance(data, (bool, int, float, str)):
+        return {prefix: data}
+    return {prefix: str(data)}

@@ -1,0 +1,354 @@
+"""`train()`: config -> data, model, loss, optimizer, schedule -> fit -> run directory.
+
+A fresh run and a resumed one differ only in where their parts come from: the YAML (with a new
+run folder) or a checkpoint (with its run folder, its split, and every state it saved).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+
+import dltool
+from dltool.config import Config, apply_override, config_from_data, load_config
+from dltool.engine import Callback, Callbacks, FitPlan, LoopState, StepOptions, fit
+from dltool.errors import ConfigError, Interrupted, RunFailed
+from dltool.optim import build_loss, build_optimizer, build_scheduler, monitor_mode, replay
+from dltool.runs import RunDir, metric_columns, resume_checkpoint, run_dir_of
+from dltool.runtime import EMA, StopSignal, configure_backends, resolve_device, rng_state, seed_all, set_rng_state
+from dltool.spec import Marks, located
+
+
+@dataclass
+class TrainResult:
+    """What a finished (or early-stopped) run leaves: its folder, summary.json's content, its rows."""
+
+    run_dir: Path
+    summary: dict
+    history: list = field(default_factory=list)
+
+
+def train(config: Config | str | Path | None = None, *, runs_dir: str | Path = "runs", name: str | None = None,
+          resume: str | Path | None = None, overrides: Sequence[str] = (), callbacks: Sequence[Callback] | None = None,
+          folds: int | None = None) -> TrainResult:
+    """Train a model as `config` says and write its run folder (DESIGN.md section 3).
+
+    Args:
+        config: a Config, or the path of a YAML config (None with `resume`).
+        runs_dir: where run folders go; the folder is `name` (default: the config's stem), then -2, -3, ...
+        name: the run folder's name.
+        resume: a run folder or checkpoint to continue; its config is used, and `overrides` may
+            change `train.*` keys only (e.g. `train.epochs=30` to extend the run).
+        overrides: KEY=VALUE strings applied on top of the config.
+        callbacks: progress hooks (see dltool.engine.Callback).
+        folds: K for stratified K-fold cross-validation (one sub-run per fold).
+
+    Returns:
+        A TrainResult.
+
+    Raises:
+        ConfigError, DataError, ShapeError, CheckpointError: bad input.
+        RunFailed: a non-finite loss (the checkpoints keep the last good weights).
+        Interrupted: SIGINT/SIGTERM; last.pt was saved and the message says how to resume.
+    """
+    callback = Callbacks(callbacks or ())
+    if resume is not None:
+        return Session.resumed(resume, overrides, callback).run()
+    if config is None:
+        raise ConfigError("train: give a config file, or --resume RUN_OR_CKPT")
+    if not isinstance(config, Config):
+        config = load_config(config, overrides)
+    elif overrides:
+        raise ConfigError("train: overrides apply to a config file; this config is loaded already")
+    if folds is not None:
+        from dltool.folds import cross_validate
+
+        return cross_validate(config, folds, runs_dir=runs_dir, name=name or config.stem, callback=callback)
+    return Session.fresh(config, runs_dir, name or config.stem, callback).run()
+
+
+class Session:
+    """One run being trained: its parts, its folder, and what it saves."""
+
+    def __init__(self, config: Config, bundle: Any, input_shape: tuple, run: RunDir, callback: Callback,
+                 split_state: dict | None = None):
+        from dltool.models import build_model
+
+        self.config, self.bundle, self.rundir, self.callback = config, bundle, run, callback
+        self.input_shape, self.classes, self.task = tuple(input_shape), list(bundle.classes), bundle.task
+        self.split = split_state if split_state is not None else bundle.split
+        train_cfg = config.train
+        self.device = resolve_device(train_cfg.device, config.marks)
+        configure_backends(self.device, train_cfg.deterministic)
+        seed_all(config.seed)
+        model = build_model(config.model, self.input_shape, len(self.classes) or None)
+        self.model = model.to(self.device, memory_format=_memory_format(train_cfg.channels_last))
+        counts = [0] * len(self.classes)
+        for target in bundle.train.targets if self.classes else ():
+            counts[int(target)] += 1
+        self.loss_fn = build_loss(config.loss, counts).to(self.device)
+        self.optimizer = build_optimizer(config.optimizer, self.model, device=self.device)
+        self.train_loader, self.val_loader = self._loaders()
+        self.steps_per_epoch = math.ceil(len(self.train_loader) / train_cfg.accumulate)
+        self.schedule = self._schedule(train_cfg.epochs)
+        self.monitor, self.mode = self._monitor()
+        self.opts = self._step_options()
+        self.forward = torch.compile(self.model) if train_cfg.compile else None
+        self.state = LoopState()
+        self.board = None
+        self.collected = None
+        self.resume_rng: dict | None = None
+
+    @classmethod
+    def fresh(cls, config: Config, runs_dir: str | Path, name: str, callback: Callback,
+              split_state: dict | None = None) -> Session:
+        """A new run: data from the config, a new run folder with config.yaml written first."""
+        from dltool.data import build_data
+        from dltool.models import resolve_input_shape
+
+        bundle = build_data(config, split_state=split_state)
+        input_shape = resolve_input_shape(config, data=bundle)
+        columns = metric_columns(bundle.task, len(bundle.classes))
+        run = RunDir.create(runs_dir, name, columns)
+        run.write_config(config.to_data())
+        run.write_bad_files(bundle.bad_files)
+        return cls(config, bundle, input_shape, run, callback)
+
+    @classmethod
+    def resumed(cls, target: str | Path, overrides: Sequence[str], callback: Callback) -> Session:
+        """A run continued from its checkpoint: same config (train.* overrides allowed), same split."""
+        from dltool.checkpoint import load_checkpoint
+        from dltool.data import build_data
+
+        path = resume_checkpoint(target)
+        checkpoint = load_checkpoint(path)
+        config = _resumed_config(checkpoint, overrides, path)
+        bundle = build_data(config, split_state=checkpoint["split"])
+        run = RunDir(run_dir_of(path), metric_columns(checkpoint["task"], len(checkpoint["classes"])))
+        session = cls(config, bundle, checkpoint["input_shape"], run, callback, split_state=checkpoint["split"])
+        session.restore(checkpoint)
+        return session
+
+    def _loaders(self) -> tuple[Any, Any]:
+        from dltool.data import make_loader
+
+        data, seed, device = self.config.data, self.config.seed, str(self.device)
+        train = make_loader(self.bundle.train, data, train=True, seed=seed, device=device)
+        val = make_loader(self.bundle.val, data, train=False, seed=seed, device=device) if self.bundle.val else None
+        return train, val
+
+    def _schedule(self, epochs: int) -> Any:
+        cfg = self.config.train
+        mode = monitor_mode(self._monitor_name(), cfg.mode)
+        return build_scheduler(self.config.scheduler, self.optimizer, epochs, self.steps_per_epoch,
+                               interval=cfg.scheduler_interval, warmup_epochs=cfg.warmup_epochs, mode=mode)
+
+    def _monitor_name(self) -> str:
+        monitor = self.config.train.monitor
+        if monitor == "auto":
+            if self.bundle.val is None:
+                return "train_loss"
+            return "val_loss" if self.task == "regression" else "val_accuracy"
+        return monitor
+
+    def _monitor(self) -> tuple[str, str]:
+        monitor = self._monitor_name()
+        key = "mae" if self.task == "regression" else "accuracy"
+        allowed = ["train_loss", f"train_{key}"]
+        if self.bundle.val is not None:
+            allowed += ["val_loss", f"val_{key}"] + (["val_top5_accuracy"] if len(self.classes) >= 5 else [])
+        if monitor not in allowed:
+            raise ConfigError(located(f"{monitor!r} is not measured in this run; allowed: auto, {', '.join(allowed)}",
+                                      "train.monitor", self.config.marks))
+        return monitor, monitor_mode(monitor, self.config.train.mode)
+
+    def _step_options(self) -> StepOptions:
+        cfg = self.config.train
+        scaler = torch.amp.GradScaler(self.device.type) if cfg.amp == "fp16" else None
+        return StepOptions(
+            device=self.device, task=self.task, accumulate=cfg.accumulate, clip_grad_norm=cfg.clip_grad_norm,
+            clip_grad_value=cfg.clip_grad_value, amp=cfg.amp, channels_last=cfg.channels_last,
+            log_every=cfg.log_every, scaler=scaler, ema=EMA(self.model, cfg.ema) if cfg.ema else None,
+            compile_pending=cfg.compile)
+
+    def restore(self, checkpoint: dict) -> None:
+        """Load every saved state; a changed train.epochs re-plans the schedule from where the run is."""
+        ema = self.opts.ema
+        self.model.load_state_dict(checkpoint["train_model"] if ema is not None else checkpoint["model"])
+        if ema is not None:
+            ema.load_state_dict(checkpoint["ema"])
+        if self.opts.scaler is not None and checkpoint.get("scaler"):
+            self.opts.scaler.load_state_dict(checkpoint["scaler"])
+        self.state = LoopState.from_data(checkpoint["loop"])
+        self.state.interrupted = self.state.stopped_early = False
+        planned = checkpoint["config"]["train"]["epochs"]
+        if self.config.train.epochs == planned or self.schedule.interval == "plateau":
+            self.optimizer.load_state_dict(checkpoint["optimizer"])
+            self.schedule.load_state_dict(checkpoint["scheduler"])
+        else:
+            replay(self.schedule, self.state.step if self.schedule.interval == "step" else self.state.epoch)
+            planned_lrs = [group["lr"] for group in self.optimizer.param_groups]
+            self.optimizer.load_state_dict(checkpoint["optimizer"])
+            for group, lr in zip(self.optimizer.param_groups, planned_lrs):
+                group["lr"] = lr
+        self.resume_rng = checkpoint["rng"]
+        set_rng_state(checkpoint["rng"])
+        self.rundir.keep_metrics_until(self.state.epoch)
+
+    def checkpoint(self) -> dict:
+        """The checkpoint dict (DESIGN.md section 4): plain data and tensors only."""
+        ema = self.opts.ema
+        weights = (ema.module if ema is not None else self.model).state_dict()
+        state = {
+            "model": weights, "optimizer": self.optimizer.state_dict(), "scheduler": self.schedule.state_dict(),
+            "epoch": self.state.epoch, "step": self.state.step, "config": self.config.to_data(),
+            "classes": self.classes, "metrics": self.state.history[-1] if self.state.history else {},
+            "rng": rng_state(), "versions": {"dltool": dltool.__version__, "torch": torch.__version__},
+            "split": self.split, "input_shape": list(self.input_shape), "task": self.task,
+            "loop": self.state.to_data(), "monitor": self.monitor,
+        }
+        if ema is not None:
+            state["train_model"] = self.model.state_dict()
+            state["ema"] = ema.state_dict()
+        if self.opts.scaler is not None:
+            state["scaler"] = self.opts.scaler.state_dict()
+        return _on_cpu(state)
+
+    def save(self, *, best: bool) -> None:
+        """last.pt (and best.pt); refuses to write weights that are not finite."""
+        state = self.checkpoint()
+        for key in ("model", "train_model"):
+            bad = [n for n, t in state.get(key, {}).items() if t.is_floating_point() and not torch.isfinite(t).all()]
+            if bad:
+                raise RunFailed(f"epoch {self.state.epoch}: weight {bad[0]} is not finite; not saved "
+                                f"(the checkpoints keep the last good weights); lower optimizer.lr")
+        self.rundir.save(state, best=best)
+
+    def on_epoch_end(self, state: LoopState, row: dict, better: bool, collected: dict | None) -> None:
+        self.save(best=better)
+        self.rundir.append_metrics(row)
+        self.board.epoch(row, row["epoch"])
+        if self.config.train.histograms:
+            self.board.histograms(self.model, row["epoch"])
+        self.collected = collected
+
+    def on_interrupt(self, state: LoopState) -> None:
+        self.save(best=False)
+
+    def run(self) -> TrainResult:
+        """Fit to the configured epochs and finish the run folder.
+
+        Raises:
+            RunFailed, Interrupted: see `train`.
+        """
+        from dltool.board import Board
+
+        self.board = Board(self.rundir.tb, purge_step=self.state.epoch + 1 if self.state.epoch else None)
+        try:
+            if self.resume_rng is None:
+                self._start_board()
+                self.save(best=False)
+            self.callback.on_fit_start(self._info())
+            with StopSignal() as stop:
+                state = self._fit(stop)
+            summary = self._summary("interrupted" if state.interrupted else "finished")
+            self.rundir.write_summary(summary)
+            if state.interrupted:
+                where = f"epoch {state.epoch + 1}, batch {state.batch}" if state.batch else f"the end of epoch {state.epoch}"
+                raise Interrupted(f"interrupted by {stop.requested} at {where}; saved {self.rundir.last}; "
+                                  f"continue with: dltool train --resume {self.rundir.path}")
+            self._finish_board(summary)
+            self.callback.on_fit_end(summary)
+            return TrainResult(self.rundir.path, summary, list(state.history))
+        except RunFailed as exc:
+            self.rundir.write_summary({**self._summary("failed"), "error": str(exc)})
+            raise
+        finally:
+            self.board.close()
+
+    def _fit(self, stop: StopSignal) -> LoopState:
+        cfg = self.config.train
+        plan = FitPlan(epochs=cfg.epochs, seed=self.config.seed, monitor=self.monitor, mode=self.mode,
+                       patience=cfg.patience, min_delta=cfg.min_delta, unfreeze_at=cfg.unfreeze_at,
+                       on_epoch_end=self.on_epoch_end, on_interrupt=self.on_interrupt, resume_rng=self.resume_rng)
+        return fit(self.model, self.train_loader, self.val_loader, self.loss_fn, self.optimizer, self.schedule,
+                   self.opts, plan, state=self.state, callback=self.callback, stop=stop, forward=self.forward)
+
+    def _start_board(self) -> None:
+        from dltool.config import dump_yaml
+
+        self.board.text("config", dump_yaml(self.config.to_data()))
+        self.train_loader.set_epoch(1)
+        x, _ = next(iter(self.train_loader))
+        self.board.images(x)
+        problem = self.board.graph(self.model, x[:1].to(self.device))
+        if problem:
+            self.callback.on_message(problem)
+
+    def _finish_board(self, summary: dict) -> None:
+        if self.collected is not None and self.classes:
+            self.board.pr_curves(self.collected["probs"], self.collected["targets"], self.classes, self.state.epoch)
+        final = {f"final_{k}": v for k, v in summary["final"].items() if v is not None}
+        best = {"best_value": summary["best_value"]} if summary["best_value"] is not None else {}
+        self.board.hparams(self.config.to_data(), {**final, **best})
+
+    def _info(self) -> dict:
+        return {"run_dir": str(self.rundir.path), "device": str(self.device), "epochs": self.config.train.epochs,
+                "start_epoch": self.state.epoch + 1, "batches": len(self.train_loader),
+                "train_samples": len(self.bundle.train), "val_samples": len(self.bundle.val) if self.bundle.val else 0,
+                "params": sum(p.numel() for p in self.model.parameters()), "monitor": self.monitor}
+
+    def _summary(self, status: str) -> dict:
+        state, history = self.state, self.state.history
+        best_row = next((r for r in history if r["epoch"] == state.best_epoch), {})
+        last = history[-1] if history else {}
+        final_keys = ("val_loss", "val_accuracy", "val_top5_accuracy", "val_mae")
+        return {
+            "status": status, "best_epoch": state.best_epoch, "best_val_accuracy": best_row.get("val_accuracy"),
+            "epochs_done": state.epoch, "train_seconds": round(state.train_seconds, 3),
+            "train_samples_per_second": round(state.train_samples / state.train_seconds, 1) if state.train_seconds else None,
+            "final": {k: last.get(k) for k in final_keys if k in last or k in ("val_loss", "val_accuracy")},
+            "monitor": self.monitor, "mode": self.mode, "best_value": state.best,
+            "stopped_early": state.stopped_early, "compile_seconds": round(state.compile_seconds, 3),
+            "device": str(self.device), "task": self.task, "classes": len(self.classes),
+            "train_samples": len(self.bundle.train), "val_samples": len(self.bundle.val) if self.bundle.val else 0,
+            "bad_files": len(self.bundle.bad_files), "steps": state.step, "updated": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        }
+
+
+def _resumed_config(checkpoint: dict, overrides: Sequence[str], path: Path) -> Config:
+    """The checkpoint's config with `train.*` overrides applied."""
+    data = checkpoint["config"]
+    for text in overrides:
+        if not text.startswith("train."):
+            raise ConfigError(f"override {text!r}: on --resume only train.* keys can change "
+                              "(the data, model and optimizer are those the checkpoint was trained with)")
+        apply_override(data, Marks(), text)
+    config = config_from_data(data, source=str(path))
+    loop = checkpoint["loop"]
+    done, planned = loop["epoch"], checkpoint["config"]["train"]["epochs"]
+    stopped_early = loop.get("stopped_early") and config.train.epochs == planned
+    if (config.train.epochs <= done and not loop["batch"]) or stopped_early:
+        how = f"stopped early after {done} epochs" if stopped_early else f"has finished its {done} epochs"
+        raise ConfigError(f"--resume: {path} {how}; to train on, extend it: "
+                          f"dltool train --resume {run_dir_of(path)} train.epochs={done + 10}")
+    return config
+
+
+def _memory_format(channels_last: bool) -> torch.memory_format:
+    return torch.channels_last if channels_last else torch.preserve_format
+
+
+def _on_cpu(value: Any) -> Any:
+    if isinstance(value, torch.Tensor):
+        return value.detach().cpu()
+    if isinstance(value, dict):
+        return {k: _on_cpu(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_on_cpu(v) for v in value)
+    return value
