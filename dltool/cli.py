@@ -153,5 +153,39 @@ def data_command(
         stderr_console().print(render(report))
 
 
+@app.command("train")
+def train_command(
+    config: Optional[str] = typer.Argument(None, metavar="[CONFIG]", help="YAML config file (not needed with --resume)"),
+    overrides: Optional[List[str]] = OverridesArg,
+    resume: Optional[Path] = typer.Option(None, "--resume", help="Continue a run folder or checkpoint (train.* overrides allowed, e.g. train.epochs=30)"),
+    name: Optional[str] = typer.Option(None, "--name", help="Run folder name (default: the config's file name)"),
+    runs_dir: Path = typer.Option(Path("runs"), "--runs-dir", help="Where run folders go"),
+    folds: Optional[int] = typer.Option(None, "--folds", min=2, help="K-fold cross-validation: one sub-run per fold"),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress output"),
+) -> None:
+    """Train a model from a YAML config; writes a run folder (config, metrics, checkpoints, TensorBoard)."""
+    from dltool.progress import make_progress, summary_table
+    from dltool.train import train
+
+    overrides = list(overrides or [])
+    if resume is not None and config is not None and "=" in config:
+        overrides.insert(0, config)  # `--resume runs/x train.epochs=30`: the first override lands in CONFIG
+        config = None
+    console = stderr_console()
+    progress = make_progress(console, quiet)
+    try:
+        with user_errors():
+            result = train(config, runs_dir=runs_dir, name=name, resume=resume, overrides=overrides,
+                           callbacks=[progress], folds=folds)
+    except KeyboardInterrupt:
+        console.print("[red]interrupted twice:[/red] stopped at once; the last epoch's checkpoint is kept")
+        raise typer.Exit(code=130) from None
+    finally:
+        if hasattr(progress, "close"):
+            progress.close()
+    if not quiet:
+        console.print(summary_table(result.summary, result.run_dir))
+
+
 def main() -> None:
     app()

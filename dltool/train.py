@@ -6,6 +6,7 @@ run folder) or a checkpoint (with its run folder, its split, and every state it 
 
 from __future__ import annotations
 
+import copy
 import math
 import time
 from dataclasses import dataclass, field
@@ -208,7 +209,7 @@ class Session:
             "model": weights, "optimizer": self.optimizer.state_dict(), "scheduler": self.schedule.state_dict(),
             "epoch": self.state.epoch, "step": self.state.step, "config": self.config.to_data(),
             "classes": self.classes, "metrics": self.state.history[-1] if self.state.history else {},
-            "rng": rng_state(), "versions": {"dltool": dltool.__version__, "torch": torch.__version__},
+            "rng": rng_state(), "versions": {"dltool": dltool.__version__, "torch": str(torch.__version__)},
             "split": self.split, "input_shape": list(self.input_shape), "task": self.task,
             "loop": self.state.to_data(), "monitor": self.monitor,
         }
@@ -323,7 +324,7 @@ class Session:
 
 def _resumed_config(checkpoint: dict, overrides: Sequence[str], path: Path) -> Config:
     """The checkpoint's config with `train.*` overrides applied."""
-    data = checkpoint["config"]
+    data = copy.deepcopy(checkpoint["config"])
     for text in overrides:
         if not text.startswith("train."):
             raise ConfigError(f"override {text!r}: on --resume only train.* keys can change "
