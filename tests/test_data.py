@@ -106,3 +106,38 @@ def test_missing_test_split_is_a_data_error():
     config = config_from_data({"data": {"dataset": "Digits"}})
     with pytest.raises(DataError, match="Digits: has no test split"):
         build_data(config, splits=("test",))
+
+
+def test_workers_give_the_same_batches_as_the_main_process(quick):
+    config, bundle = quick
+    workers = load_config("configs/quickstart.yaml", ["data.num_workers=2", "data.persistent_workers=true"])
+    main, forked = (make_loader(bundle.train, c.data, train=True, seed=0) for c in (config, workers))
+    for epoch in (0, 1):
+        main.set_epoch(epoch)
+        forked.set_epoch(epoch)
+        for _, (x1, y1), (x2, y2) in zip(range(3), main, forked):
+            assert torch.equal(x1, x2) and torch.equal(y1, y2)
+
+
+def test_balanced_sampler_draws_classes_equally():
+    config = config_from_data({"data": {"dataset": "Digits", "sampler": "balanced", "batch_size": 256}})
+    bundle = build_data(config)
+    keep = [i for i, t in enumerate(bundle.train.targets) if t != 0 or i % 10 == 0]
+    bundle.train.indices = [bundle.train.indices[i] for i in keep]
+    bundle.train.targets = [bundle.train.targets[i] for i in keep]
+    loader = make_loader(bundle.train, config.data, train=True, seed=3)
+    drawn = Counter(torch.cat([y for _, y in loader]).tolist())
+    assert Counter(bundle.train.targets)[0] < 20
+    assert 0.6 < drawn[0] / (len(bundle.train) / 10) < 1.4
+
+
+def test_mixup_in_the_loader_gives_soft_targets(quick):
+    _, bundle = quick
+    config = load_config("configs/quickstart.yaml", ["data.batch_transforms=[{MixUp: {alpha: 0.4}}]"])
+    loader = make_loader(bundle.train, config.data, train=True, seed=0)
+    x, y = next(iter(loader))
+    assert y.shape == (32, 10) and y.dtype == torch.float32
+    assert torch.allclose(y.sum(1), torch.ones(32))
+    again = next(iter(make_loader(bundle.train, config.data, train=True, seed=0)))
+    assert torch.equal(again[1], y) and torch.equal(again[0], x)
+    assert next(iter(make_loader(bundle.val, config.data, train=False, seed=0)))[1].ndim == 1

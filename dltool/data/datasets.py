@@ -16,6 +16,7 @@ import torchvision.datasets as tvd
 from PIL import Image
 
 from dltool.data import folders  # noqa: F401  (registers ImageFolder and ImageList)
+from dltool.data.idx import GZIP_AWARE
 from dltool.data.sources import RawSplit, Source
 from dltool.errors import DataError
 from dltool.registry import DATASETS
@@ -79,8 +80,10 @@ def _vision_builder(cls: type) -> Callable[..., Source]:
     params = [p if p.kind == p.VAR_KEYWORD else
               p.replace(kind=p.KEYWORD_ONLY, **({"default": "data"} if p.name == "root" else {})) for p in params]
 
+    reader = GZIP_AWARE.get(name, cls)
+
     def build(**kwargs: Any) -> Source:
-        loaders = {split: _split_loader(cls, kwargs, extra) for split, extra in _split_args(name).items()}
+        loaders = {split: _split_loader(reader, kwargs, extra) for split, extra in _split_args(name).items()}
         return Source(name, loaders, root=str(kwargs.get("root", "data")))
 
     build.__signature__ = sig.replace(parameters=params)

@@ -13,6 +13,7 @@ import inspect
 from typing import Any, Callable, Sequence
 
 import torch
+from torchvision import tv_tensors
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
 
@@ -36,15 +37,22 @@ DETERMINISTIC = {
 }
 
 
-class ToTensor(v2.Transform):
-    """PIL image or uint8 array -> float32 tensor (C, H, W) in [0, 1], like the classic ToTensor."""
+class ToTensor(v2.ToImage):
+    """PIL image or uint8 array -> float32 tensor (C, H, W) in [0, 1], bit for bit the classic ToTensor."""
 
-    def __init__(self) -> None:
-        super().__init__()
-        self._steps = v2.Compose([v2.ToImage(), v2.ToDtype(torch.float32, scale=True)])
+    _transformed_types = (*v2.ToImage._transformed_types, tv_tensors.Image)
 
-    def forward(self, *inputs: Any) -> Any:
-        return self._steps(*inputs)
+    def transform(self, inpt: Any, params: dict) -> Any:
+        return to_unit_float(super().transform(inpt, params))
+
+
+def to_unit_float(image: torch.Tensor) -> torch.Tensor:
+    """uint8 -> float32 / 255 (as the classic ToTensor computes it); other dtypes scaled by v2."""
+    if image.dtype == torch.uint8:
+        return image.to(torch.float32).div(255)
+    if image.is_floating_point():
+        return image
+    return F.to_dtype(image, torch.float32, scale=True)
 
 
 def _dtype(value: Any) -> Any:
@@ -130,9 +138,9 @@ def _children(spec: Spec, value: Any, key: str) -> list:
     return [build_transform(spec.child(item, f"{key}.{i}")) for i, item in enumerate(value)]
 
 
-def build_pipeline(specs: Sequence[Spec]) -> v2.Compose:
+def build_pipeline(specs: Sequence[Spec]) -> v2.Transform:
     """A v2.Compose of the listed transforms (an empty list gives the identity)."""
-    return v2.Compose([build_transform(s) for s in specs])
+    return v2.Compose([build_transform(s) for s in specs]) if specs else v2.Identity()
 
 
 def deterministic_part(specs: Sequence[Spec]) -> tuple[Spec, ...]:
@@ -153,11 +161,9 @@ def deterministic_part(specs: Sequence[Spec]) -> tuple[Spec, ...]:
 
 def to_float_tensor(image: Any) -> torch.Tensor:
     """The end of every pipeline: a float tensor (C, H, W), whatever the user's list returned."""
-    if isinstance(image, torch.Tensor):
-        if image.is_floating_point():
-            return image.as_subclass(torch.Tensor)
-        return F.to_dtype(image.as_subclass(torch.Tensor), torch.float32, scale=True)
-    return F.to_dtype(F.to_image(image), torch.float32, scale=True).as_subclass(torch.Tensor)
+    if not isinstance(image, torch.Tensor):
+        image = F.to_image(image)
+    return to_unit_float(image.as_subclass(torch.Tensor))
 
 
 _register_v2()
