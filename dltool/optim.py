@@ -136,8 +136,8 @@ def _matches(patterns: list, name: str, typed: str) -> bool:
 
 @dataclass
 class Schedule:
-    """A scheduler with how it advances: `interval` is "step", "epoch" or "plateau" (ReduceLROnPlateau,
-    stepped once per epoch with the monitored metric). `warmup_steps` scale the lr linearly up to
+    """A scheduler with how it advances: `interval` is "step", "epoch", "plateau" (ReduceLROnPlateau,
+    stepped once per epoch with the monitored metric) or "none". `warmup_steps` scale the lr linearly up to
     the scheduled value over the first optimizer steps."""
 
     scheduler: Any
@@ -175,7 +175,7 @@ def build_scheduler(spec: Spec | None, optimizer: torch.optim.Optimizer, epochs:
     """
     warmup = int(round(warmup_epochs * steps_per_epoch))
     if spec is None:
-        return Schedule(None, "epoch", warmup)
+        return Schedule(None, "none", warmup)
     name = SCHEDULERS.canonical(spec.name, spec)
     if name == "ReduceLROnPlateau":
         kind = "plateau"
