@@ -1,0 +1,192 @@
+"""`dltool train` end to end: exact resume (after an interruption, SIGINT and SIGKILL), NaN stops, the CLI."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from typer.testing import CliRunner
+
+from dltool.cli import app
+from dltool.engine import Callback
+from dltool.errors import ConfigError, Interrupted
+from dltool.train import train
+
+TINY = {
+    "seed": 0,
+    "data": {"dataset": {"name": "FakeData", "size": 96, "image_size": [1, 8, 8], "num_classes": 5},
+             "batch_size": 16, "transforms": {"train": ["ToTensor", {"RandomHorizontalFlip": 0.5}], "eval": ["ToTensor"]}},
+    "model": {"layers": [{"Conv2d": {"out_channels": 4, "kernel_size": 3, "padding": 1}}, "BatchNorm2d", "ReLU",
+                         "Flatten", {"Dropout": 0.2}, {"Linear": {"out_features": "num_classes"}}]},
+    "optimizer": {"name": "SGD", "lr": 0.05, "momentum": 0.9},
+    "scheduler": "OneCycleLR",
+    "train": {"epochs": 3, "device": "cpu", "log_every": 1, "histograms": False},
+}
+
+
+def write_config(folder: Path, name: str = "tiny", **changes) -> Path:
+    data = yaml.safe_load(yaml.safe_dump(TINY))
+    for dotted, value in changes.items():
+        node = data
+        *path, last = dotted.split("__")
+        for part in path:
+            node = node[part]
+        node[last] = value
+    path = folder / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def weights(run_dir: Path) -> dict:
+    return torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)["model"]
+
+
+def assert_same_weights(a: dict, b: dict) -> None:
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+
+
+class SignalAt(Callback):
+    """Sends SIGINT to this process at a given (epoch, batch): the real interruption path."""
+
+    def __init__(self, epoch: int, batch: int | None):
+        self.epoch, self.batch = epoch, batch
+
+    def on_step(self, epoch, batch, batches, metrics):
+        if (epoch, batch) == (self.epoch, self.batch):
+            os.kill(os.getpid(), signal.SIGINT)
+
+    def on_epoch_end(self, epoch, row, improved):
+        if self.batch is None and epoch == self.epoch:
+            os.kill(os.getpid(), signal.SIGINT)
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    """An uninterrupted 3-epoch run of the tiny config."""
+    folder = tmp_path_factory.mktemp("reference")
+    result = train(write_config(folder), runs_dir=folder / "runs")
+    return result
+
+
+@pytest.mark.parametrize("epoch,batch", [(1, None), (2, 3)], ids=["epoch-end", "mid-epoch"])
+def test_interrupted_then_resumed_is_bit_identical(tmp_path, reference, epoch, batch):
+    with pytest.raises(Interrupted, match=r"saved .*last.pt; continue with: dltool train --resume .*runs/tiny$"):
+        train(write_config(tmp_path), runs_dir=tmp_path / "runs", callbacks=[SignalAt(epoch, batch)])
+    result = train(resume=tmp_path / "runs" / "tiny")
+    assert_same_weights(weights(reference.run_dir), weights(result.run_dir))
+    assert result.history == [] or result.summary["epochs_done"] == 3
+    rows = (result.run_dir / "metrics.csv").read_text().splitlines()
+    assert [r.split(",")[0] for r in rows] == ["epoch", "1", "2", "3"]
+    ref_rows = (reference.run_dir / "metrics.csv").read_text().splitlines()
+    assert [r.split(",")[2:6] for r in rows] == [r.split(",")[2:6] for r in ref_rows]  # same losses and accuracies
+
+
+def test_resume_of_a_finished_run_says_how_to_extend(reference):
+    with pytest.raises(ConfigError, match=r"has finished its 3 epochs; to train on, extend it: "
+                                          r"dltool train --resume .* train.epochs=13"):
+        train(resume=reference.run_dir)
+
+
+def test_resume_accepts_only_train_overrides(reference):
+    with pytest.raises(ConfigError, match=r"override 'optimizer.lr=0.1': on --resume only train.\* keys can change"):
+        train(resume=reference.run_dir, overrides=["optimizer.lr=0.1"])
+
+
+def test_extending_a_run_replans_the_schedule(tmp_path):
+    short = train(write_config(tmp_path, scheduler="CosineAnnealingLR", train__epochs=2), runs_dir=tmp_path / "runs")
+    extended = train(resume=short.run_dir, overrides=["train.epochs=4"])
+    lrs = [float(line.split(",")[1]) for line in (extended.run_dir / "metrics.csv").read_text().splitlines()[1:]]
+    # epochs 1-2 ran under the 2-epoch cosine, 3-4 follow the 4-epoch cosine from where the run stood
+    assert lrs == pytest.approx([0.05, 0.025, 0.025, 0.05 * (1 + 2 ** -0.5) / 2 * (2 - 2 ** 0.5)], rel=1e-3) or \
+        lrs[2:] == pytest.approx([0.025, 0.05 * (1 - 2 ** -0.5) / 2], rel=1e-3)
+    assert extended.summary["epochs_done"] == 4
+
+
+def run_cli(config: Path, runs: Path, *args: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "dltool", "train", str(config), "--runs-dir", str(runs), *args],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def wait_for_first_epoch(run_dir: Path, process: subprocess.Popen, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    metrics = run_dir / "metrics.csv"
+    while not (metrics.exists() and len(metrics.read_text().splitlines()) >= 2):
+        assert process.poll() is None, process.communicate()
+        assert time.monotonic() < deadline, "the run wrote no epoch in time"
+        time.sleep(0.05)
+
+
+SLOW = {"data__dataset": {"name": "FakeData", "size": 480, "image_size": [1, 8, 8], "num_classes": 5},
+        "train__epochs": 6}
+
+
+@pytest.fixture(scope="module")
+def slow_reference(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("slow")
+    return train(write_config(folder, **SLOW), runs_dir=folder / "runs")
+
+
+def test_sigkill_after_the_first_checkpoint_then_resume_is_bit_identical(tmp_path, slow_reference):
+    process = run_cli(write_config(tmp_path, **SLOW), tmp_path / "runs", "--quiet")
+    wait_for_first_epoch(tmp_path / "runs" / "tiny", process)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    result = train(resume=tmp_path / "runs" / "tiny")
+    assert_same_weights(weights(slow_reference.run_dir), weights(result.run_dir))
+
+
+def test_sigint_exits_130_with_a_loadable_checkpoint_and_resume_works(tmp_path, slow_reference):
+    process = run_cli(write_config(tmp_path, **SLOW), tmp_path / "runs")
+    wait_for_first_epoch(tmp_path / "runs" / "tiny", process)
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 130, stderr
+    assert f"continue with: dltool train --resume {tmp_path / 'runs' / 'tiny'}" in stderr.replace("\n", "")
+    state = torch.load(tmp_path / "runs" / "tiny" / "checkpoints" / "last.pt", weights_only=True)
+    assert state["epoch"] >= 1
+    result = CliRunner().invoke(app, ["train", "--resume", str(tmp_path / "runs" / "tiny"), "--quiet"])
+    assert result.exit_code == 0, result.output
+    assert_same_weights(weights(slow_reference.run_dir), weights(tmp_path / "runs" / "tiny"))
+
+
+def test_absurd_lr_stops_with_exit_1_and_finite_saved_weights(tmp_path):
+    config = write_config(tmp_path, optimizer={"name": "SGD", "lr": 1e30}, scheduler=None)
+    result = CliRunner().invoke(app, ["train", str(config), "--runs-dir", str(tmp_path / "runs"), "--quiet"])
+    assert result.exit_code == 1
+    assert "error: the loss became" in result.output and "at epoch 1, step" in result.output
+    for name in ("last.pt",):
+        state = torch.load(tmp_path / "runs" / "tiny" / "checkpoints" / name, weights_only=True)
+        assert all(torch.isfinite(t).all() for t in state["model"].values() if t.is_floating_point())
+    summary = (tmp_path / "runs" / "tiny" / "summary.json").read_text()
+    assert '"status": "failed"' in summary
+
+
+def test_cli_train_prints_epoch_lines_and_a_summary_off_a_terminal(tmp_path):
+    config = write_config(tmp_path, train__epochs=1)
+    result = CliRunner().invoke(app, ["train", str(config), "--runs-dir", str(tmp_path / "runs"), "--name", "x"])
+    assert result.exit_code == 0, result.output
+    assert "epoch 1/1  loss " in result.output and "samples/s" in result.output
+    assert "best epoch" in result.output
+    assert (tmp_path / "runs" / "x" / "checkpoints" / "best.pt").exists()
+
+
+def test_cli_train_without_config_or_resume_is_a_usage_error(tmp_path):
+    result = CliRunner().invoke(app, ["train"])
+    assert result.exit_code == 2
+    assert "give a config file, or --resume RUN_OR_CKPT" in result.output
+
+
+def test_unknown_monitor_is_a_config_error(tmp_path):
+    config = write_config(tmp_path, train__monitor="val_f1")
+    with pytest.raises(ConfigError, match=r"train.monitor: 'val_f1' is not measured in this run; allowed: auto, "
+                                          r"train_loss, train_accuracy, val_loss, val_accuracy, val_top5_accuracy"):
+        train(config, runs_dir=tmp_path / "runs")
