@@ -87,6 +87,9 @@ def build_optimizer(spec: Spec, model: nn.Module, *, device: torch.device | None
     cls = OPTIMIZERS.get(spec.name, spec)
     if cls is torch.optim.SparseAdam:
         raise RegistryError(spec.error("needs sparse gradients (nn.Embedding(sparse=True)); use Adam or AdamW"))
+    if cls is torch.optim.LBFGS:
+        raise RegistryError(spec.error("re-evaluates the whole loss several times per step (a closure), "
+                                       "which minibatch training does not do; use SGD, Adam or AdamW"))
     if device is not None and device.type == "cuda" and "fused" in inspect.signature(cls).parameters:
         kwargs.setdefault("fused", True)
     plain = Spec(spec.name, spec.args, kwargs, key=spec.key, marks=spec.marks)
