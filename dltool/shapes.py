@@ -211,7 +211,7 @@ def render_table(report: ShapeReport | None, rows: Sequence[ShapeRow] | None = N
     from rich.table import Table
 
     rows = report.rows if report is not None else list(rows or [])
-    caption = f"parameter memory {report.param_bytes / 2**20:.2f} MB" if report is not None else None
+    caption = f"parameter memory {human_bytes(report.param_bytes)}" if report is not None else None
     table = Table(title=title, caption=caption, show_footer=report is not None, box=box.SIMPLE_HEAD)
     footers = ["", "total", "", "", *(_totals(report) if report is not None else ["", "", ""])]
     columns = [("#", "right"), ("layer", "left"), ("type", "left"), ("output shape", "left"),
@@ -242,3 +242,11 @@ def human(count: int) -> str:
         if count >= scale:
             return f"{count / scale:.2f} {unit}"
     return str(count)
+
+
+def human_bytes(count: int) -> str:
+    """44_726_568 -> '42.65 MB' (powers of 1024)."""
+    for unit, scale in (("GB", 2**30), ("MB", 2**20), ("KB", 2**10)):
+        if count >= scale:
+            return f"{count / scale:.2f} {unit}"
+    return f"{count} B"

@@ -1,0 +1,127 @@
+import io
+import json
+import textwrap
+
+import pytest
+from rich.console import Console
+from typer.testing import CliRunner
+
+from dltool.cli import app
+from dltool.config import load_config
+from dltool.shapes import collect_shapes, render_table
+
+TINY = """\
+model:
+  input_shape: [1, 6, 6]
+  layers:
+    - Conv2d: {out_channels: 2, kernel_size: 3}
+    - BatchNorm2d
+    - Residual:
+        body: [ReLU, {Conv2d: {out_channels: 2, kernel_size: 1}}]
+    - Flatten
+    - Linear: {out_features: 3}
+"""
+
+
+def write(tmp_path, text, name="cfg.yaml"):
+    path = tmp_path / name
+    path.write_text(textwrap.dedent(text))
+    return path
+
+
+def test_rows_params_and_torchinfo_style_mult_adds(tmp_path):
+    report = collect_shapes(load_config(write(tmp_path, TINY)), (1, 6, 6), batch_size=4)
+    rows = {row.name: row for row in report.rows}
+    assert list(rows) == ["0", "1", "2", "2.body", "2.body.0", "2.body.1", "2.shortcut", "3", "4"]
+    assert rows["0"].output_shape == [4, 2, 4, 4] and rows["4"].output_shape == [4, 3]
+    # conv: (weight + bias) x batch x output positions; others: parameters x batch
+    assert rows["0"].mult_adds == (18 + 2) * 4 * 16
+    assert rows["1"].mult_adds == 4 * 4
+    assert rows["2.body.1"].mult_adds == (4 + 2) * 4 * 16 == rows["2"].mult_adds
+    assert rows["4"].mult_adds == (32 * 3 + 3) * 4
+    assert report.total_mult_adds == sum(rows[n].mult_adds for n in ("0", "1", "2", "4"))
+    assert report.total_params == 20 + 4 + 6 + 99 == report.trainable_params
+    assert report.param_bytes == report.total_params * 4
+
+
+def test_depth_limits_nested_rows(tmp_path):
+    report = collect_shapes(load_config(write(tmp_path, TINY)), (1, 6, 6), depth=1)
+    assert [row.name for row in report.rows] == ["0", "1", "2", "3", "4"]
+    assert report.rows[2].params == 6
+
+
+def test_resnet18_totals_agree_with_torchinfo(tmp_path):
+    path = write(tmp_path, "model:\n  layers:\n    - TorchvisionModel: {name: resnet18, weights: null}\n")
+    report = collect_shapes(load_config(path), (3, 224, 224), num_classes=1000, depth=1)
+    assert report.total_params == 11_689_512  # torchinfo: 11,689,512 params, 1.81 G mult-adds
+    assert abs(report.total_mult_adds - 1.81e9) / 1.81e9 < 0.01
+
+
+def test_shapes_json_is_exactly_the_documented_document(tmp_path):
+    result = CliRunner().invoke(app, ["shapes", str(write(tmp_path, TINY)), "--json", "--batch-size", "2"])
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    assert list(data) == ["input_shape", "layers", "total_params", "trainable_params", "total_mult_adds"]
+    assert data["input_shape"] == [2, 1, 6, 6]
+    assert list(data["layers"][0]) == ["index", "name", "type", "output_shape", "params", "trainable_params", "mult_adds"]
+    assert data["layers"][-1] == {"index": 8, "name": "4", "type": "Linear", "output_shape": [2, 3], "params": 99,
+                                  "trainable_params": 99, "mult_adds": 198}
+    assert data["total_params"] == 129
+    assert "Linear" in result.stderr
+
+
+def test_shapes_takes_the_input_shape_from_the_dataset():
+    result = CliRunner().invoke(app, ["shapes", "configs/quickstart.yaml", "--json"])
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    assert data["input_shape"] == [1, 1, 16, 16]
+    assert data["layers"][-1]["output_shape"] == [1, 10]
+
+
+def test_input_shape_option_and_its_errors(tmp_path):
+    path = write(tmp_path, "data: {dataset: Digits}\nmodel:\n  layers: [Flatten, {Linear: {out_features: 4}}]\n")
+    result = CliRunner().invoke(app, ["shapes", str(path), "--input-shape", "3,8,8", "--json"])
+    assert json.loads(result.stdout)["layers"][0]["output_shape"] == [1, 192]
+    result = CliRunner().invoke(app, ["shapes", str(path), "--input-shape", "3,x8"])
+    assert result.exit_code == 2
+    assert result.stderr.strip() == "error: --input-shape: expected positive integers like 3,32,32; got '3,x8'"
+
+
+def test_shape_error_with_json_leaves_stdout_empty(tmp_path):
+    path = write(tmp_path, TINY.replace("out_features: 3", "in_features: 7, out_features: 3"))
+    result = CliRunner().invoke(app, ["shapes", str(path), "--json"])
+    assert result.exit_code == 2 and result.stdout == ""
+    assert result.stderr.strip().endswith(
+        "model.layers.4: Linear: in_features is 7 but the input has 32 features (2x4x4 flattened); "
+        "write in_features: 32 or leave it out")
+
+
+GOLDEN = """\
+                             dltool shapes
+
+  #   layer   type      output shape   params   trainable   mult-adds
+ ─────────────────────────────────────────────────────────────────────
+      input             [1, 1, 6, 6]
+  0   0       Conv2d    [1, 2, 4, 4]       20          20         320
+  1   1       Flatten   [1, 32]             0           0           0
+  2   2       Linear    [1, 3]             99          99          99
+
+      total                               119         119         419
+
+                        parameter memory 476 B
+"""
+
+
+def test_table_render(tmp_path):
+    path = write(tmp_path, "model:\n  input_shape: [1, 6, 6]\n  layers: [{Conv2d: {out_channels: 2, kernel_size: 3}}, "
+                           "Flatten, {Linear: {out_features: 3}}]\n")
+    console = Console(file=io.StringIO(), width=100, color_system=None)
+    console.print(render_table(collect_shapes(load_config(path), (1, 6, 6))))
+    lines = [line.rstrip() for line in console.file.getvalue().splitlines()]
+    assert lines == [line.rstrip() for line in GOLDEN.splitlines()]
+
+
+@pytest.mark.parametrize("depth", ["0", "-1"])
+def test_depth_must_be_positive(tmp_path, depth):
+    result = CliRunner().invoke(app, ["shapes", str(write(tmp_path, TINY)), "--depth", depth])
+    assert result.exit_code == 2
