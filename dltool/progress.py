@@ -107,8 +107,9 @@ def summary_table(summary: dict, run_dir: Any) -> Table:
     table = Table(title=f"run {run_dir}", show_header=False, title_justify="left")
     table.add_column("what", style="bold")
     table.add_column("value")
-    rows = [("status", summary.get("status")), ("epochs", summary.get("epochs_done")),
-            ("best epoch", f"{summary.get('best_epoch')} ({summary.get('monitor')} {_fmt(summary.get('best_value'))})")]
+    rows = [("status", summary.get("status")), ("epochs", summary.get("epochs_done"))]
+    if "folds" not in summary:
+        rows.append(("best epoch", f"{summary.get('best_epoch')} ({summary.get('monitor')} {_fmt(summary.get('best_value'))})"))
     rows += [(key.replace("_", " "), _fmt(value)) for key, value in (summary.get("final") or {}).items()]
     rows += [("train time", f"{summary.get('train_seconds', 0):.1f} s"),
              ("throughput", f"{_fmt(summary.get('train_samples_per_second'))} samples/s")]

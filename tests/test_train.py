@@ -190,3 +190,18 @@ def test_unknown_monitor_is_a_config_error(tmp_path):
     with pytest.raises(ConfigError, match=r"train.monitor: 'val_f1' is not measured in this run; allowed: auto, "
                                           r"train_loss, train_accuracy, val_loss, val_accuracy, val_top5_accuracy"):
         train(config, runs_dir=tmp_path / "runs")
+
+
+def test_k_fold_cross_validation_runs_one_sub_run_per_fold(tmp_path):
+    config = write_config(tmp_path, scheduler=None, train__epochs=1,
+                          model={"layers": ["Flatten", {"Linear": {"out_features": "num_classes"}}]})
+    result = CliRunner().invoke(app, ["train", str(config), "--runs-dir", str(tmp_path / "runs"), "--folds", "3", "-q"])
+    assert result.exit_code == 0, result.output
+    parent = tmp_path / "runs" / "tiny"
+    summary = __import__("json").loads((parent / "summary.json").read_text())
+    assert summary["folds"] == 3 and len(summary["values"]) == 3 and summary["monitor"] == "val_accuracy"
+    assert summary["mean"] == pytest.approx(sum(summary["values"]) / 3)
+    assert summary["std"] >= 0
+    val_sets = [set(torch.load(parent / f"fold-{i}" / "checkpoints" / "last.pt", weights_only=True)["split"]["val"])
+                for i in (1, 2, 3)]
+    assert sum(len(v) for v in val_sets) == len(set().union(*val_sets)) == 96  # the folds partition the data
