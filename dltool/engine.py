@@ -183,6 +183,10 @@ def train_one_epoch(model: nn.Module, loader: Iterable, loss_fn: nn.Module, opti
             raise _non_finite(loss, epoch, batch, lr)
         if not check_each_step:
             first_bad = torch.where((first_bad < 0) & ~torch.isfinite(loss), batch, first_bad)
+        if batch % opts.accumulate == 0:
+            # zeroed before each step's first backward (not after the step), so the epoch's last
+            # gradients stay readable for the histograms
+            optimizer.zero_grad(set_to_none=True)
         _backward(loss / opts.accumulate, opts.scaler)
         sums.add(loss, out, y, opts.task)
         samples += x.shape[0]
@@ -211,7 +215,7 @@ def _backward(loss: torch.Tensor, scaler: Any) -> None:
 
 def _optimizer_step(model: nn.Module, optimizer: torch.optim.Optimizer, schedule: Schedule,
                     opts: StepOptions, step: int) -> float:
-    """Clip, step (with the warmup factor), zero the gradients, update EMA and per-step schedules."""
+    """Clip, step (with the warmup factor), update EMA and per-step schedules."""
     if opts.scaler is not None and (opts.clip_grad_norm or opts.clip_grad_value):
         opts.scaler.unscale_(optimizer)
     if opts.clip_grad_norm:
@@ -231,7 +235,6 @@ def _optimizer_step(model: nn.Module, optimizer: torch.optim.Optimizer, schedule
         optimizer.step()
     for group, lr in zip(optimizer.param_groups, planned):
         group["lr"] = lr  # the schedule keeps its own value; warmup only scales this step
-    optimizer.zero_grad(set_to_none=True)
     if opts.ema is not None:
         opts.ema.update(model)
     if schedule.interval == "step":
