@@ -283,6 +283,18 @@ def test_torchvision_weights_offline_is_one_line_naming_the_file(tmp_path, monke
         f"and put it at {target}, or set weights: path/to/resnet18-f37072fd.pth")
 
 
+def test_rebuilding_for_a_checkpoint_needs_no_weights_file(tmp_path, monkeypatch):
+    def offline(url, dst, progress=True):
+        raise OSError("offline")
+
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))
+    monkeypatch.setattr(torch.hub, "download_url_to_file", offline)
+    layers = (parse_spec({"TorchvisionModel": {"name": "resnet18", "weights": "DEFAULT"}}, "model.layers.0"),)
+    model = build_model(ModelConfig(layers=layers), (3, 32, 32), 4, pretrained=False)
+    assert model[0].fc.out_features == 4
+    assert not (tmp_path / "checkpoints").exists()
+
+
 def test_torchvision_model_needs_three_channels_and_a_known_name():
     with pytest.raises(ShapeError, match="resnet18 takes 3-channel images .* but the input is 1x32x32; set data.channels: 3"):
         model_of([{"TorchvisionModel": {"name": "resnet18"}}], (1, 32, 32), 10)

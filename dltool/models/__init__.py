@@ -8,11 +8,11 @@ from dltool.errors import ConfigError
 from dltool.spec import located
 
 
-def build_model(model: Any, input_shape: tuple[int, ...], num_classes: int | None):
+def build_model(model: Any, input_shape: tuple[int, ...], num_classes: int | None, *, pretrained: bool = True):
     """Build `model.layers` (a ModelConfig) for `input_shape`; see dltool.models.builder.build_model."""
     from dltool.models.builder import build_model as build
 
-    return build(model, input_shape, num_classes)
+    return build(model, input_shape, num_classes, pretrained=pretrained)
 
 
 def resolve_input_shape(config: Any, cli_shape: Any = None, data: Any = None) -> tuple[int, ...]:

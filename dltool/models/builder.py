@@ -36,13 +36,15 @@ class LayerStack(nn.Sequential):
     output_shape: tuple[int, ...] = ()
 
 
-def build_model(model, input_shape: tuple[int, ...], num_classes: int | None) -> nn.Module:
+def build_model(model, input_shape: tuple[int, ...], num_classes: int | None, *, pretrained: bool = True) -> nn.Module:
     """Build `model.layers` for inputs of `input_shape` (C, H, W: no batch dim).
 
     Args:
         model: the ModelConfig (layers, init, freeze).
         input_shape: one sample's shape, e.g. (1, 28, 28).
         num_classes: what `num_classes` in the YAML means; None when the task has no classes.
+        pretrained: load TorchvisionModel weights; False when a checkpoint's state_dict will
+            replace them anyway (eval, predict, resume), so no weights file or network is needed.
 
     Returns:
         A LayerStack whose children are named "0", "1", ... after the YAML positions.
@@ -56,7 +58,7 @@ def build_model(model, input_shape: tuple[int, ...], num_classes: int | None) ->
     shape = tuple(int(s) for s in input_shape)
     if not model.layers:
         raise ConfigError("model.layers: is empty; list the layers, e.g. [Flatten, {Linear: {out_features: num_classes}}]")
-    stack, net = Stack(num_classes), LayerStack()
+    stack, net = Stack(num_classes, pretrained), LayerStack()
     net.input_shape = shape
     for i, spec in enumerate(model.layers):
         try:
@@ -94,8 +96,9 @@ def check_output(spec: Spec, shape: tuple[int, ...], num_classes: int | None, ne
 class Stack:
     """Builds layers and lists of layers for one model; composite plans call back into it."""
 
-    def __init__(self, num_classes: int | None):
+    def __init__(self, num_classes: int | None, pretrained: bool = True):
         self.num_classes = num_classes
+        self.pretrained = pretrained
         self.flattened: dict[tuple[int, ...], tuple[int, ...]] = {}
 
     def build_layer(self, spec: Spec, shape: tuple[int, ...]) -> tuple[nn.Module, tuple[int, ...]]:

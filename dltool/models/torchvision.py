@@ -52,7 +52,7 @@ class TorchvisionPlan(Plan):
             raise ShapeError(spec.error(
                 f"{name} takes 3-channel images (3, H, W) but the input is {fmt(shape)}; "
                 f"set data.channels: 3 (and resize the images) or use a stack of layers"))
-        model, heads = create(name, self.weights, stack.num_classes, spec)
+        model, heads = create(name, self.weights, stack.num_classes, spec, load=stack.pretrained)
         patterns = self.freeze
         if patterns == "backbone":
             patterns = ["*", *(f"!{head}.*" for head in heads)]
@@ -62,8 +62,11 @@ class TorchvisionPlan(Plan):
         return model, probe(model, spec, shape)
 
 
-def create(name: str, weights: Any, num_classes: int | None, spec) -> tuple[nn.Module, list[str]]:
-    """Build model `name` with `weights` and a head of `num_classes`; return it and the head names."""
+def create(name: str, weights: Any, num_classes: int | None, spec, load: bool = True) -> tuple[nn.Module, list[str]]:
+    """Build model `name` with `weights` and a head of `num_classes`; return it and the head names.
+
+    With `load` False the model has the structure those weights need but keeps its random init.
+    """
     builder = MODELS.get(name)
     extra = {"aux_logits": False, "init_weights": True} if name in ("googlenet", "inception_v3") else {}
     if weights is None:
@@ -74,11 +77,13 @@ def create(name: str, weights: Any, num_classes: int | None, spec) -> tuple[nn.M
         extra["transform_input"] = True
     model = builder(weights=None, **extra)
     heads = head_names(model, IMAGENET_CLASSES)
-    state = read_weights(name, weights, spec)
-    file_classes = _head_size(state, heads)
-    if file_classes is not None and file_classes != IMAGENET_CLASSES:
-        replace_heads(model, heads, file_classes)
-    load_weights(model, state, spec)
+    file_classes = None
+    if load:
+        state = read_weights(name, weights, spec)
+        file_classes = _head_size(state, heads)
+        if file_classes is not None and file_classes != IMAGENET_CLASSES:
+            replace_heads(model, heads, file_classes)
+        load_weights(model, state, spec)
     if num_classes is not None and num_classes != (file_classes or IMAGENET_CLASSES):
         replace_heads(model, heads, num_classes)
     return model, heads
