@@ -107,7 +107,7 @@ def _arguments_table(kind: str, name: str, rows):
 
 @app.command("shapes")
 def shapes_command(
-    config: Path = typer.Argument(..., help="YAML config file"),
+    config: Path = typer.Argument(..., help="YAML config file, or a run directory or checkpoint"),
     overrides: Optional[List[str]] = OverridesArg,
     batch_size: int = typer.Option(1, "--batch-size", min=1, help="Batch dimension of the shapes"),
     input_shape: Optional[str] = typer.Option(None, "--input-shape", help="C,H,W when the config has no model.input_shape"),

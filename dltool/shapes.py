@@ -9,13 +9,14 @@ without parameters cost nothing.
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from dataclasses import asdict, dataclass, field
 from typing import Any, Sequence
 
 import torch
 from torch import nn
 
-from dltool.errors import ShapeError
+from dltool.errors import CheckpointError, ConfigError, ShapeError
 
 
 @dataclass
@@ -65,7 +66,8 @@ def collect_shapes(config: Any, input_shape: Sequence[int], batch_size: int = 1,
     from dltool.models.builder import build_model
 
     try:
-        model = build_model(config.model, tuple(input_shape), num_classes)
+        # pretrained weights change no shape or count: leave them unread (works offline)
+        model = build_model(config.model, tuple(input_shape), num_classes, pretrained=False)
     except ShapeError as exc:
         partial = getattr(exc, "partial", None)
         if partial is not None and len(partial):
@@ -78,25 +80,42 @@ def shapes_for_config(path: str, overrides: Sequence[str] = (), *, batch_size: i
                       input_shape: Any = None, depth: int | None = None) -> ShapeReport:
     """`dltool shapes`: load the config, find the input shape and class count, collect the rows.
 
-    The dataset is read only when the config needs it: no model.input_shape and no `input_shape`,
-    or layers that mention num_classes (TorchvisionModel resizes its head to it).
+    `path` is a YAML config, or a run directory / checkpoint (its stored config, input shape and
+    classes). For a config the dataset is read only when needed: no model.input_shape and no
+    `input_shape`, or layers that mention num_classes (TorchvisionModel resizes its head to it).
 
     Raises:
         ConfigError: the config is wrong or the input shape cannot be found.
         ShapeError: a layer cannot take its input.
         DataError: the dataset is needed but cannot be read.
+        CheckpointError: a run's checkpoint cannot be read.
     """
     from dltool.config import load_config
     from dltool.models import parse_shape, resolve_input_shape
 
-    config = load_config(path, overrides)
     cli_shape = parse_shape(input_shape) if input_shape else None
+    if Path(path).is_dir() or Path(path).suffix in (".pt", ".pth"):
+        config, shape, num_classes = _from_run(path, overrides)
+        return collect_shapes(config, cli_shape or shape, batch_size, depth, num_classes)
+    config = load_config(path, overrides)
     data = None
     if not (config.model.input_shape or cli_shape) or needs_classes(config.model.layers):
         data = _load_data(config)
     shape = resolve_input_shape(config, cli_shape, data)
     num_classes = len(data.classes) if data is not None and data.classes else None
     return collect_shapes(config, shape, batch_size, depth, num_classes)
+
+
+def _from_run(path: str, overrides: Sequence[str]) -> tuple[Any, tuple[int, ...], int | None]:
+    from dltool.checkpoint import checkpoint_config, load_checkpoint
+
+    if overrides:
+        raise ConfigError(f"{path}: KEY=VALUE overrides apply to a config file, not to a run")
+    checkpoint = load_checkpoint(path)
+    shape = checkpoint.get("input_shape")
+    if not isinstance(shape, list) or not shape:
+        raise CheckpointError(f"{checkpoint['path']}: the checkpoint has no input_shape; pass --input-shape C,H,W")
+    return checkpoint_config(checkpoint), tuple(shape), len(checkpoint.get("classes") or []) or None
 
 
 def needs_classes(layers: Sequence[Any]) -> bool:

@@ -96,6 +96,25 @@ def test_shape_error_with_json_leaves_stdout_empty(tmp_path):
         "write in_features: 32 or leave it out")
 
 
+def test_shapes_of_a_run_use_its_stored_config_shape_and_classes(tmp_path):
+    from dltool.checkpoint import save_checkpoint
+    from dltool.models import build_model
+
+    config = load_config(write(tmp_path, TINY.replace("out_features: 3", "out_features: num_classes")))
+    model = build_model(config.model, (1, 6, 6), 4)
+    data = config.to_data()
+    data["model"]["input_shape"] = None
+    save_checkpoint({"model": model.state_dict(), "config": data, "classes": list("abcd"), "input_shape": [1, 6, 6]},
+                    tmp_path / "run" / "checkpoints" / "best.pt")
+    result = CliRunner().invoke(app, ["shapes", str(tmp_path / "run"), "--json"])
+    assert result.exit_code == 0, result.output
+    document = json.loads(result.stdout)
+    assert document["input_shape"] == [1, 1, 6, 6] and document["layers"][-1]["output_shape"] == [1, 4]
+    result = CliRunner().invoke(app, ["shapes", str(tmp_path / "run"), "train.epochs=2"])
+    assert result.exit_code == 2
+    assert result.stderr.strip() == f"error: {tmp_path / 'run'}: KEY=VALUE overrides apply to a config file, not to a run"
+
+
 GOLDEN = """\
                              dltool shapes
 

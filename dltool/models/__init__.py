@@ -27,7 +27,11 @@ def resolve_input_shape(config: Any, cli_shape: Any = None, data: Any = None) ->
         ConfigError: none of them gives a shape, or the CLI shape is not a list of positive integers.
     """
     if config.model.input_shape:
-        return tuple(config.model.input_shape)
+        shape = tuple(config.model.input_shape)
+        if any(s < 1 for s in shape):
+            raise ConfigError(located(f"sizes must be >= 1, like [1, 28, 28]; got {list(shape)}",
+                                      "model.input_shape", config.marks))
+        return shape
     if cli_shape:
         return parse_shape(cli_shape)
     if data is not None and getattr(data, "input_shape", None):
