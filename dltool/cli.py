@@ -112,6 +112,7 @@ def shapes_command(
     batch_size: int = typer.Option(1, "--batch-size", min=1, help="Batch dimension of the shapes"),
     input_shape: Optional[str] = typer.Option(None, "--input-shape", help="C,H,W when the config has no model.input_shape"),
     depth: Optional[int] = typer.Option(None, "--depth", min=1, help="Levels of nested layers to list (default: all)"),
+    num_classes: Optional[int] = typer.Option(None, "--num-classes", min=1, help="Classes, instead of reading the dataset"),
     as_json: bool = typer.Option(False, "--json", help="Print JSON on stdout"),
 ) -> None:
     """Layer-by-layer output shapes, parameters and mult-adds (table on stderr)."""
@@ -122,7 +123,7 @@ def shapes_command(
     with user_errors():
         try:
             report = shapes_for_config(str(config), overrides or [], batch_size=batch_size,
-                                       input_shape=input_shape, depth=depth)
+                                       input_shape=input_shape, depth=depth, num_classes=num_classes)
         except ShapeError as exc:
             if exc.rows:
                 console.print(render_table(None, exc.rows, title="layers before the error"))
@@ -185,6 +186,66 @@ def train_command(
             progress.close()
     if not quiet:
         console.print(summary_table(result.summary, result.run_dir))
+
+
+@app.command("eval")
+def eval_command(
+    target: Path = typer.Argument(..., metavar="RUN_OR_CKPT", help="Run folder (best.pt, else last.pt) or checkpoint"),
+    overrides: Optional[List[str]] = typer.Argument(None, metavar="[KEY=VALUE]...", help="data.* overrides, e.g. data.dataset.root=other"),
+    split: str = typer.Option("val", "--split", help="val, test or train"),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", min=1, help="Evaluation batch size (default: the run's)"),
+    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N"),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON on stdout"),
+    out: Optional[Path] = typer.Option(None, "--out", help="Where report files go (default: the run folder's eval/)"),
+) -> None:
+    """Evaluate a checkpoint: loss, accuracy, per-class metrics, confusion matrix, mistakes."""
+    from dltool.eval_report import render, write_outputs
+    from dltool.evaluate import default_out_dir, evaluate_checkpoint
+
+    with user_errors():
+        result = evaluate_checkpoint(target, overrides or [], split=split, batch_size=batch_size, device=device)
+    written = write_outputs(result, out or default_out_dir(result.checkpoint))
+    if as_json:
+        print_json(result.to_json())
+        return
+    console = stderr_console()
+    for part in render(result):
+        console.print(part)
+    console.print(f"wrote {', '.join(str(p) for p in written)}")
+
+
+@app.command("predict")
+def predict_command(
+    inputs: List[str] = typer.Argument(..., metavar="INPUT...", help="Image files, folders (recursive) or globs"),
+    model: Path = typer.Option(..., "--model", "-m", help="Run folder or checkpoint"),
+    topk: int = typer.Option(5, "--topk", min=1, help="Classes listed per image"),
+    output_format: str = typer.Option("table", "--format", help="table, json or csv"),
+    batch_size: int = typer.Option(64, "--batch-size", min=1, help="Images per forward pass"),
+    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N"),
+) -> None:
+    """Classify image files with a checkpoint (exit 2 when any input could not be read)."""
+    from dltool.errors import ConfigError
+    from dltool.predict import predict, render_table, to_csv_rows
+
+    with user_errors():
+        if output_format not in ("table", "json", "csv"):
+            raise ConfigError(f"--format: unknown format {output_format!r}; allowed: table, json, csv")
+        predictions = predict(inputs, model, topk=topk, batch_size=batch_size, device=device)
+    if output_format == "json":
+        print_json([p.to_json() for p in predictions])
+    elif output_format == "csv":
+        import csv
+
+        csv.writer(sys.stdout, lineterminator="\n").writerows(to_csv_rows(predictions))
+    else:
+        from rich.console import Console
+
+        Console(highlight=False).print(render_table(predictions))
+    failed = [p for p in predictions if p.error is not None]
+    if failed:
+        stderr_console().print(f"[red]error:[/red] {len(failed)} of {len(predictions)} inputs could not be "
+                               "classified", soft_wrap=True)
+        raise typer.Exit(code=2)
 
 
 def main() -> None:

@@ -77,12 +77,14 @@ def collect_shapes(config: Any, input_shape: Sequence[int], batch_size: int = 1,
 
 
 def shapes_for_config(path: str, overrides: Sequence[str] = (), *, batch_size: int = 1,
-                      input_shape: Any = None, depth: int | None = None) -> ShapeReport:
+                      input_shape: Any = None, depth: int | None = None,
+                      num_classes: int | None = None) -> ShapeReport:
     """`dltool shapes`: load the config, find the input shape and class count, collect the rows.
 
     `path` is a YAML config, or a run directory / checkpoint (its stored config, input shape and
     classes). For a config the dataset is read only when needed: no model.input_shape and no
-    `input_shape`, or layers that mention num_classes (TorchvisionModel resizes its head to it).
+    `input_shape`, or layers that mention num_classes (TorchvisionModel resizes its head to it)
+    and no `num_classes` is given.
 
     Raises:
         ConfigError: the config is wrong or the input shape cannot be found.
@@ -99,10 +101,11 @@ def shapes_for_config(path: str, overrides: Sequence[str] = (), *, batch_size: i
         return collect_shapes(config, cli_shape or shape, batch_size, depth, num_classes)
     config = load_config(path, overrides)
     data = None
-    if not (config.model.input_shape or cli_shape) or needs_classes(config.model.layers):
+    if not (config.model.input_shape or cli_shape) or (num_classes is None and needs_classes(config.model.layers)):
         data = _load_data(config)
     shape = resolve_input_shape(config, cli_shape, data)
-    num_classes = len(data.classes) if data is not None and data.classes else None
+    if num_classes is None and data is not None and data.classes:
+        num_classes = len(data.classes)
     return collect_shapes(config, shape, batch_size, depth, num_classes)
 
 

@@ -87,6 +87,20 @@ def test_input_shape_option_and_its_errors(tmp_path):
     assert result.stderr.strip() == "error: --input-shape: expected positive integers like 3,32,32; got '3,x8'"
 
 
+def test_num_classes_option_avoids_reading_a_missing_dataset(tmp_path):
+    path = write(tmp_path, f"""\
+        data:
+          dataset: {{name: MNIST, root: {tmp_path / 'absent'}}}
+        model:
+          input_shape: [1, 28, 28]
+          layers: [Flatten, {{Linear: {{out_features: num_classes}}}}]
+        """)
+    assert CliRunner().invoke(app, ["shapes", str(path)]).exit_code == 2
+    result = CliRunner().invoke(app, ["shapes", str(path), "--num-classes", "10", "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["layers"][-1]["output_shape"] == [1, 10]
+
+
 def test_shape_error_with_json_leaves_stdout_empty(tmp_path):
     path = write(tmp_path, TINY.replace("out_features: 3", "in_features: 7, out_features: 3"))
     result = CliRunner().invoke(app, ["shapes", str(path), "--json"])

@@ -219,4 +219,4 @@ def fmt(shape: tuple[int, ...]) -> str:
 
 
 register_torch_layers()
-from dltool.models import torchvision as _torchvision  # noqa: E402,F401  registers TorchvisionModel
+import dltool.models.torchvision  # noqa: E402,F401  registers TorchvisionModel, which builds on Plan above
