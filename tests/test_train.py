@@ -205,3 +205,24 @@ def test_k_fold_cross_validation_runs_one_sub_run_per_fold(tmp_path):
     val_sets = [set(torch.load(parent / f"fold-{i}" / "checkpoints" / "last.pt", weights_only=True)["split"]["val"])
                 for i in (1, 2, 3)]
     assert sum(len(v) for v in val_sets) == len(set().union(*val_sets)) == 96  # the folds partition the data
+
+
+OPTION_SETS = {
+    "ema+accumulate+clip": {"train__epochs": 2, "train__ema": 0.9, "train__accumulate": 2, "train__clip_grad_norm": 1.0,
+                            "train__clip_grad_value": 0.5},
+    "bf16+channels_last+warmup+plateau": {"train__epochs": 2, "train__amp": "bf16", "train__channels_last": True,
+                                          "train__warmup_epochs": 0.5, "scheduler": "ReduceLROnPlateau"},
+    "param_groups+unfreeze": {"optimizer": {"name": "AdamW", "lr": 0.01, "param_groups": [
+        {"params": ["*.bias", "*Norm*.*"], "weight_decay": 0.0}]}, "model__freeze": ["0.*"], "train__unfreeze_at": 1,
+        "train__epochs": 2},
+}
+
+
+@pytest.mark.parametrize("changes", OPTION_SETS.values(), ids=OPTION_SETS.keys())
+def test_training_options_resume_bit_identically_from_mid_epoch(tmp_path, changes):
+    uninterrupted = train(write_config(tmp_path, name="a", **changes), runs_dir=tmp_path / "runs")
+    with pytest.raises(Interrupted):
+        train(write_config(tmp_path, name="b", **changes), runs_dir=tmp_path / "runs", callbacks=[SignalAt(2, 4)])
+    resumed = train(resume=tmp_path / "runs" / "b")
+    assert_same_weights(weights(uninterrupted.run_dir), weights(resumed.run_dir))
+    assert uninterrupted.history[-1]["val_loss"] == resumed.history[-1]["val_loss"]
