@@ -16,7 +16,8 @@ from dltool.errors import DataError
 
 @pytest.fixture(scope="module")
 def quick():
-    config = load_config("configs/quickstart.yaml")
+    """The quickstart on the per-sample path (the in-memory one has its own tests)."""
+    config = load_config("configs/quickstart.yaml", ["data.cache=none"])
     return config, build_data(config)
 
 
@@ -110,7 +111,7 @@ def test_missing_test_split_is_a_data_error():
 
 def test_workers_give_the_same_batches_as_the_main_process(quick):
     config, bundle = quick
-    workers = load_config("configs/quickstart.yaml", ["data.num_workers=2", "data.persistent_workers=true"])
+    workers = load_config("configs/quickstart.yaml", ["data.cache=none", "data.num_workers=2", "data.persistent_workers=true"])
     main, forked = (make_loader(bundle.train, c.data, train=True, seed=0) for c in (config, workers))
     for epoch in (0, 1):
         main.set_epoch(epoch)
@@ -120,7 +121,7 @@ def test_workers_give_the_same_batches_as_the_main_process(quick):
 
 
 def test_balanced_sampler_draws_classes_equally():
-    config = config_from_data({"data": {"dataset": "Digits", "sampler": "balanced", "batch_size": 256}})
+    config = config_from_data({"data": {"dataset": "Digits", "sampler": "balanced", "batch_size": 256, "cache": "none"}})
     bundle = build_data(config)
     keep = [i for i, t in enumerate(bundle.train.targets) if t != 0 or i % 10 == 0]
     bundle.train.indices = [bundle.train.indices[i] for i in keep]
@@ -133,7 +134,7 @@ def test_balanced_sampler_draws_classes_equally():
 
 def test_mixup_in_the_loader_gives_soft_targets(quick):
     _, bundle = quick
-    config = load_config("configs/quickstart.yaml", ["data.batch_transforms=[{MixUp: {alpha: 0.4}}]"])
+    config = load_config("configs/quickstart.yaml", ["data.cache=none", "data.batch_transforms=[{MixUp: {alpha: 0.4}}]"])
     loader = make_loader(bundle.train, config.data, train=True, seed=0)
     x, y = next(iter(loader))
     assert y.shape == (32, 10) and y.dtype == torch.float32

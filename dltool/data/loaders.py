@@ -122,6 +122,10 @@ def make_loader(dataset: Any, data: Any, *, train: bool, seed: int, device: str 
                 rank: int = 0, world_size: int = 1) -> Loader:
     """A Loader over `dataset` with the knobs of `data` (a DataConfig).
 
+    With data.cache auto (when the decoded dataset fits data.cache_budget_mb and its transforms have
+    a batched form) or ram, the dataset is held as one tensor on `device` and augmented per batch
+    (`dltool.data.memory.MemoryLoader`, same protocol); otherwise a per-sample DataLoader is used.
+
     Args:
         dataset: a dataset of a DataBundle.
         data: the DataConfig (batch sizes, workers, sampler, batch transforms, ...).
@@ -133,6 +137,14 @@ def make_loader(dataset: Any, data: Any, *, train: bool, seed: int, device: str 
     sampler = EpochSampler(dataset.targets, shuffle=train and data.shuffle,
                            balanced=train and data.sampler == "balanced", seed=seed,
                            rank=rank, world_size=world_size, with_seeds=train)
+    batch_transform = build_batch_transform(data.batch_transforms, len(getattr(dataset, "classes", []))) if train else None
+    if data.cache != "none":
+        from dltool.data.memory import memory_loader
+
+        held = memory_loader(dataset, data, sampler, train=train, seed=seed, device=device,
+                             batch_transform=batch_transform)
+        if held is not None:
+            return held
     pin = str(device).startswith("cuda") if data.pin_memory == "auto" else data.pin_memory
     loader = DataLoader(
         dataset, batch_size=data.batch_size if train else (data.eval_batch_size or data.batch_size),
@@ -141,7 +153,6 @@ def make_loader(dataset: Any, data: Any, *, train: bool, seed: int, device: str 
         worker_init_fn=seed_worker if data.num_workers else None,
         generator=torch.Generator().manual_seed(epoch_seed(seed, 0, 3)),
     )
-    batch_transform = build_batch_transform(data.batch_transforms, len(getattr(dataset, "classes", []))) if train else None
     return Loader(dataset, loader, sampler, seed, batch_transform)
 
 

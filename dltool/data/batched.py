@@ -1,0 +1,294 @@
+"""Random transforms applied to a whole batch (N, C, H, W float) at once, on any device.
+
+Each `batched_op(t)` reads the settings of a torchvision v2 transform object and returns a function
+`op(x, generator) -> x` that draws every sample's parameters the way the v2 transform draws them
+for one image, from `generator`. Geometry uses the grids torchvision's tensor kernels use.
+Returns None for a transform (or a setting) that has no batched form here.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import torch
+import torch.nn.functional as nnf
+from torchvision.transforms import v2
+
+Op = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
+GRAY = (0.2989, 0.587, 0.114)
+
+
+def _uniform(n: int, low: float, high: float, g: torch.Generator) -> torch.Tensor:
+    return torch.rand(n, generator=g, device=g.device) * (high - low) + low
+
+
+def _randint(high: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+    """Per-sample integers in [0, high) (high >= 1), like torch.randint(0, high, (1,)) one by one."""
+    return (torch.rand(high.shape, generator=g, device=g.device) * high).floor().long().clamp_max(high - 1)
+
+
+def flip(p: float, dim: int) -> Op:
+    def op(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+        chosen = torch.rand(x.shape[0], generator=g, device=g.device) < p
+        return torch.where(chosen.view(-1, 1, 1, 1), x.flip(dim), x)
+
+    return op
+
+
+def normalize(mean: Any, std: Any) -> Op:
+    def op(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+        m = torch.as_tensor(mean, dtype=x.dtype, device=x.device).view(-1, 1, 1)
+        s = torch.as_tensor(std, dtype=x.dtype, device=x.device).view(-1, 1, 1)
+        return (x - m) / s
+
+    return op
+
+
+def crop_boxes(x: torch.Tensor, top: torch.Tensor, left: torch.Tensor, h: int, w: int) -> torch.Tensor:
+    """x[n, :, top[n]:top[n]+h, left[n]:left[n]+w] for every n, as one gather."""
+    n, c, _, width = x.shape
+    rows = top.view(-1, 1, 1) + torch.arange(h, device=x.device).view(1, h, 1)
+    cols = left.view(-1, 1, 1) + torch.arange(w, device=x.device).view(1, 1, w)
+    flat = (rows * width + cols).view(n, 1, h * w).expand(n, c, h * w)
+    return x.reshape(n, c, -1).gather(2, flat).view(n, c, h, w)
+
+
+def random_crop(t: v2.RandomCrop) -> Op | None:
+    if not isinstance(t.fill, (int, float)):
+        return None
+    left, right, top, bottom = t.padding or (0, 0, 0, 0)
+    h, w = t.size
+
+    def op(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+        pads = [left, right, top, bottom]
+        if t.pad_if_needed:
+            extra_h = max(0, h - (x.shape[-2] + top + bottom))
+            extra_w = max(0, w - (x.shape[-1] + left + right))
+            pads = [left + extra_w, right + extra_w, top + extra_h, bottom + extra_h]
+        if any(pads):
+            mode = {"edge": "replicate"}.get(t.padding_mode, t.padding_mode)
+            x = nnf.pad(x, pads, mode=mode, value=float(t.fill)) if mode == "constant" else nnf.pad(x, pads, mode=mode)
+        n = x.shape[0]
+        tops = _randint(torch.full((n,), x.shape[-2] - h + 1, device=x.device), g)
+        lefts = _randint(torch.full((n,), x.shape[-1] - w + 1, device=x.device), g)
+        return crop_boxes(x, tops, lefts, h, w)
+
+    return op
+
+
+def _boxes(n: int, height: int, width: int, scale: Any, log_ratio: Any, g: torch.Generator) -> tuple:
+    """10 tries per sample of (h, w) with area fraction in `scale` and log aspect in `log_ratio`."""
+    area = _uniform(n * 10, scale[0], scale[1], g).view(n, 10) * height * width
+    aspect = torch.exp(_uniform(n * 10, float(log_ratio[0]), float(log_ratio[1]), g)).view(n, 10)
+    return torch.sqrt(area * aspect).round(), torch.sqrt(area / aspect).round()
+
+
+def _first_valid(valid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Index of the first valid try per sample, and whether there was one."""
+    found = valid.any(1)
+    first = torch.argmax(valid.int(), dim=1)
+    return first, found
+
+
+def sample(x: torch.Tensor, gx: torch.Tensor, gy: torch.Tensor, mode: str, border: bool) -> torch.Tensor:
+    """grid_sample(x, (gx, gy), mode, padding "border" or "zeros", align_corners=False) done with gathers.
+
+    Same arithmetic as torch's CPU kernel, without its per-call thread-pool start, which costs far
+    more than the work on small batches. Nearest rounds half up (the kernel: half to even), which
+    changes nothing but exact ties.
+    """
+    n, c, height, width = x.shape
+    ix = ((gx + 1) * width - 1) / 2
+    iy = ((gy + 1) * height - 1) / 2
+    if border:
+        ix, iy = ix.clamp(0, width - 1), iy.clamp(0, height - 1)
+    # a ring of zeros around every image: out-of-range reads land on it
+    flat = nnf.pad(x, (1, 1, 1, 1)).reshape(n, c, -1)
+    if mode == "nearest":
+        return _pick(flat, torch.floor(ix + 0.5), torch.floor(iy + 0.5), width, height).view(n, c, *gx.shape[1:])
+    x0, y0 = torch.floor(ix), torch.floor(iy)
+    x1, y1 = x0 + 1, y0 + 1
+    out = _pick(flat, x0, y0, width, height) * ((x1 - ix) * (y1 - iy)).view(n, 1, -1)
+    out = out + _pick(flat, x1, y0, width, height) * ((ix - x0) * (y1 - iy)).view(n, 1, -1)
+    out = out + _pick(flat, x0, y1, width, height) * ((x1 - ix) * (iy - y0)).view(n, 1, -1)
+    out = out + _pick(flat, x1, y1, width, height) * ((ix - x0) * (iy - y0)).view(n, 1, -1)
+    return out.view(n, c, *gx.shape[1:])
+
+
+def _pick(padded: torch.Tensor, xs: torch.Tensor, ys: torch.Tensor, width: int, height: int) -> torch.Tensor:
+    """padded[n, :, pixel (xs, ys)] of images padded by one zero pixel; outside reads give 0."""
+    n, c, _ = padded.shape
+    index = (ys.clamp(-1, height) + 1) * (width + 2) + (xs.clamp(-1, width) + 1)
+    return padded.gather(2, index.long().view(n, 1, -1).expand(n, c, -1))
+
+
+def _grid_mode(interpolation: Any) -> str | None:
+    """'bilinear' or 'nearest' (what grid_sample does as torchvision does), else None."""
+    if isinstance(interpolation, int):
+        return None
+    mode = v2.InterpolationMode(interpolation).value
+    return mode if mode in ("bilinear", "nearest") else None
+
+
+def random_resized_crop(t: v2.RandomResizedCrop) -> Op | None:
+    out_h, out_w = t.size
+    mode = _grid_mode(t.interpolation)
+    if mode is None:
+        return None
+
+    def op(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+        n, _, height, width = x.shape
+        wide, high = _boxes(n, height, width, t.scale, t._log_ratio, g)
+        first, found = _first_valid((wide > 0) & (wide <= width) & (high > 0) & (high <= height))
+        w = wide.gather(1, first.view(-1, 1)).squeeze(1)
+        h = high.gather(1, first.view(-1, 1)).squeeze(1)
+        cw, ch = _central_crop(height, width, t.ratio)
+        w = torch.where(found, w, torch.full_like(w, cw))
+        h = torch.where(found, h, torch.full_like(h, ch))
+        top = torch.where(found, _randint((height - h + 1).long(), g).to(x.dtype), (height - h).div(2).floor())
+        left = torch.where(found, _randint((width - w + 1).long(), g).to(x.dtype), (width - w).div(2).floor())
+        # output pixel centres (normalized, align_corners=False) mapped into each sample's box
+        u = ((2 * torch.arange(out_w, device=x.device, dtype=x.dtype) + 1) / out_w - 1).view(1, 1, out_w)
+        v = ((2 * torch.arange(out_h, device=x.device, dtype=x.dtype) + 1) / out_h - 1).view(1, out_h, 1)
+        gx = (w / width).view(-1, 1, 1) * u + ((2 * left + w) / width - 1).view(-1, 1, 1)
+        gy = (h / height).view(-1, 1, 1) * v + ((2 * top + h) / height - 1).view(-1, 1, 1)
+        return sample(x, gx.expand(n, out_h, out_w), gy.expand(n, out_h, out_w), mode, border=True)
+
+    return op
+
+
+def _central_crop(height: int, width: int, ratio: Any) -> tuple[int, int]:
+    in_ratio = width / height
+    if in_ratio < min(ratio):
+        return width, int(round(width / min(ratio)))
+    if in_ratio > max(ratio):
+        return int(round(height * max(ratio))), height
+    return width, height
+
+
+def random_affine(t: v2.RandomAffine) -> Op | None:
+    mode = _grid_mode(t.interpolation)
+    fills = t.fill if isinstance(t.fill, (int, float)) or t.fill is None else None
+    if mode is None or t.center is not None or fills not in (0, None):
+        return None
+
+    def op(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+        n, _, height, width = x.shape
+        theta = _inverse_affine(*_affine_params(t, n, height, width, g)).to(x.dtype)
+        return sample(x, *_affine_grid(theta, width, height), mode, border=False)
+
+    return op
+
+
+def _affine_params(t: v2.RandomAffine, n: int, height: int, width: int, g: torch.Generator) -> tuple:
+    """Per-sample (angle, tx, ty, scale, shear_x, shear_y) drawn as v2.RandomAffine draws them (float64)."""
+    dx = t.translate[0] * width if t.translate is not None else 0.0
+    dy = t.translate[1] * height if t.translate is not None else 0.0
+    scale = t.scale if t.scale is not None else (1.0, 1.0)
+    shear = list(t.shear) if t.shear is not None else [0.0, 0.0]
+    shear += [0.0, 0.0] if len(shear) == 2 else []
+    low = torch.tensor([t.degrees[0], -dx, -dy, scale[0], shear[0], shear[2]], dtype=torch.float64, device=g.device)
+    high = torch.tensor([t.degrees[1], dx, dy, scale[1], shear[1], shear[3]], dtype=torch.float64, device=g.device)
+    values = torch.rand(n, 6, generator=g, device=g.device, dtype=torch.float64) * (high - low) + low
+    angle, tx, ty, factor, shear_x, shear_y = values.unbind(1)
+    return angle, tx.round(), ty.round(), factor, shear_x, shear_y
+
+
+def _inverse_affine(angle, tx, ty, scale, shear_x, shear_y) -> torch.Tensor:
+    """torchvision's _get_inverse_affine_matrix (centre 0) for a batch: (N, 2, 3)."""
+    rot, sx, sy = torch.deg2rad(angle), torch.deg2rad(shear_x), torch.deg2rad(shear_y)
+    a = torch.cos(rot - sy) / torch.cos(sy)
+    b = -torch.cos(rot - sy) * torch.tan(sx) / torch.cos(sy) - torch.sin(rot)
+    c = torch.sin(rot - sy) / torch.cos(sy)
+    d = -torch.sin(rot - sy) * torch.tan(sx) / torch.cos(sy) + torch.cos(rot)
+    m0, m1, m3, m4 = d / scale, -b / scale, -c / scale, a / scale
+    m2 = m0 * -tx + m1 * -ty
+    m5 = m3 * -tx + m4 * -ty
+    return torch.stack((m0, m1, m2, m3, m4, m5), dim=1).view(-1, 2, 3)
+
+
+def _affine_grid(theta: torch.Tensor, w: int, h: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """torchvision's affine grid (pixel-centred base grid, theta scaled by half the size), per sample."""
+    xs = torch.linspace((1.0 - w) * 0.5, (w - 1.0) * 0.5, steps=w, device=theta.device, dtype=theta.dtype).view(1, 1, w)
+    ys = torch.linspace((1.0 - h) * 0.5, (h - 1.0) * 0.5, steps=h, device=theta.device, dtype=theta.dtype).view(1, h, 1)
+    t = theta.view(-1, 2, 3, 1, 1)
+    gx = (t[:, 0, 0] * xs + t[:, 0, 1] * ys + t[:, 0, 2]) / (0.5 * w)
+    gy = (t[:, 1, 0] * xs + t[:, 1, 1] * ys + t[:, 1, 2]) / (0.5 * h)
+    return gx, gy  # N, H, W each
+
+
+def _gray(x: torch.Tensor) -> torch.Tensor:
+    if x.shape[1] == 1:
+        return x
+    return (GRAY[0] * x[:, 0:1] + GRAY[1] * x[:, 1:2] + GRAY[2] * x[:, 2:3])
+
+
+def color_jitter(t: v2.ColorJitter) -> Op | None:
+    if t.hue is not None:
+        return None
+    ranges = [t.brightness, t.contrast, t.saturation]
+
+    def op(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+        n = x.shape[0]
+        order = torch.argsort(torch.rand(n, 4, generator=g, device=g.device), dim=1)
+        factors = [None if r is None else _uniform(n, r[0], r[1], g).view(-1, 1, 1, 1).to(x.dtype) for r in ranges]
+        for position in range(4):
+            for which, factor in enumerate(factors):
+                if factor is None or (which == 2 and x.shape[1] == 1):
+                    continue
+                chosen = (order[:, position] == which).view(-1, 1, 1, 1)
+                x = torch.where(chosen, _adjust(x, which, factor), x)
+        return x
+
+    return op
+
+
+def _adjust(x: torch.Tensor, which: int, factor: torch.Tensor) -> torch.Tensor:
+    if which == 0:
+        other = torch.zeros_like(x)
+    elif which == 1:
+        other = _gray(x).mean(dim=(-3, -2, -1), keepdim=True)
+    else:
+        other = _gray(x)
+    return (factor * x + (1.0 - factor) * other).clamp(0.0, 1.0)
+
+
+def random_erasing(t: v2.RandomErasing) -> Op | None:
+    def op(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+        n, c, height, width = x.shape
+        apply = torch.rand(n, generator=g, device=g.device) < t.p
+        high, wide = _boxes(n, height, width, t.scale, t._log_ratio, g)
+        first, found = _first_valid((high < height) & (wide < width))
+        h = high.gather(1, first.view(-1, 1)).squeeze(1).long()
+        w = wide.gather(1, first.view(-1, 1)).squeeze(1).long()
+        top = _randint((height - h + 1).clamp_min(1), g).view(-1, 1, 1, 1)
+        left = _randint((width - w + 1).clamp_min(1), g).view(-1, 1, 1, 1)
+        rows = torch.arange(height, device=x.device).view(1, 1, -1, 1)
+        cols = torch.arange(width, device=x.device).view(1, 1, 1, -1)
+        inside = (rows >= top) & (rows < top + h.view(-1, 1, 1, 1)) & (cols >= left) & (cols < left + w.view(-1, 1, 1, 1))
+        mask = inside & (apply & found).view(-1, 1, 1, 1)
+        if t.value is None:
+            value = torch.randn(x.shape, generator=g, device=g.device, dtype=x.dtype)
+        else:
+            value = torch.as_tensor(t.value, dtype=x.dtype, device=x.device).view(1, -1, 1, 1).expand_as(x)
+        return torch.where(mask, value, x)
+
+    return op
+
+
+BUILDERS: dict[type, Callable[[Any], Op | None]] = {
+    v2.RandomHorizontalFlip: lambda t: flip(t.p, -1),
+    v2.RandomVerticalFlip: lambda t: flip(t.p, -2),
+    v2.RandomCrop: random_crop,
+    v2.RandomResizedCrop: random_resized_crop,
+    v2.RandomAffine: random_affine,
+    v2.ColorJitter: color_jitter,
+    v2.RandomErasing: random_erasing,
+    v2.Normalize: lambda t: normalize(t.mean, t.std),
+}
+
+
+def batched_op(t: Any) -> Op | None:
+    """The batched form of the v2 transform `t`, or None when there is none."""
+    builder = BUILDERS.get(type(t))
+    return builder(t) if builder is not None else None

@@ -1,0 +1,174 @@
+"""The in-memory path: a small dataset decoded once into one uint8 tensor, augmented a batch at a time.
+
+The leading deterministic steps of a pipeline (Resize, CenterCrop, Pad, Grayscale) run once per
+image while the cache is built, exactly as the per-sample path runs them; the rest (conversion to
+float, Normalize, and the random transforms that `dltool.data.batched` knows) run on whole batches
+on the training device. Per-sample order and sharding come from the same EpochSampler as the
+per-sample path; random parameters come from a generator seeded with (seed, epoch).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any, Iterator, Sequence
+
+import torch
+from PIL import Image
+from torchvision.transforms import v2
+from torchvision.transforms.v2 import functional as F
+
+from dltool.data.batched import BUILDERS, Op, batched_op
+from dltool.data.loaders import EpochSampler, epoch_seed
+from dltool.data.transforms import ToTensor, to_unit_float
+from dltool.errors import DataError
+
+ONCE = (v2.Resize, v2.CenterCrop, v2.Pad, v2.Grayscale, v2.RGB, v2.Identity)
+CONVERSIONS = (ToTensor, v2.ToImage, v2.PILToTensor, v2.ToPureTensor)
+
+
+def plan(transform: Any) -> tuple[list, list[Op]] | str:
+    """(steps run once per image, batched ops) for a pipeline, or the name of the step that has no
+    batched form."""
+    steps = list(transform.transforms) if isinstance(transform, v2.Compose) else [transform]
+    once, ops = [], []
+    leading = True
+    for step in steps:
+        leading = leading and isinstance(step, ONCE)
+        if leading:
+            once.append(step)
+            continue
+        if isinstance(step, CONVERSIONS) or _is_float_scaling(step):
+            ops.append(_noop)
+            continue
+        op = batched_op(step)
+        if op is None:
+            return type(step).__name__
+        ops.append(op)
+    return once, [op for op in ops if op is not _noop]
+
+
+def _noop(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+    return x
+
+
+def _is_float_scaling(step: Any) -> bool:
+    if isinstance(step, v2.ConvertImageDtype):
+        return step.dtype == torch.float32
+    if isinstance(step, v2.ToDtype):
+        return step.dtype == torch.float32 and step.scale
+    return False
+
+
+def decode_all(dataset: Any, once: Sequence[Any], budget_bytes: int | None) -> torch.Tensor | str:
+    """Every image of `dataset` after the `once` steps as one uint8 tensor (N, C, H, W), or why not."""
+    first = _decode(dataset, 0, once)
+    if isinstance(first, str):
+        return first
+    size = len(dataset) * first.numel()
+    if budget_bytes is not None and size > budget_bytes:
+        return f"the decoded dataset needs {size / 2**20:.0f} MB, over data.cache_budget_mb"
+    images = torch.empty((len(dataset), *first.shape), dtype=torch.uint8)
+    images[0] = first
+    for i in range(1, len(dataset)):
+        image = _decode(dataset, i, once)
+        if isinstance(image, str) or image.shape != first.shape:
+            return image if isinstance(image, str) else "images differ in size after the fixed transforms"
+        images[i] = image
+    return images
+
+
+def _decode(dataset: Any, index: int, once: Sequence[Any]) -> torch.Tensor | str:
+    image = dataset.raw_image(index)
+    for step in once:
+        image = step(image)
+    if isinstance(image, Image.Image):
+        return F.pil_to_tensor(image)
+    if image.dtype != torch.uint8:
+        return "the images are not 8-bit"
+    return image.as_subclass(torch.Tensor)
+
+
+class MemoryLoader:
+    """Iterable of (x, y) batches on `device` from a uint8 image cache; same protocol as Loader."""
+
+    def __init__(self, dataset: Any, images: torch.Tensor, ops: list[Op], sampler: EpochSampler, *,
+                 batch_size: int, drop_last: bool, seed: int, device: torch.device, batch_transform: Any = None):
+        self.dataset = dataset
+        self.images = images.to(device)
+        self.targets = _targets_tensor(dataset.targets).to(device)
+        self.ops, self.sampler = ops, sampler
+        self.batch_size, self.drop_last, self.seed = batch_size, drop_last, seed
+        self.device, self.batch_transform = device, batch_transform
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Make the next pass the batches of `epoch` (a pure function of the seed and `epoch`)."""
+        self.epoch = epoch
+        self.sampler.set_epoch(epoch)
+
+    def __len__(self) -> int:
+        n = len(self.sampler)
+        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        order = torch.tensor(self.sampler.order(), device=self.device)
+        generator = torch.Generator(device=self.device).manual_seed(epoch_seed(self.seed, self.epoch, 5))
+        for step in range(len(self)):
+            index = order[step * self.batch_size: (step + 1) * self.batch_size]
+            with _one_thread(self.device):
+                x = to_unit_float(self.images.index_select(0, index))  # N, C, H, W in [0, 1], as ToTensor gives
+                for op in self.ops:
+                    x = op(x, generator)
+            y = self.targets.index_select(0, index)
+            if self.batch_transform is not None:
+                with torch.random.fork_rng(devices=[]):
+                    torch.manual_seed(epoch_seed(self.seed, self.epoch, 4 + step))
+                    x, y = self.batch_transform(x, y)
+            yield x, y
+
+
+@contextlib.contextmanager
+def _one_thread(device: torch.device) -> Iterator[None]:
+    """Run small CPU batch ops on one thread: waking the intra-op pool for each costs more than the
+    op itself, and on a busy machine a parallel region can wait milliseconds for a descheduled thread."""
+    threads = torch.get_num_threads()
+    if device.type != "cpu" or threads == 1:
+        yield
+        return
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _targets_tensor(targets: Sequence[Any]) -> torch.Tensor:
+    if targets and isinstance(targets[0], float):
+        return torch.tensor(targets, dtype=torch.float32)
+    return torch.tensor([int(t) for t in targets], dtype=torch.long)
+
+
+def memory_loader(dataset: Any, data: Any, sampler: EpochSampler, *, train: bool, seed: int, device: str,
+                  batch_transform: Any) -> MemoryLoader | None:
+    """A MemoryLoader when data.cache allows it and the pipeline has a batched form, else None.
+
+    Raises:
+        DataError: data.cache is "ram" but the dataset or its transforms cannot be held that way.
+    """
+    planned = plan(dataset.transform) if hasattr(dataset, "raw_image") else "the dataset"
+    if isinstance(planned, str):
+        return _refuse(data, f"{planned} has no batched form (batched: {', '.join(t.__name__ for t in BUILDERS)})")
+    once, ops = planned
+    budget = None if data.cache == "ram" else data.cache_budget_mb * 2**20
+    images = decode_all(dataset, once, budget)
+    if isinstance(images, str):
+        return _refuse(data, images)
+    batch_size = data.batch_size if train else (data.eval_batch_size or data.batch_size)
+    return MemoryLoader(dataset, images, ops, sampler, batch_size=batch_size, drop_last=train and data.drop_last,
+                        seed=seed, device=torch.device(device), batch_transform=batch_transform)
+
+
+def _refuse(data: Any, reason: str) -> None:
+    if data.cache == "ram":
+        raise DataError(f"data.cache: ram: cannot hold this dataset in memory: {reason}; use cache: auto or none")
+    return None
