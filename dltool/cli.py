@@ -243,8 +243,11 @@ def predict_command(
         Console(highlight=False).print(render_table(predictions))
     failed = [p for p in predictions if p.error is not None]
     if failed:
-        stderr_console().print(f"[red]error:[/red] {len(failed)} of {len(predictions)} inputs could not be "
-                               "classified", soft_wrap=True)
+        from rich.markup import escape
+
+        first = f"{failed[0].path}: {failed[0].error}"
+        text = first if len(failed) == 1 else f"{len(failed)} of {len(predictions)} inputs could not be classified (first: {first})"
+        stderr_console().print(f"[red]error:[/red] {escape(text)}", soft_wrap=True)
         raise typer.Exit(code=2)
 
 
