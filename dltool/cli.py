@@ -179,7 +179,7 @@ def train_command(
             result = train(config, runs_dir=runs_dir, name=name, resume=resume, overrides=overrides,
                            callbacks=[progress], folds=folds)
     except KeyboardInterrupt:
-        console.print("[red]interrupted twice:[/red] stopped at once; the last epoch's checkpoint is kept")
+        console.print("[red]interrupted:[/red] stopped at once; the last saved checkpoint is kept")
         raise typer.Exit(code=130) from None
     finally:
         if hasattr(progress, "close"):

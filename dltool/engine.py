@@ -182,7 +182,8 @@ def train_one_epoch(model: nn.Module, loader: Iterable, loss_fn: nn.Module, opti
         train_loss, train_accuracy (or train_mae), lr, samples, seconds of this epoch's training.
 
     Raises:
-        RunFailed: the loss became NaN or infinite (no update with it is kept in `state`).
+        RunFailed: the loss became NaN or infinite: on the CPU before the update is made, on CUDA at
+            the next log interval (naming the first bad step; nothing after it is saved).
     """
     forward = forward or model
     model.train()

@@ -231,8 +231,10 @@ class Session:
         self.rundir.save(state, best=best)
 
     def on_epoch_end(self, state: LoopState, row: dict, better: bool, collected: dict | None) -> None:
-        self.save(best=better)
+        # the row goes first: a kill between the two leaves a row that resume drops and rewrites,
+        # never a checkpointed epoch without its row
         self.rundir.append_metrics(row)
+        self.save(best=better)
         self.board.epoch(row, row["epoch"])
         if self.config.train.histograms:
             self.board.histograms(self.model, row["epoch"])
