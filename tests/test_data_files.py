@@ -186,3 +186,18 @@ def test_pixel_limit_guards_against_bombs(tmp_path):
     Image.new("L", (4, 4)).save(buffer, "PNG")
     (tmp_path / "ok.png").write_bytes(buffer.getvalue())
     assert load_image(str(tmp_path / "ok.png"), 16).size == (4, 4)
+
+
+def test_own_split_folders_record_and_reuse_their_paths(tmp_path):
+    for split in ("train", "val"):
+        for name in ("cat", "dog"):
+            (tmp_path / split / name).mkdir(parents=True)
+            for i in range(3):
+                _rgb().save(tmp_path / split / name / f"{i}.png")
+    first = build_data(folder_config(tmp_path))
+    assert first.split["val"] == ["val/cat/0.png", "val/cat/1.png", "val/cat/2.png",
+                                  "val/dog/0.png", "val/dog/1.png", "val/dog/2.png"]
+    _rgb().save(tmp_path / "val" / "cat" / "3.png")
+    again = build_data(folder_config(tmp_path), split_state=first.split)
+    assert again.split == first.split and len(again.val) == 6
+    assert len(build_data(folder_config(tmp_path)).val) == 7

@@ -110,7 +110,9 @@ def _select(source: Source, splits: Sequence[str], data: Any, seed: int,
     for name in splits:
         if name == "test" or (name == "val" and own_val) or (name == "train" and own_val):
             chosen[name] = _whole(source, name, spec, data.max_image_pixels)
-    if not own_val and ("train" in splits or "val" in splits):
+    if own_val:
+        split = _own_record(chosen, state, spec)
+    elif "train" in splits or "val" in splits:
         base = _whole(source, "train", spec, data.max_image_pixels)[0]
         train_idx, val_idx, split = _val_split(base, data.val_split, seed, state, spec)
         for name, idx in (("train", train_idx), ("val", val_idx)):
@@ -147,19 +149,41 @@ def _check_scanned(name: str, raw: RawSplit, bad: list, spec: Spec) -> None:
 def _val_split(base: RawSplit, fraction: float, seed: int, state: dict | None,
                spec: Spec) -> tuple[list[int], list[int], dict]:
     if state is not None and state.get("method") == "val_split":
-        position = {key: i for i, key in enumerate(base.keys)}
-        missing = [k for k in (*state["train"], *state["val"]) if k not in position]
-        if missing:
-            raise DataError(spec.error(f"{len(missing)} samples of the stored split are gone "
-                                       f"(first: {missing[0]}); restore them to reuse that split"))
-        train_idx = [position[k] for k in state["train"]]
-        val_idx = [position[k] for k in state["val"]]
+        train_idx, val_idx = _positions(base, state["train"], state["val"], spec=spec)
         fraction, seed = state.get("val_split", fraction), state.get("seed", seed)
     else:
         train_idx, val_idx = stratified_split(base.targets, fraction, seed)
     record = {"method": "val_split", "val_split": fraction, "seed": seed,
               "train": [_plain(base.keys[i]) for i in train_idx], "val": [_plain(base.keys[i]) for i in val_idx]}
     return train_idx, val_idx, record
+
+
+def _own_record(chosen: dict, state: dict | None, spec: Spec) -> dict:
+    """A dataset with its own splits: file datasets record (and, given a state, reuse) their paths."""
+    record: dict = {"method": "dataset"}
+    for name in ("train", "val"):
+        if name not in chosen or not chosen[name][0].paths:
+            continue
+        raw, indices = chosen[name]
+        if state is not None and state.get("method") == "dataset" and name in state:
+            indices = _positions(raw, state[name], spec=spec)[0]
+            chosen[name] = (raw, indices)
+        record[name] = [raw.keys[i] for i in indices]
+    return record
+
+
+def _positions(raw: RawSplit, *stored: list, spec: Spec) -> list[list[int]]:
+    """The indices in `raw` of each stored list of keys.
+
+    Raises:
+        DataError: a stored sample is no longer there (or no longer readable).
+    """
+    position = {key: i for i, key in enumerate(raw.keys)}
+    missing = [k for keys in stored for k in keys if k not in position]
+    if missing:
+        raise DataError(spec.error(f"{len(missing)} samples of the stored split are gone "
+                                   f"(first: {missing[0]}); restore them to reuse that split"))
+    return [[position[k] for k in keys] for keys in stored]
 
 
 def _plain(key: Any) -> Any:
