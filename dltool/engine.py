@@ -144,12 +144,12 @@ class _Sums:
 
     def add(self, loss: torch.Tensor, out: torch.Tensor, y: torch.Tensor, task: str) -> None:
         n = out.shape[0]
-        self.loss += loss.detach().double() * n
+        self.loss.add_(loss.detach(), alpha=n)
         if task == "regression":
             self.score += (out.detach().double().reshape(y.shape) - y.double()).abs().sum() / max(1, y[0].numel())
         else:
             labels = y.argmax(1) if y.is_floating_point() and y.dim() == 2 else y
-            self.score += (out.detach().argmax(1) == labels).sum()
+            self.score.add_((out.detach().argmax(1) == labels).sum())
         self.count += n
 
     def read(self, task: str, prefix: str) -> dict:
@@ -200,7 +200,7 @@ def train_one_epoch(model: nn.Module, loader: Iterable, loss_fn: nn.Module, opti
             out = forward(x)
             loss = loss_fn(out, fit_targets(loss_fn, out, y, opts.task))
             loss = loss.mean() if loss.dim() else loss
-        if check_each_step and not torch.isfinite(loss):
+        if check_each_step and not math.isfinite(loss.item()):
             raise _non_finite(loss, epoch, batch, lr)
         if not check_each_step:
             first_bad = torch.where((first_bad < 0) & ~torch.isfinite(loss), batch, first_bad)
@@ -208,7 +208,7 @@ def train_one_epoch(model: nn.Module, loader: Iterable, loss_fn: nn.Module, opti
             # zeroed before each step's first backward (not after the step), so the epoch's last
             # gradients stay readable for the histograms
             optimizer.zero_grad(set_to_none=True)
-        _backward(loss / opts.accumulate, opts.scaler)
+        _backward(loss / opts.accumulate if opts.accumulate > 1 else loss, opts.scaler)
         sums.add(loss, out, y, opts.task)
         samples += x.shape[0]
         if (batch + 1) % opts.accumulate == 0 or batch + 1 == batches:
@@ -217,10 +217,11 @@ def train_one_epoch(model: nn.Module, loader: Iterable, loss_fn: nn.Module, opti
             state.batch = batch + 1
             if opts.compile_pending:
                 state.compile_seconds, started, samples = _compiled(opts, started), time.perf_counter(), 0
-            if (batch + 1) % opts.log_every == 0 or batch + 1 == batches or stop():
+            stopping = stop()
+            if (batch + 1) % opts.log_every == 0 or batch + 1 == batches or stopping:
                 _check_first_bad(first_bad, epoch, lr)
                 callback.on_step(epoch, batch + 1, batches, _progress(sums, opts.task, samples, started))
-            if stop() and batch + 1 < batches:
+            if stopping and batch + 1 < batches:
                 state.interrupted = True
                 break
     _check_first_bad(first_bad, epoch, lr)
@@ -244,8 +245,8 @@ def _optimizer_step(model: nn.Module, optimizer: torch.optim.Optimizer, schedule
     if opts.clip_grad_value:
         nn.utils.clip_grad_value_(model.parameters(), opts.clip_grad_value)
     factor = schedule.warmup_factor(step)
-    planned = [group["lr"] for group in optimizer.param_groups]
-    if factor != 1.0:
+    planned = [group["lr"] for group in optimizer.param_groups] if factor != 1.0 else None
+    if planned is not None:
         for group, lr in zip(optimizer.param_groups, planned):
             group["lr"] = lr * factor
     used = current_lr(optimizer)
@@ -254,8 +255,9 @@ def _optimizer_step(model: nn.Module, optimizer: torch.optim.Optimizer, schedule
         opts.scaler.update()
     else:
         optimizer.step()
-    for group, lr in zip(optimizer.param_groups, planned):
-        group["lr"] = lr  # the schedule keeps its own value; warmup only scales this step
+    if planned is not None:
+        for group, lr in zip(optimizer.param_groups, planned):
+            group["lr"] = lr  # the schedule keeps its own value; warmup only scales this step
     if opts.ema is not None:
         opts.ema.update(model)
     if schedule.interval == "step":
