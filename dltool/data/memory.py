@@ -10,6 +10,8 @@ per-sample path; random parameters come from a generator seeded with (seed, epoc
 from __future__ import annotations
 
 import contextlib
+import os
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Iterator, Sequence
 
 import torch
@@ -69,11 +71,12 @@ def decode_all(dataset: Any, once: Sequence[Any], budget_bytes: int | None) -> t
         return f"the decoded dataset needs {size / 2**20:.0f} MB, over data.cache_budget_mb"
     images = torch.empty((len(dataset), *first.shape), dtype=torch.uint8)
     images[0] = first
-    for i in range(1, len(dataset)):
-        image = _decode(dataset, i, once)
-        if isinstance(image, str) or image.shape != first.shape:
-            return image if isinstance(image, str) else "images differ in size after the fixed transforms"
-        images[i] = image
+    # PIL decodes and resizes without the GIL: threads overlap the file reads and decoding
+    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
+        for i, image in enumerate(pool.map(lambda k: _decode(dataset, k, once), range(1, len(dataset))), 1):
+            if isinstance(image, str) or image.shape != first.shape:
+                return image if isinstance(image, str) else "images differ in size after the fixed transforms"
+            images[i] = image
     return images
 
 

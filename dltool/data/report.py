@@ -116,14 +116,16 @@ def render(report: dict):
     from rich.table import Table
 
     splits = list(report["splits"])
-    table = Table(title=f"{report['dataset']}: {len(report['classes'])} classes, input {tuple(report['input_shape'])}")
+    head = (f"[bold]{report['dataset']}[/bold]: {len(report['classes']) or 'no'} classes, "
+            f"input {tuple(report['input_shape'])}, split: {report['split_method']}")
+    table = Table()
     table.add_column("class")
     for name in splits:
         table.add_column(name, justify="right")
     for name in report["classes"]:
         table.add_row(name, *(str(report["splits"][s]["counts"].get(name, 0)) for s in splits))
     table.add_row("[bold]total[/bold]", *(f"[bold]{report['splits'][s]['samples']}[/bold]" for s in splits))
-    parts: list = [table]
+    parts: list = [head, table]
     if report["bad_files"]:
         bad = Table(title=f"{len(report['bad_files'])} files skipped")
         bad.add_column("path")
