@@ -86,9 +86,11 @@ def test_mixup_on_the_memory_path(quick):
 def test_batched_affine_equals_torchvision_for_the_same_parameters():
     x = torch.rand(3, 2, 12, 10)
     params = [(12.0, [2.0, -1.0], 1.1, [5.0, 0.0]), (-30.0, [0.0, 3.0], 0.8, [0.0, 4.0]), (0.0, [0.0, 0.0], 1.0, [0.0, 0.0])]
-    columns = [torch.tensor(c, dtype=torch.float64) for c in
-               zip(*[(a, t[0], t[1], s, sh[0], sh[1]) for a, t, s, sh in params])]
-    theta = _inverse_affine(*columns).float()
+    angle, tx, ty, scale, shear_x, shear_y = (torch.tensor(c, dtype=torch.float64) for c in
+                                              zip(*[(a, t[0], t[1], s, sh[0], sh[1]) for a, t, s, sh in params]))
+    theta = _inverse_affine(angle, tx, ty, scale, (shear_x, shear_y)).float()
+    unsheared = _inverse_affine(angle, tx, ty, scale).float()
+    assert torch.equal(unsheared[2], theta[2])
     ours = sample(x, *_affine_grid(theta, 10, 12), "nearest", border=False)
     for i, (angle, translate, scale, shear) in enumerate(params):
         expected = F.affine(x[i], angle=angle, translate=translate, scale=scale, shear=shear)

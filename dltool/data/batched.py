@@ -8,6 +8,7 @@ Returns None for a transform (or a setting) that has no batched form here.
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Callable
 
 import torch
@@ -37,11 +38,16 @@ def flip(p: float, dim: int) -> Op:
 
 def normalize(mean: Any, std: Any) -> Op:
     def op(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
-        m = torch.as_tensor(mean, dtype=x.dtype, device=x.device).view(-1, 1, 1)
-        s = torch.as_tensor(std, dtype=x.dtype, device=x.device).view(-1, 1, 1)
-        return (x - m) / s
+        m, s = _constants((tuple(mean), tuple(std)), x.dtype, x.device)
+        return (x - m.view(-1, 1, 1)) / s.view(-1, 1, 1)
 
     return op
+
+
+@functools.lru_cache(maxsize=64)
+def _constants(values: tuple, dtype: torch.dtype, device: torch.device) -> tuple[torch.Tensor, ...]:
+    """Small constant tensors, made once per dtype and device rather than once per batch."""
+    return tuple(torch.tensor(v, dtype=dtype, device=device) for v in values)
 
 
 def crop_boxes(x: torch.Tensor, top: torch.Tensor, left: torch.Tensor, h: int, w: int) -> torch.Tensor:
@@ -181,40 +187,56 @@ def random_affine(t: v2.RandomAffine) -> Op | None:
 
 
 def _affine_params(t: v2.RandomAffine, n: int, height: int, width: int, g: torch.Generator) -> tuple:
-    """Per-sample (angle, tx, ty, scale, shear_x, shear_y) drawn as v2.RandomAffine draws them (float64)."""
+    """Per-sample (angle, tx, ty, scale, shear or None) drawn as v2.RandomAffine draws them (float64)."""
     dx = t.translate[0] * width if t.translate is not None else 0.0
     dy = t.translate[1] * height if t.translate is not None else 0.0
     scale = t.scale if t.scale is not None else (1.0, 1.0)
     shear = list(t.shear) if t.shear is not None else [0.0, 0.0]
     shear += [0.0, 0.0] if len(shear) == 2 else []
-    low = torch.tensor([t.degrees[0], -dx, -dy, scale[0], shear[0], shear[2]], dtype=torch.float64, device=g.device)
-    high = torch.tensor([t.degrees[1], dx, dy, scale[1], shear[1], shear[3]], dtype=torch.float64, device=g.device)
+    low, high = _constants(((t.degrees[0], -dx, -dy, scale[0], shear[0], shear[2]),
+                            (t.degrees[1], dx, dy, scale[1], shear[1], shear[3])), torch.float64, g.device)
     values = torch.rand(n, 6, generator=g, device=g.device, dtype=torch.float64) * (high - low) + low
     angle, tx, ty, factor, shear_x, shear_y = values.unbind(1)
-    return angle, tx.round(), ty.round(), factor, shear_x, shear_y
+    return angle, tx.round(), ty.round(), factor, (shear_x, shear_y) if t.shear is not None else None
 
 
-def _inverse_affine(angle, tx, ty, scale, shear_x, shear_y) -> torch.Tensor:
-    """torchvision's _get_inverse_affine_matrix (centre 0) for a batch: (N, 2, 3)."""
-    rot, sx, sy = torch.deg2rad(angle), torch.deg2rad(shear_x), torch.deg2rad(shear_y)
-    a = torch.cos(rot - sy) / torch.cos(sy)
-    b = -torch.cos(rot - sy) * torch.tan(sx) / torch.cos(sy) - torch.sin(rot)
-    c = torch.sin(rot - sy) / torch.cos(sy)
-    d = -torch.sin(rot - sy) * torch.tan(sx) / torch.cos(sy) + torch.cos(rot)
+def _inverse_affine(angle, tx, ty, scale, shear=None) -> torch.Tensor:
+    """torchvision's _get_inverse_affine_matrix (centre 0) for a batch: (N, 2, 3); shear in degrees
+    as (shear_x, shear_y), or None."""
+    rot = torch.deg2rad(angle)
+    if shear is None:
+        # the general formula below with zero shear gives exactly these values
+        a, b, c, d = torch.cos(rot), -torch.sin(rot), torch.sin(rot), torch.cos(rot)
+    else:
+        a, b, c, d = _sheared(rot, torch.deg2rad(shear[0]), torch.deg2rad(shear[1]))
     m0, m1, m3, m4 = d / scale, -b / scale, -c / scale, a / scale
     m2 = m0 * -tx + m1 * -ty
     m5 = m3 * -tx + m4 * -ty
     return torch.stack((m0, m1, m2, m3, m4, m5), dim=1).view(-1, 2, 3)
 
 
+def _sheared(rot: torch.Tensor, sx: torch.Tensor, sy: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    a = torch.cos(rot - sy) / torch.cos(sy)
+    b = -torch.cos(rot - sy) * torch.tan(sx) / torch.cos(sy) - torch.sin(rot)
+    c = torch.sin(rot - sy) / torch.cos(sy)
+    d = -torch.sin(rot - sy) * torch.tan(sx) / torch.cos(sy) + torch.cos(rot)
+    return a, b, c, d
+
+
 def _affine_grid(theta: torch.Tensor, w: int, h: int) -> tuple[torch.Tensor, torch.Tensor]:
     """torchvision's affine grid (pixel-centred base grid, theta scaled by half the size), per sample."""
-    xs = torch.linspace((1.0 - w) * 0.5, (w - 1.0) * 0.5, steps=w, device=theta.device, dtype=theta.dtype).view(1, 1, w)
-    ys = torch.linspace((1.0 - h) * 0.5, (h - 1.0) * 0.5, steps=h, device=theta.device, dtype=theta.dtype).view(1, h, 1)
+    xs, ys = _centred_coordinates(w, h, theta.dtype, theta.device)
     t = theta.view(-1, 2, 3, 1, 1)
     gx = (t[:, 0, 0] * xs + t[:, 0, 1] * ys + t[:, 0, 2]) / (0.5 * w)
     gy = (t[:, 1, 0] * xs + t[:, 1, 1] * ys + t[:, 1, 2]) / (0.5 * h)
     return gx, gy  # N, H, W each
+
+
+@functools.lru_cache(maxsize=64)
+def _centred_coordinates(w: int, h: int, dtype: torch.dtype, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    xs = torch.linspace((1.0 - w) * 0.5, (w - 1.0) * 0.5, steps=w, device=device, dtype=dtype).view(1, 1, w)
+    ys = torch.linspace((1.0 - h) * 0.5, (h - 1.0) * 0.5, steps=h, device=device, dtype=dtype).view(1, h, 1)
+    return xs, ys
 
 
 def _gray(x: torch.Tensor) -> torch.Tensor:
