@@ -142,3 +142,12 @@ def test_mixup_in_the_loader_gives_soft_targets(quick):
     again = next(iter(make_loader(bundle.train, config.data, train=True, seed=0)))
     assert torch.equal(again[1], y) and torch.equal(again[0], x)
     assert next(iter(make_loader(bundle.val, config.data, train=False, seed=0)))[1].ndim == 1
+
+
+@pytest.mark.parametrize("overrides, channels", [
+    ([], 1), (["data.channels=3"], 3), (["model.input_shape=[3, 16, 16]"], 3),
+])
+def test_channels_follow_config_then_model_then_data(overrides, channels):
+    bundle = build_data(load_config("configs/quickstart.yaml", overrides))
+    assert bundle.channels == channels and bundle.input_shape == (channels, 16, 16)
+    assert bundle.val[0][0].shape[0] == channels

@@ -89,8 +89,8 @@ class _opened:
                 self.image = Image.open(self.path)
         except UnidentifiedImageError:
             raise ImageError(f"{self.path}: not an image (no known image format)") from None
-        except Image.DecompressionBombError:
-            raise ImageError(f"{self.path}: too many pixels (over data.max_image_pixels={self.max_pixels})") from None
+        except Image.DecompressionBombError as exc:
+            raise ImageError(f"{self.path}: too many pixels for Pillow's decompression-bomb guard ({_reason(exc)})") from None
         except (OSError, SyntaxError, ValueError) as exc:
             raise ImageError(f"{self.path}: cannot open ({_reason(exc)})") from None
         pixels = self.image.width * self.image.height

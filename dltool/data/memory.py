@@ -72,11 +72,14 @@ def decode_all(dataset: Any, once: Sequence[Any], budget_bytes: int | None) -> t
     images = torch.empty((len(dataset), *first.shape), dtype=torch.uint8)
     images[0] = first
     # PIL decodes and resizes without the GIL: threads overlap the file reads and decoding
-    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
+    pool = ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1))
+    try:
         for i, image in enumerate(pool.map(lambda k: _decode(dataset, k, once), range(1, len(dataset))), 1):
             if isinstance(image, str) or image.shape != first.shape:
                 return image if isinstance(image, str) else "images differ in size after the fixed transforms"
             images[i] = image
+    finally:
+        pool.shutdown(cancel_futures=True)
     return images
 
 
