@@ -218,5 +218,14 @@ def fmt(shape: tuple[int, ...]) -> str:
     return "x".join(str(s) for s in shape) if shape else "a scalar"
 
 
+@LAYERS.register("TorchvisionModel")
+@composite
+def torchvision_model(name: str, weights: str | None = None, freeze: Any = ()) -> Plan:
+    """A torchvision classification model by name, its head resized to num_classes."""
+    # imported here, not at the top: torchvision costs over a second and most stacks never need it
+    from dltool.models.torchvision import TorchvisionPlan
+
+    return TorchvisionPlan(name, weights, freeze)
+
+
 register_torch_layers()
-import dltool.models.torchvision  # noqa: E402,F401  registers TorchvisionModel, which builds on Plan above

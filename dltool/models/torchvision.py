@@ -19,8 +19,8 @@ from torch import nn
 
 from dltool.errors import CheckpointError, ShapeError
 from dltool.models.init import apply_freeze
-from dltool.models.layers import Plan, composite, fmt
-from dltool.registry import LAYERS, MODELS
+from dltool.models.layers import Plan, fmt
+from dltool.registry import MODELS
 
 IMAGENET_CLASSES = 1000
 AUX_HEADS = ("aux1.", "aux2.", "AuxLogits.")
@@ -29,13 +29,6 @@ AUX_HEADS = ("aux1.", "aux2.", "AuxLogits.")
 def register_torchvision_models() -> None:
     for name in torchvision.models.list_models(module=torchvision.models):
         MODELS.register(name, torchvision.models.get_model_builder(name))
-
-
-@LAYERS.register("TorchvisionModel")
-@composite
-def torchvision_model(name: str, weights: str | None = None, freeze: Any = ()) -> Plan:
-    """A torchvision classification model by name, its head resized to num_classes."""
-    return TorchvisionPlan(name, weights, freeze)
 
 
 class TorchvisionPlan(Plan):
