@@ -182,7 +182,7 @@ def render_table(predictions: Sequence[Prediction]) -> Any:
     from rich.table import Table
 
     table = Table()
-    table.add_column("file")
+    table.add_column("file", overflow="fold")
     table.add_column("prediction")
     table.add_column("probability", justify="right")
     table.add_column("also")

@@ -2,39 +2,21 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
-DIGITS_RUN_CONFIG = """\
-seed: 0
-data:
-  dataset: Digits
-  batch_size: 64
-  transforms:
-    train: [ {Resize: [16, 16]}, {RandomAffine: {degrees: 8}}, ToTensor, {Normalize: {mean: [0.3], std: [0.4]}} ]
-    eval:  [ {Resize: [16, 16]}, ToTensor, {Normalize: {mean: [0.3], std: [0.4]}} ]
-model:
-  layers:
-    - Conv2d: {out_channels: 8, kernel_size: 3, padding: 1}
-    - ReLU
-    - MaxPool2d: 2
-    - Flatten
-    - Linear: {out_features: 32}
-    - ReLU
-    - Linear: {out_features: num_classes}
-optimizer: {name: Adam, lr: 0.01}
-train: {epochs: 2, device: cpu, histograms: false}
-"""
+QUICKSTART = Path(__file__).resolve().parent.parent / "configs" / "quickstart.yaml"
 
 
 @pytest.fixture(scope="session")
 def digits_run(tmp_path_factory):
-    """A finished 2-epoch run on the embedded digits (16x16 CNN): its run folder."""
+    """The quickstart run (embedded digits, 16x16 CNN) cut to 2 epochs on the CPU: its run folder."""
     from dltool.train import train
 
     folder = tmp_path_factory.mktemp("digits_run")
-    config = folder / "digits.yaml"
-    config.write_text(DIGITS_RUN_CONFIG)
-    return train(config, runs_dir=folder / "runs", name="digits").run_dir
+    return train(QUICKSTART, runs_dir=folder / "runs", name="digits",
+                 overrides=["train.epochs=2", "train.device=cpu", "train.histograms=false"]).run_dir
 
 
 @pytest.fixture

@@ -1,0 +1,146 @@
+import csv
+import json
+import shutil
+
+import pytest
+import torch
+from PIL import Image
+from sklearn.metrics import precision_recall_fscore_support
+from typer.testing import CliRunner
+
+from dltool.cli import app
+from dltool.evaluate import evaluate_checkpoint
+
+KEYS = ["loss", "accuracy", "top5_accuracy", "per_class", "confusion_matrix", "samples"]
+
+
+def _eval_json(*args):
+    result = CliRunner().invoke(app, ["eval", *map(str, args), "--json"])
+    assert result.exit_code == 0, result.output
+    return json.loads(result.stdout)
+
+
+@pytest.fixture(scope="module")
+def evaluated(digits_run):
+    return evaluate_checkpoint(digits_run, device="cpu")
+
+
+def test_best_and_last_give_exactly_the_recorded_accuracy(digits_run, tmp_path):
+    summary = json.loads((digits_run / "summary.json").read_text())
+    best = _eval_json(digits_run, "--out", tmp_path / "best")
+    assert list(best)[:6] == KEYS
+    assert best["accuracy"] == summary["best_val_accuracy"]
+    last = _eval_json(digits_run / "checkpoints" / "last.pt", "--out", tmp_path / "last")
+    assert last["accuracy"] == summary["final"]["val_accuracy"]
+    assert last["loss"] == summary["final"]["val_loss"]
+    assert last["top5_accuracy"] == summary["final"]["val_top5_accuracy"]
+
+
+def test_report_numbers_agree_with_each_other_and_scikit_learn(evaluated):
+    report = evaluated.to_json()
+    matrix = torch.tensor(report["confusion_matrix"])
+    assert report["samples"] == len(evaluated.ids) == int(matrix.sum()) == 359
+    assert matrix.trace().item() / report["samples"] == report["accuracy"]
+    predicted = evaluated.outputs.argmax(1)
+    precision, recall, f1, support = precision_recall_fscore_support(evaluated.targets, predicted, zero_division=0)
+    for i, row in enumerate(report["per_class"]):
+        assert row["class"] == str(i)
+        assert row["precision"] == pytest.approx(precision[i]) and row["recall"] == pytest.approx(recall[i])
+        assert row["f1"] == pytest.approx(f1[i]) and row["support"] == support[i]
+    macro = precision_recall_fscore_support(evaluated.targets, predicted, average="macro", zero_division=0)
+    assert report["macro_avg"]["f1"] == pytest.approx(macro[2])
+    weighted = precision_recall_fscore_support(evaluated.targets, predicted, average="weighted", zero_division=0)
+    assert report["weighted_avg"]["recall"] == pytest.approx(weighted[1])
+
+
+def test_files_written_to_the_run_eval_folder(digits_run):
+    result = CliRunner().invoke(app, ["eval", str(digits_run), "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    assert result.stdout == ""
+    assert "per class" in result.stderr and "confusion matrix" in result.stderr
+    out = digits_run / "eval"
+    assert sorted(p.name for p in out.iterdir()) == [
+        "confusion_matrix.csv", "confusion_matrix.png", "metrics.json", "misclassified.csv"]
+    rows = list(csv.reader(open(out / "confusion_matrix.csv")))
+    assert rows[0] == ["true \\ predicted", *"0123456789"] and len(rows) == 11
+    mistakes = list(csv.DictReader(open(out / "misclassified.csv")))
+    report = json.loads((out / "metrics.json").read_text())
+    assert len(mistakes) == report["misclassified"] == report["samples"] - sum(
+        report["confusion_matrix"][i][i] for i in range(10))
+    confidences = [float(m["confidence"]) for m in mistakes]
+    assert confidences == sorted(confidences, reverse=True)
+    assert all(m["sample"].startswith("index ") and m["true"] != m["predicted"] for m in mistakes)
+    with Image.open(out / "confusion_matrix.png") as image:
+        assert image.format == "PNG" and image.width > 100
+
+
+def test_mistake_rows_name_the_right_samples(evaluated, digits_run):
+    from dltool.data.datasets import DigitsImages
+
+    targets = DigitsImages().targets
+    for row in evaluated.misclassified():
+        assert str(targets[int(row["sample"].split()[1])]) == row["true"]
+
+
+def test_checkpoint_copied_elsewhere_writes_next_to_itself(digits_run, tmp_path):
+    copy = tmp_path / "best.pt"
+    shutil.copy(digits_run / "checkpoints" / "best.pt", copy)
+    result = CliRunner().invoke(app, ["eval", str(copy), "--batch-size", "7"])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "eval" / "misclassified.csv").is_file()
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--split", "test"], "{ckpt} (stored config): data.dataset: Digits: has no test split (it has: train)"),
+    (["--split", "holdout"], "--split: unknown split 'holdout'; allowed: val, test, train"),
+    (["model.layers.0.Conv2d.out_channels=4"], "override 'model.layers.0.Conv2d.out_channels=4': eval takes data.* "
+     "settings only (the checkpoint fixes the model and training); e.g. data.dataset.root=other/folder"),
+    (["data.transforms.eval=[ToTensor]"], "the data gives inputs of shape [1, 8, 8] after its eval transforms, "
+     "but the model takes [1, 16, 16]"),
+    (["--device", "cuda:7"], "--device: cuda:7: "),
+])
+def test_bad_requests_are_one_line(digits_run, tmp_path, args, message):
+    if args[0] == "--device" and torch.cuda.device_count() > 7:
+        pytest.skip("this machine has a cuda:7")
+    result = CliRunner().invoke(app, ["eval", str(digits_run), *args, "--out", str(tmp_path)])
+    assert result.exit_code == 2
+    lines = result.stderr.strip().splitlines()
+    message = message.format(ckpt=digits_run / "checkpoints" / "best.pt")
+    assert len(lines) == 1 and lines[0].startswith(f"error: {message}")
+
+
+def test_train_split_and_data_overrides(digits_run, tmp_path):
+    report = _eval_json(digits_run, "--split", "train", "data.eval_batch_size=100", "--out", tmp_path)
+    assert report["samples"] == 1797 - 359
+    assert report["split"] == "train"
+
+
+REGRESSION = """\
+data:
+  dataset: {{name: ImageList, file: {file}, task: regression}}
+  val_split: 0.25
+  transforms: {{eval: [ToTensor]}}
+model:
+  layers: [Flatten, {{Linear: {{out_features: 1}}}}]
+loss: MSELoss
+optimizer: {{name: SGD, lr: 0.01}}
+train: {{epochs: 1, device: cpu, histograms: false}}
+"""
+
+
+def test_regression_reports_mse_mae_r2(tmp_path):
+    from dltool.train import train
+
+    lines = []
+    for i in range(16):
+        Image.new("L", (4, 4), color=i * 16).save(tmp_path / f"{i}.png")
+        lines.append(f"{i}.png,{i / 4}")
+    (tmp_path / "values.csv").write_text("\n".join(lines))
+    (tmp_path / "reg.yaml").write_text(REGRESSION.format(file=tmp_path / "values.csv"))
+    run = train(tmp_path / "reg.yaml", runs_dir=tmp_path / "runs", name="reg").run_dir
+    report = _eval_json(run, "--out", tmp_path / "out")
+    assert list(report)[:5] == ["loss", "mse", "mae", "r2", "samples"]
+    assert report["samples"] == 4
+    assert report["loss"] == pytest.approx(report["mse"])
+    summary = json.loads((run / "summary.json").read_text())
+    assert report["mae"] == pytest.approx(summary["final"]["val_mae"])
