@@ -65,12 +65,12 @@ def test_train_statistics_match_the_per_sample_path(quick):
 
 def test_unbatchable_transform_falls_back_or_refuses(quick):
     _, bundle = quick
-    rotate = '[{Resize: [16, 16]}, {RandomRotation: 10}, ToTensor]'
-    config = load_config(QUICK, [f"data.transforms.train={rotate}"])
+    blur = '[{Resize: [16, 16]}, {GaussianBlur: 3}, ToTensor]'
+    config = load_config(QUICK, [f"data.transforms.train={blur}"])
     rebuilt = build_data(config)
     assert isinstance(make_loader(rebuilt.train, config.data, train=True, seed=0), Loader)
-    forced = load_config(QUICK, [f"data.transforms.train={rotate}", "data.cache=ram"])
-    with pytest.raises(DataError, match="data.cache: ram: cannot hold this dataset in memory: RandomRotation has no batched form"):
+    forced = load_config(QUICK, [f"data.transforms.train={blur}", "data.cache=ram"])
+    with pytest.raises(DataError, match="data.cache: ram: cannot hold this dataset in memory: GaussianBlur has no batched form"):
         make_loader(rebuilt.train, forced.data, train=True, seed=0)
     small = load_config(QUICK, ["data.cache_budget_mb=0"])
     assert isinstance(make_loader(bundle.val, small.data, train=False, seed=0), Loader)
@@ -95,6 +95,26 @@ def test_batched_affine_equals_torchvision_for_the_same_parameters():
     for i, (angle, translate, scale, shear) in enumerate(params):
         expected = F.affine(x[i], angle=angle, translate=translate, scale=scale, shear=shear)
         assert torch.equal(ours[i], expected)
+
+
+def test_batched_rotation_equals_torchvision_for_the_same_angle():
+    x = torch.rand(1, 3, 10, 12)
+    angle = torch.tensor([17.0], dtype=torch.float64)
+    zero = torch.zeros(1, dtype=torch.float64)
+    theta = _inverse_affine(-angle, zero, zero, zero + 1).float()
+    assert torch.equal(sample(x, *_affine_grid(theta, 12, 10), "nearest", border=False)[0], F.rotate(x[0], 17.0))
+    angles = batched_op(v2.RandomRotation([-40, 10]))(torch.ones(2000, 1, 9, 9), generator())
+    assert angles.shape == (2000, 1, 9, 9) and (angles == 0).any()
+
+
+def test_hue_grayscale_and_invert_batched():
+    x = torch.rand(2, 3, 6, 6)
+    from dltool.data.batched import _adjust
+
+    assert torch.allclose(_adjust(x, 3, torch.tensor([0.1, -0.2]).view(-1, 1, 1, 1))[1], F.adjust_hue(x[1], -0.2), atol=1e-6)
+    gray = batched_op(v2.RandomGrayscale(p=1.0))(x, generator())
+    assert torch.allclose(gray, F.rgb_to_grayscale(x, num_output_channels=3), atol=1e-6)
+    assert torch.equal(batched_op(v2.RandomInvert(p=1.0))(x, generator()), 1.0 - x)
 
 
 def test_flip_and_erasing_rates_follow_p():

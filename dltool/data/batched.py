@@ -186,6 +186,23 @@ def random_affine(t: v2.RandomAffine) -> Op | None:
     return op
 
 
+def random_rotation(t: v2.RandomRotation) -> Op | None:
+    mode = _grid_mode(t.interpolation)
+    if mode is None or t.expand or t.center is not None or t.fill not in (0, None):
+        return None
+
+    def op(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+        n, _, height, width = x.shape
+        low, high = _constants(((float(t.degrees[0]),), (float(t.degrees[1]),)), torch.float64, g.device)
+        angle = torch.rand(n, generator=g, device=g.device, dtype=torch.float64) * (high - low) + low
+        zeros = torch.zeros_like(angle)
+        # torchvision's rotate turns the other way from its affine: it passes -angle
+        theta = _inverse_affine(-angle, zeros, zeros, zeros + 1).to(x.dtype)
+        return sample(x, *_affine_grid(theta, width, height), mode, border=False)
+
+    return op
+
+
 def _affine_params(t: v2.RandomAffine, n: int, height: int, width: int, g: torch.Generator) -> tuple:
     """Per-sample (angle, tx, ty, scale, shear or None) drawn as v2.RandomAffine draws them (float64)."""
     dx = t.translate[0] * width if t.translate is not None else 0.0
@@ -246,9 +263,7 @@ def _gray(x: torch.Tensor) -> torch.Tensor:
 
 
 def color_jitter(t: v2.ColorJitter) -> Op | None:
-    if t.hue is not None:
-        return None
-    ranges = [t.brightness, t.contrast, t.saturation]
+    ranges = [t.brightness, t.contrast, t.saturation, t.hue]
 
     def op(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
         n = x.shape[0]
@@ -256,7 +271,7 @@ def color_jitter(t: v2.ColorJitter) -> Op | None:
         factors = [None if r is None else _uniform(n, r[0], r[1], g).view(-1, 1, 1, 1).to(x.dtype) for r in ranges]
         for position in range(4):
             for which, factor in enumerate(factors):
-                if factor is None or (which == 2 and x.shape[1] == 1):
+                if factor is None or (which >= 2 and x.shape[1] == 1):
                     continue
                 chosen = (order[:, position] == which).view(-1, 1, 1, 1)
                 x = torch.where(chosen, _adjust(x, which, factor), x)
@@ -266,6 +281,12 @@ def color_jitter(t: v2.ColorJitter) -> Op | None:
 
 
 def _adjust(x: torch.Tensor, which: int, factor: torch.Tensor) -> torch.Tensor:
+    """Brightness (0), contrast (1), saturation (2) or hue (3) of each sample by its factor."""
+    if which == 3:
+        from torchvision.transforms.v2.functional._color import _hsv_to_rgb, _rgb_to_hsv
+
+        h, s, v = _rgb_to_hsv(x).unbind(dim=-3)
+        return _hsv_to_rgb(torch.stack(((h + factor.view(-1, 1, 1)).remainder(1.0), s, v), dim=-3))
     if which == 0:
         other = torch.zeros_like(x)
     elif which == 1:
@@ -273,6 +294,22 @@ def _adjust(x: torch.Tensor, which: int, factor: torch.Tensor) -> torch.Tensor:
     else:
         other = _gray(x)
     return (factor * x + (1.0 - factor) * other).clamp(0.0, 1.0)
+
+
+def random_grayscale(p: float) -> Op:
+    def op(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+        chosen = (torch.rand(x.shape[0], generator=g, device=g.device) < p).view(-1, 1, 1, 1)
+        return torch.where(chosen, _gray(x).expand_as(x), x)
+
+    return op
+
+
+def random_invert(p: float) -> Op:
+    def op(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+        chosen = (torch.rand(x.shape[0], generator=g, device=g.device) < p).view(-1, 1, 1, 1)
+        return torch.where(chosen, 1.0 - x, x)
+
+    return op
 
 
 def random_erasing(t: v2.RandomErasing) -> Op | None:
@@ -304,6 +341,9 @@ BUILDERS: dict[type, Callable[[Any], Op | None]] = {
     v2.RandomCrop: random_crop,
     v2.RandomResizedCrop: random_resized_crop,
     v2.RandomAffine: random_affine,
+    v2.RandomRotation: random_rotation,
+    v2.RandomGrayscale: lambda t: random_grayscale(t.p),
+    v2.RandomInvert: lambda t: random_invert(t.p),
     v2.ColorJitter: color_jitter,
     v2.RandomErasing: random_erasing,
     v2.Normalize: lambda t: normalize(t.mean, t.std),
