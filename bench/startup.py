@@ -1,0 +1,86 @@
+"""Start-up cost of the CLI, as ratios to `python -c "import torch"` measured in the same run.
+
+    python bench/startup.py [--repeat N]
+
+Cold `dltool predict one.png --model <LeNet checkpoint>` (target <= 1.3x) and `dltool --help`
+(target <= 0.15x). Each command runs N times in a fresh process; the median wall time counts.
+The LeNet checkpoint (random weights, Resize/ToTensor/Normalize eval transforms) is written to a
+temporary folder, as `dltool train` would lay it out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+LENET = [{"Conv2d": {"out_channels": 6, "kernel_size": 5, "padding": 2}}, "Sigmoid",
+         {"AvgPool2d": {"kernel_size": 2, "stride": 2}}, {"Conv2d": {"out_channels": 16, "kernel_size": 5}}, "Sigmoid",
+         {"AvgPool2d": {"kernel_size": 2, "stride": 2}}, "Flatten", {"Linear": {"out_features": 120}}, "Sigmoid",
+         {"Linear": {"out_features": 84}}, "Sigmoid", {"Linear": {"out_features": "num_classes"}}]
+EVAL = [{"Resize": [28, 28]}, "ToTensor", {"Normalize": {"mean": [0.5], "std": [0.5]}}]
+TARGETS = {"predict": 1.3, "help": 0.15}
+
+
+def write_inputs(folder: Path) -> tuple[Path, Path]:
+    """A LeNet checkpoint for the embedded digits and one 8x8 PNG."""
+    import torch
+    from PIL import Image
+
+    from dltool.checkpoint import save_checkpoint
+    from dltool.config import config_from_data
+    from dltool.models import build_model
+
+    config = config_from_data({"data": {"dataset": "Digits", "transforms": {"eval": EVAL}},
+                               "model": {"layers": LENET}})
+    model = build_model(config.model, (1, 28, 28), 10)
+    state = {"model": model.state_dict(), "config": config.to_data(), "classes": [str(i) for i in range(10)],
+             "input_shape": [1, 28, 28], "task": "classification", "split": {"method": "dataset"},
+             "versions": {"torch": str(torch.__version__)}}
+    checkpoint = save_checkpoint(state, folder / "lenet.pt")
+    image = folder / "one.png"
+    Image.new("L", (8, 8), 128).save(image)
+    return checkpoint, image
+
+
+def timed(command: list[str], repeat: int) -> float:
+    """Median wall seconds of `command` over `repeat` fresh processes (it must succeed)."""
+    times = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeat", type=int, default=5)
+    args = parser.parse_args()
+    dltool = str(Path(sys.executable).with_name("dltool"))
+    if not os.path.exists(dltool):
+        sys.exit(f"{dltool} not found: install dltool into this Python environment first")
+    with tempfile.TemporaryDirectory() as tmp:
+        checkpoint, image = write_inputs(Path(tmp))
+        commands = {
+            "torch": [sys.executable, "-c", "import torch"],
+            "predict": [dltool, "predict", str(image), "--model", str(checkpoint), "--format", "json", "--device", "cpu"],
+            "help": [dltool, "--help"],
+        }
+        for command in commands.values():
+            subprocess.run(command, check=True, stdout=subprocess.DEVNULL)  # warm the file cache
+        seconds = {name: timed(command, args.repeat) for name, command in commands.items()}
+    print(f"import torch          {seconds['torch']:.3f} s")
+    for name, label in (("predict", "dltool predict (cold)"), ("help", "dltool --help")):
+        ratio = seconds[name] / seconds["torch"]
+        verdict = "ok" if ratio <= TARGETS[name] else "over target"
+        print(f"{label:<21}{seconds[name]:.3f} s  ratio {ratio:.2f}x  (target <= {TARGETS[name]}x: {verdict})")
+
+
+if __name__ == "__main__":
+    main()
