@@ -75,11 +75,11 @@ def main() -> None:
         for command in commands.values():
             subprocess.run(command, check=True, stdout=subprocess.DEVNULL)  # warm the file cache
         seconds = {name: timed(command, args.repeat) for name, command in commands.items()}
-    print(f"import torch          {seconds['torch']:.3f} s")
+    print(f"import torch            {seconds['torch']:.3f} s")
     for name, label in (("predict", "dltool predict (cold)"), ("help", "dltool --help")):
         ratio = seconds[name] / seconds["torch"]
         verdict = "ok" if ratio <= TARGETS[name] else "over target"
-        print(f"{label:<21}{seconds[name]:.3f} s  ratio {ratio:.2f}x  (target <= {TARGETS[name]}x: {verdict})")
+        print(f"{label:<23}{seconds[name]:.3f} s  ratio {ratio:.2f}x  (target <= {TARGETS[name]}x: {verdict})")
 
 
 if __name__ == "__main__":

@@ -106,33 +106,13 @@ def evaluate_checkpoint(target: str | Path, overrides: Sequence[str] = (), *, sp
         ConfigError: a bad override, split or device.
         DataError: the data is missing, or does not match the model's classes or input shape.
     """
-    from dltool.data import build_data, make_loader
-    from dltool.engine import StepOptions, evaluate
-    from dltool.optim import build_loss
-
     if split not in SPLITS:
         raise ConfigError(f"--split: unknown split {split!r}; allowed: {', '.join(SPLITS)}")
     checkpoint = load_checkpoint(target)
     model, config = rebuild_model(checkpoint)
-    data_config = _with_overrides(checkpoint, overrides)
-    if batch_size is not None:
-        data_config = dataclasses.replace(data_config, data=dataclasses.replace(data_config.data, eval_batch_size=batch_size))
-    same_data = not any(o.split("=", 1)[0].startswith(NEW_DATA_KEYS) for o in overrides)
-    balanced = config.loss.kwargs.get("weight") == "balanced"
-    splits = (split,) if not balanced or split == "train" else (split, "train")
-    bundle = build_data(data_config, splits=splits, split_state=checkpoint.get("split") if same_data else None)
-    _check_fits(bundle, checkpoint)
-    dataset = bundle.dataset(split)
-    torch_device = _device(device)
-    counts = _class_counts(bundle.train, len(bundle.classes)) if balanced else None
-    loss_fn = build_loss(config.loss, counts).to(torch_device)
-    loader = make_loader(dataset, data_config.data, train=False, seed=data_config.seed, device=str(torch_device))
-    opts = StepOptions(device=torch_device, task=bundle.task, amp=config.train.amp,
-                       channels_last=config.train.channels_last)
-    recorder = Recorder(model).to(torch_device)
-    metrics, _ = evaluate(recorder, loader, loss_fn, opts)
-    outputs = torch.cat(recorder.outputs) if recorder.outputs else torch.empty(0)
-    targets = _targets(dataset, bundle.task)
+    data_config, bundle = _load_split(checkpoint, config, overrides, split, batch_size)
+    metrics, outputs = _forward(model, config, data_config, bundle, split, _device(device))
+    targets = _targets(bundle.dataset(split), bundle.task)
     result = EvalResult(checkpoint=checkpoint["path"], split=split, task=bundle.task, classes=list(bundle.classes),
                         metrics={}, ids=bundle.sample_ids(split), targets=targets, outputs=outputs)
     if bundle.task == "regression":
@@ -142,6 +122,45 @@ def evaluate_checkpoint(target: str | Path, overrides: Sequence[str] = (), *, sp
         result.confusion = confusion_matrix(outputs.argmax(1), targets, len(bundle.classes))
         result.per_class = per_class(result.confusion, bundle.classes)
     return result
+
+
+def _load_split(checkpoint: dict, config: Any, overrides: Sequence[str], split: str,
+                batch_size: int | None) -> tuple[Any, Any]:
+    """(config for the data, DataBundle with `split`): the run's own split unless overrides choose
+    other data; the train split too when the loss weighs classes by their training counts."""
+    from dltool.data import build_data
+
+    data_config = _with_overrides(checkpoint, overrides)
+    if batch_size is not None:
+        data = dataclasses.replace(data_config.data, eval_batch_size=batch_size)
+        data_config = dataclasses.replace(data_config, data=data)
+    same_data = not any(o.split("=", 1)[0].startswith(NEW_DATA_KEYS) for o in overrides)
+    splits = (split, "train") if _balanced(config) and split != "train" else (split,)
+    bundle = build_data(data_config, splits=splits, split_state=checkpoint.get("split") if same_data else None)
+    _check_fits(bundle, checkpoint)
+    return data_config, bundle
+
+
+def _balanced(config: Any) -> bool:
+    return config.loss.kwargs.get("weight") == "balanced"
+
+
+def _forward(model: nn.Module, config: Any, data_config: Any, bundle: Any, split: str,
+             device: torch.device) -> tuple[dict, torch.Tensor]:
+    """The engine's evaluate over the split, set up as training set it up: (metrics, outputs)."""
+    from dltool.data import make_loader
+    from dltool.engine import StepOptions, evaluate
+    from dltool.optim import build_loss
+
+    counts = _class_counts(bundle.train, len(bundle.classes)) if _balanced(config) else None
+    loss_fn = build_loss(config.loss, counts).to(device)
+    loader = make_loader(bundle.dataset(split), data_config.data, train=False, seed=data_config.seed,
+                         device=str(device))
+    opts = StepOptions(device=device, task=bundle.task, amp=config.train.amp, channels_last=config.train.channels_last)
+    layout = torch.channels_last if config.train.channels_last else torch.preserve_format
+    recorder = Recorder(model.to(device, memory_format=layout))
+    metrics, _ = evaluate(recorder, loader, loss_fn, opts)
+    return metrics, torch.cat(recorder.outputs) if recorder.outputs else torch.empty(0)
 
 
 def _with_overrides(checkpoint: dict, overrides: Sequence[str]) -> Any:
