@@ -418,7 +418,7 @@ def fit(model: nn.Module, train_loader: Any, val_loader: Any | None, loss_fn: nn
             state.stopped_early = True
             callback.on_message(f"early stopping: {plan.monitor} did not improve for {plan.patience} epochs")
             break
-        if stop():
+        if stop() and epoch < plan.epochs:  # after the last epoch there is nothing left to resume
             state.interrupted = True
             if plan.on_interrupt is not None:
                 plan.on_interrupt(state)

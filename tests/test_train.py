@@ -21,8 +21,10 @@ from dltool.train import train
 
 TINY = {
     "seed": 0,
+    # FakeData draws each image from the global RNG, which the in-memory cache's decoding threads
+    # share: the per-sample path keeps it reproducible (the Digits test below covers the cache)
     "data": {"dataset": {"name": "FakeData", "size": 96, "image_size": [1, 8, 8], "num_classes": 5},
-             "batch_size": 16, "transforms": {"train": ["ToTensor", {"RandomHorizontalFlip": 0.5}], "eval": ["ToTensor"]}},
+             "batch_size": 16, "cache": "none", "transforms": {"train": ["ToTensor", {"RandomHorizontalFlip": 0.5}], "eval": ["ToTensor"]}},
     "model": {"layers": [{"Conv2d": {"out_channels": 4, "kernel_size": 3, "padding": 1}}, "BatchNorm2d", "ReLU",
                          "Flatten", {"Dropout": 0.2}, {"Linear": {"out_features": "num_classes"}}]},
     "optimizer": {"name": "SGD", "lr": 0.05, "momentum": 0.9},
@@ -55,7 +57,10 @@ def assert_same_weights(a: dict, b: dict) -> None:
 
 
 class SignalAt(Callback):
-    """Sends SIGINT to this process at a given (epoch, batch): the real interruption path."""
+    """Sends SIGINT to this process at a given (epoch, batch): the real interruption path.
+
+    The loop sees the signal at its next step, so a mid-epoch batch must leave at least one more
+    step in the epoch."""
 
     def __init__(self, epoch: int, batch: int | None):
         self.epoch, self.batch = epoch, batch
@@ -88,6 +93,17 @@ def test_interrupted_then_resumed_is_bit_identical(tmp_path, reference, epoch, b
     assert [r.split(",")[0] for r in rows] == ["epoch", "1", "2", "3"]
     ref_rows = (reference.run_dir / "metrics.csv").read_text().splitlines()
     assert [r.split(",")[2:6] for r in rows] == [r.split(",")[2:6] for r in ref_rows]  # same losses and accuracies
+
+
+def test_in_memory_data_resumes_bit_identically_from_mid_epoch(tmp_path):
+    changes = {"data__dataset": "Digits", "data__cache": "ram", "data__batch_size": 64, "train__epochs": 2,
+               "data__transforms": {"train": ["ToTensor", {"RandomCrop": {"size": 8, "padding": 1}}], "eval": ["ToTensor"]}}
+    uninterrupted = train(write_config(tmp_path, name="a", **changes), runs_dir=tmp_path / "runs")
+    with pytest.raises(Interrupted):
+        train(write_config(tmp_path, name="b", **changes), runs_dir=tmp_path / "runs", callbacks=[SignalAt(2, 7)])
+    resumed = train(resume=tmp_path / "runs" / "b")
+    assert_same_weights(weights(uninterrupted.run_dir), weights(resumed.run_dir))
+    assert uninterrupted.history[-1]["val_accuracy"] > 0.5
 
 
 def test_resume_of_a_finished_run_says_how_to_extend(reference):
@@ -125,8 +141,7 @@ def wait_for_first_epoch(run_dir: Path, process: subprocess.Popen, timeout: floa
         time.sleep(0.05)
 
 
-SLOW = {"data__dataset": {"name": "FakeData", "size": 480, "image_size": [1, 8, 8], "num_classes": 5},
-        "train__epochs": 6}
+SLOW = {"data__dataset": "Digits", "data__cache": "ram", "data__batch_size": 64, "train__epochs": 10}
 
 
 @pytest.fixture(scope="module")
@@ -222,7 +237,7 @@ OPTION_SETS = {
 def test_training_options_resume_bit_identically_from_mid_epoch(tmp_path, changes):
     uninterrupted = train(write_config(tmp_path, name="a", **changes), runs_dir=tmp_path / "runs")
     with pytest.raises(Interrupted):
-        train(write_config(tmp_path, name="b", **changes), runs_dir=tmp_path / "runs", callbacks=[SignalAt(2, 4)])
+        train(write_config(tmp_path, name="b", **changes), runs_dir=tmp_path / "runs", callbacks=[SignalAt(2, 2)])
     resumed = train(resume=tmp_path / "runs" / "b")
     assert_same_weights(weights(uninterrupted.run_dir), weights(resumed.run_dir))
     assert uninterrupted.history[-1]["val_loss"] == resumed.history[-1]["val_loss"]
