@@ -104,7 +104,7 @@ def test_data_command_table_stats_and_grid(tmp_path):
     result = CliRunner().invoke(app, ["data", "configs/quickstart.yaml", "--stats", "--show", "10", "--out", str(grid)])
     assert result.exit_code == 0, result.output
     assert "1438" in result.output and "359" in result.output
-    assert "Normalize: {mean: [0.3055], std: [0.3759]}" in result.output
+    assert "Normalize: {mean: [0.3055], std: [0.3187]}" in result.output
     from PIL import Image
 
     with Image.open(grid) as image:

@@ -217,14 +217,17 @@ def _channels(config: Any, raws: dict[str, tuple[RawSplit, list[int]]]) -> int:
     return 1 if image.shape[-3] == 1 else 3
 
 
-def _pipelines(transforms: Any) -> tuple[Any, Any]:
-    """(train, eval) pipelines; a missing list falls back to the other (eval keeps train's fixed part)."""
-    train_specs = transforms.train
-    eval_specs = transforms.eval
+def transform_specs(transforms: Any) -> tuple[tuple[Spec, ...], tuple[Spec, ...]]:
+    """(train, eval) transform lists; a missing list falls back to the other (eval keeps the fixed
+    part of train), and with neither, both are [ToTensor]."""
+    train_specs, eval_specs = transforms.train, transforms.eval
     if train_specs is None and eval_specs is None:
-        train_specs = eval_specs = (Spec("ToTensor"),)
-    elif eval_specs is None:
-        eval_specs = deterministic_part(train_specs)
-    elif train_specs is None:
-        train_specs = eval_specs
+        return (Spec("ToTensor"),), (Spec("ToTensor"),)
+    if eval_specs is None:
+        return tuple(train_specs), deterministic_part(train_specs)
+    return tuple(train_specs if train_specs is not None else eval_specs), tuple(eval_specs)
+
+
+def _pipelines(transforms: Any) -> tuple[Any, Any]:
+    train_specs, eval_specs = transform_specs(transforms)
     return build_pipeline(train_specs), build_pipeline(eval_specs)

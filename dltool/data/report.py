@@ -9,11 +9,11 @@ from typing import Any
 import torch
 from PIL import Image, ImageDraw
 
-from dltool.data.build import build_data
+from dltool.data.build import build_data, transform_specs
 from dltool.data.bundle import DataBundle
 from dltool.data.sources import class_counts
-from dltool.data.transforms import to_float_tensor
-from dltool.registry import DATASETS
+from dltool.data.transforms import build_pipeline, to_float_tensor
+from dltool.registry import DATASETS, TRANSFORMS
 
 TILE = 96
 
@@ -23,7 +23,8 @@ def inspect_data(config: Any, *, stats: bool = False, show: int = 0, out: Path |
 
     Args:
         config: a validated Config.
-        stats: add per-channel mean/std of the train split (after ToTensor, before Normalize).
+        stats: add per-channel mean/std of the train split after the eval transforms without
+            Normalize (the numbers to put in Normalize).
         show: write a grid of this many augmented train samples to `out`.
         out: the PNG path for `show` (default: <config stem>-samples.png).
 
@@ -35,7 +36,7 @@ def inspect_data(config: Any, *, stats: bool = False, show: int = 0, out: Path |
     bundle = build_data(config, splits=wanted)
     report = summarize(bundle, wanted)
     if stats:
-        mean, std = channel_stats(bundle.train)
+        mean, std = channel_stats(bundle.train, unnormalized_eval(config))
         report["stats"] = {"mean": mean, "std": std}
     if show:
         path = Path(out) if out else Path(f"{config.stem}-samples.png")
@@ -58,12 +59,18 @@ def summarize(bundle: DataBundle, splits: tuple[str, ...]) -> dict:
     }
 
 
-def channel_stats(dataset: Any) -> tuple[list[float], list[float]]:
-    """Per-channel mean and std over every pixel of the dataset's images in [0, 1] (no transforms)."""
+def unnormalized_eval(config: Any) -> Any:
+    """The eval pipeline without its Normalize steps: what the numbers for Normalize are taken on."""
+    _, eval_specs = transform_specs(config.data.transforms)
+    return build_pipeline([s for s in eval_specs if TRANSFORMS.canonical(s.name, s) != "Normalize"])
+
+
+def channel_stats(dataset: Any, pipeline: Any) -> tuple[list[float], list[float]]:
+    """Per-channel mean and std over every pixel of the dataset's images after `pipeline`."""
     total = squares = None
     pixels = 0
     for i in range(len(dataset)):
-        x = to_float_tensor(dataset.raw_image(i)).double().flatten(1)  # C, H*W
+        x = to_float_tensor(pipeline(dataset.raw_image(i))).double().flatten(1)  # C, H*W
         total = x.sum(1) if total is None else total + x.sum(1)
         squares = (x * x).sum(1) if squares is None else squares + (x * x).sum(1)
         pixels += x.shape[1]
