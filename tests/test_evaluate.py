@@ -144,3 +144,29 @@ def test_regression_reports_mse_mae_r2(tmp_path):
     assert report["loss"] == pytest.approx(report["mse"])
     summary = json.loads((run / "summary.json").read_text())
     assert report["mae"] == pytest.approx(summary["final"]["val_mae"])
+
+
+def _folder(root, classes, per_class=5):
+    for c, name in enumerate(classes):
+        (root / name).mkdir(parents=True)
+        for i in range(per_class):
+            Image.new("RGB", (10, 12), (40 * c, 20 * i, 100)).save(root / name / f"{i}.png")
+    return root
+
+
+def test_data_overrides_evaluate_another_folder(make_checkpoint, tmp_path):
+    first = _folder(tmp_path / "first", ["cat", "dog"])
+    other = _folder(tmp_path / "other", ["cat", "dog"], per_class=10)
+    model = make_checkpoint(["Flatten", {"Linear": {"out_features": "num_classes"}}], (3, 8, 8), classes=("cat", "dog"),
+                            transforms=[{"Resize": [8, 8]}, "ToTensor"],
+                            dataset={"name": "ImageFolder", "root": str(first)})
+    report = _eval_json(model, f"data.dataset.root={other}", "--out", tmp_path / "out")
+    assert report["samples"] == 4 and report["classes"] == ["cat", "dog"]
+    assert sum(row["support"] for row in report["per_class"]) == 4
+    mistakes = list(csv.DictReader(open(tmp_path / "out" / "misclassified.csv")))
+    assert all(m["sample"].startswith(str(other)) for m in mistakes)
+    _folder(tmp_path / "third", ["car", "bus"])
+    result = CliRunner().invoke(app, ["eval", str(model), f"data.dataset.root={tmp_path / 'third'}"])
+    assert result.exit_code == 2
+    assert result.stderr.strip() == ("error: the data has classes [bus, car] but the model was trained on [cat, dog]; "
+                                     "evaluate on data with the same classes")

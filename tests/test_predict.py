@@ -164,3 +164,23 @@ def test_cold_predict_imports_nothing_heavy(make_checkpoint, tmp_path):
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout)[0]["path"] == str(tmp_path / "one.png")
+
+
+def test_regression_checkpoint_gives_values(make_checkpoint, tmp_path):
+    model = make_checkpoint(["Flatten", {"Linear": {"out_features": 2}}], (1, 4, 4), classes=(), task="regression",
+                            transforms=[{"Resize": [4, 4]}, "ToTensor"])
+    Image.new("L", (9, 9), 30).save(tmp_path / "a.png")
+    result = _predict(tmp_path / "a.png", "--model", model, "--format", "json")
+    assert result.exit_code == 0, result.output
+    (entry,) = json.loads(result.stdout)
+    assert list(entry) == ["path", "value"] and len(entry["value"]) == 2
+
+
+def test_torchvision_backbone_checkpoint(make_checkpoint, tmp_path):
+    model = make_checkpoint([{"TorchvisionModel": {"name": "squeezenet1_1"}}], (3, 32, 32), classes=("a", "b", "c"),
+                            transforms=[{"Resize": [32, 32]}, "ToTensor"])
+    Image.new("L", (40, 30), 90).save(tmp_path / "grey.png")
+    result = _predict(tmp_path / "grey.png", "--model", model, "--format", "json", "--topk", "5")
+    assert result.exit_code == 0, result.output
+    top = json.loads(result.stdout)[0]["top"]
+    assert sorted(t["class"] for t in top) == ["a", "b", "c"]
