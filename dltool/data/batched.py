@@ -324,7 +324,8 @@ def random_erasing(t: v2.RandomErasing) -> Op | None:
         left = _randint((width - w + 1).clamp_min(1), g).view(-1, 1, 1, 1)
         rows = torch.arange(height, device=x.device).view(1, 1, -1, 1)
         cols = torch.arange(width, device=x.device).view(1, 1, 1, -1)
-        inside = (rows >= top) & (rows < top + h.view(-1, 1, 1, 1)) & (cols >= left) & (cols < left + w.view(-1, 1, 1, 1))
+        h, w = h.view(-1, 1, 1, 1), w.view(-1, 1, 1, 1)
+        inside = (rows >= top) & (rows < top + h) & (cols >= left) & (cols < left + w)
         mask = inside & (apply & found).view(-1, 1, 1, 1)
         if t.value is None:
             value = torch.randn(x.shape, generator=g, device=g.device, dtype=x.dtype)

@@ -51,7 +51,7 @@ class TransformedDataset(Dataset):
             index, seed = index
         image, target = self.items[self.indices[index]]
         if seed is not None:
-            torch.manual_seed(seed)
+            torch.random.default_generator.manual_seed(seed)  # CPU only: the CUDA RNG stays the caller's
         if isinstance(target, float):
             target = torch.tensor(target, dtype=torch.float32)
         return to_float_tensor(self.transform(convert_mode(image, self.mode))), target

@@ -90,7 +90,8 @@ class _opened:
         except UnidentifiedImageError:
             raise ImageError(f"{self.path}: not an image (no known image format)") from None
         except Image.DecompressionBombError as exc:
-            raise ImageError(f"{self.path}: too many pixels for Pillow's decompression-bomb guard ({_reason(exc)})") from None
+            raise ImageError(f"{self.path}: too many pixels for Pillow's decompression-bomb guard "
+                             f"({_reason(exc)})") from None
         except (OSError, SyntaxError, ValueError) as exc:
             raise ImageError(f"{self.path}: cannot open ({_reason(exc)})") from None
         pixels = self.image.width * self.image.height

@@ -113,7 +113,7 @@ class Loader:
                 x, y = next(batches)
             if self.batch_transform is not None:
                 with torch.random.fork_rng(devices=[]):
-                    torch.manual_seed(epoch_seed(self.seed, self.epoch, 4 + step))
+                    torch.random.default_generator.manual_seed(epoch_seed(self.seed, self.epoch, 4 + step))
                     x, y = self.batch_transform(x, y)
             yield x, y
 
@@ -137,7 +137,8 @@ def make_loader(dataset: Any, data: Any, *, train: bool, seed: int, device: str 
     sampler = EpochSampler(dataset.targets, shuffle=train and data.shuffle,
                            balanced=train and data.sampler == "balanced", seed=seed,
                            rank=rank, world_size=world_size, with_seeds=train)
-    batch_transform = build_batch_transform(data.batch_transforms, len(getattr(dataset, "classes", []))) if train else None
+    classes = len(getattr(dataset, "classes", []))
+    batch_transform = build_batch_transform(data.batch_transforms, classes) if train else None
     if data.cache != "none":
         from dltool.data.memory import memory_loader
 

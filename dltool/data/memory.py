@@ -128,7 +128,7 @@ class MemoryLoader:
             y = self.targets.index_select(0, index)
             if self.batch_transform is not None:
                 with torch.random.fork_rng(devices=[]):
-                    torch.manual_seed(epoch_seed(self.seed, self.epoch, 4 + step))
+                    torch.random.default_generator.manual_seed(epoch_seed(self.seed, self.epoch, 4 + step))
                     x, y = self.batch_transform(x, y)
             yield x, y
 
