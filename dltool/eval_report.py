@@ -75,9 +75,12 @@ def draw_confusion(confusion: list[list[int]], classes: list[str], path: Path) -
 
 def render(result: EvalResult) -> list[Any]:
     """Rich renderables for the terminal: summary, per-class table, confusion matrix, worst mistakes."""
+    from rich.markup import escape
+
+    heading = f"[bold]{escape(result.checkpoint)}[/bold]"
     if result.task == "regression":
-        return [_summary(result)]
-    parts = [_summary(result), _per_class_table(result)]
+        return [heading, _summary(result)]
+    parts = [heading, _summary(result), _per_class_table(result)]
     if len(result.classes) <= TABLE_CLASSES:
         parts.append(_confusion_table(result))
     mistakes = result.misclassified()
@@ -89,7 +92,7 @@ def render(result: EvalResult) -> list[Any]:
 def _summary(result: EvalResult) -> Any:
     from rich.table import Table
 
-    table = Table(title=f"{result.checkpoint} on {result.split} ({len(result.ids)} samples)", show_header=False)
+    table = Table(title=f"{result.split}: {len(result.ids)} samples", show_header=False)
     table.add_column("metric")
     table.add_column("value", justify="right")
     for key, value in result.metrics.items():
@@ -116,7 +119,7 @@ def _per_class_table(result: EvalResult) -> Any:
 def _confusion_table(result: EvalResult) -> Any:
     from rich.table import Table
 
-    table = Table(title="confusion matrix (rows: true, columns: predicted)")
+    table = Table(title="confusion matrix", caption="rows: true class, columns: predicted")
     table.add_column("")
     for name in result.classes:
         table.add_column(name, justify="right")
@@ -130,7 +133,7 @@ def _confusion_table(result: EvalResult) -> Any:
 def _mistakes_table(mistakes: list[dict], total: int) -> Any:
     from rich.table import Table
 
-    table = Table(title=f"most confident mistakes ({len(mistakes)} of {total}; all in misclassified.csv)")
+    table = Table(title="most confident mistakes", caption=f"{len(mistakes)} of {total}; all in misclassified.csv")
     for name in ("sample", "true", "predicted", "confidence"):
         table.add_column(name, justify="right" if name == "confidence" else "left")
     for m in mistakes:

@@ -170,3 +170,43 @@ def test_data_overrides_evaluate_another_folder(make_checkpoint, tmp_path):
     assert result.exit_code == 2
     assert result.stderr.strip() == ("error: the data has classes [bus, car] but the model was trained on [cat, dog]; "
                                      "evaluate on data with the same classes")
+
+
+def _hand_result():
+    from dltool.evaluate import EvalResult, confusion_matrix, per_class
+
+    targets = torch.tensor([0, 0, 1, 2, 2])
+    outputs = torch.tensor([[3.0, 0, 0], [2.0, 1, 0], [4.0, 0, 0], [0, 0, 5.0], [0, 2.0, 0]])
+    confusion = confusion_matrix(outputs.argmax(1), targets, 3)
+    return EvalResult(checkpoint="ck.pt", split="val", task="classification", classes=["ant", "bee", "cat"],
+                      metrics={"loss": 0.5, "accuracy": 0.6, "top5_accuracy": 1.0},
+                      ids=["a.png", "b.png", "c.png", "d.png", "e.png"], targets=targets, outputs=outputs,
+                      per_class=per_class(confusion, ["ant", "bee", "cat"]), confusion=confusion)
+
+
+def test_classes_never_predicted_score_zero_as_scikit_learn():
+    result = _hand_result()
+    assert result.confusion == [[2, 0, 0], [1, 0, 0], [0, 1, 1]]
+    precision, recall, f1, support = precision_recall_fscore_support(
+        result.targets, result.outputs.argmax(1), zero_division=0)
+    assert [r["precision"] for r in result.per_class] == pytest.approx(list(precision))
+    assert [r["f1"] for r in result.per_class] == pytest.approx(list(f1))
+    assert [m["sample"] for m in result.misclassified()] == ["c.png", "e.png"]
+
+
+def test_render_shows_tables_and_worst_mistakes():
+    import io
+
+    from rich.console import Console
+
+    from dltool.eval_report import render
+
+    console = Console(file=io.StringIO(), width=100)
+    for part in render(_hand_result()):
+        console.print(part)
+    text = console.file.getvalue()
+    assert text.startswith("ck.pt\n") and "│ accuracy      │ 0.6000 │" in text
+    assert "│ bee          │     0.000 │  0.000 │ 0.000 │       1 │" in text
+    assert "│ macro avg    │     0.556 │  0.500 │ 0.489 │       5 │" in text
+    assert "│ c.png  │ bee  │ ant       │      0.965 │" in text
+    assert "2 of 2; all in misclassified.csv" in text and "│ cat │   0 │   1 │   1 │" in text
