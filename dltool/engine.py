@@ -1,7 +1,7 @@
 """The training loop: `train_one_epoch`, `evaluate` and `fit`, plain functions with explicit arguments.
 
 Metrics are summed on the device and read once per log interval, so the loop never waits on the
-accelerator between steps. Progress goes to `Callback` objects; the library itself never prints.
+accelerator between steps. Progress goes to `dltool.callbacks.Callback` objects; the library itself never prints.
 Where a run stands (epoch, step, batch within the epoch, partial sums, early-stopping counters)
 is a `LoopState` of plain data, so a checkpoint can hold it and a resumed run continue exactly.
 """
@@ -17,56 +17,13 @@ from typing import Any, Callable, Iterable
 import torch
 from torch import nn
 
+from dltool.callbacks import Callback
 from dltool.errors import RunFailed
 from dltool.optim import Schedule, current_lr
 from dltool.runtime import EMA, seed_epoch
 
 MONITORS = ("val_loss", "val_accuracy", "val_top5_accuracy", "val_mae", "train_loss", "train_accuracy", "train_mae")
 SOFT_TARGET_LOSSES = (nn.BCEWithLogitsLoss, nn.BCELoss, nn.MultiLabelSoftMarginLoss)
-
-
-class Callback:
-    """Hooks the loop calls; subclass and override what you need (all do nothing by default)."""
-
-    def on_fit_start(self, info: dict) -> None: ...
-    def on_epoch_start(self, epoch: int, epochs: int, batches: int) -> None: ...
-    def on_step(self, epoch: int, batch: int, batches: int, metrics: dict) -> None: ...
-    def on_eval_start(self, epoch: int, batches: int) -> None: ...
-    def on_epoch_end(self, epoch: int, row: dict, improved: bool) -> None: ...
-    def on_message(self, text: str) -> None: ...
-    def on_fit_end(self, summary: dict) -> None: ...
-
-
-class Callbacks(Callback):
-    """Several callbacks called in order."""
-
-    def __init__(self, callbacks: Iterable[Callback | None] = ()):
-        self.callbacks = [c for c in callbacks if c is not None]
-
-    def on_fit_start(self, info: dict) -> None:
-        self._each("on_fit_start", info)
-
-    def on_epoch_start(self, epoch: int, epochs: int, batches: int) -> None:
-        self._each("on_epoch_start", epoch, epochs, batches)
-
-    def on_step(self, epoch: int, batch: int, batches: int, metrics: dict) -> None:
-        self._each("on_step", epoch, batch, batches, metrics)
-
-    def on_eval_start(self, epoch: int, batches: int) -> None:
-        self._each("on_eval_start", epoch, batches)
-
-    def on_epoch_end(self, epoch: int, row: dict, improved: bool) -> None:
-        self._each("on_epoch_end", epoch, row, improved)
-
-    def on_message(self, text: str) -> None:
-        self._each("on_message", text)
-
-    def on_fit_end(self, summary: dict) -> None:
-        self._each("on_fit_end", summary)
-
-    def _each(self, hook: str, *args: Any) -> None:
-        for callback in self.callbacks:
-            getattr(callback, hook)(*args)
 
 
 @dataclass
@@ -196,10 +153,7 @@ def train_one_epoch(model: nn.Module, loader: Iterable, loss_fn: nn.Module, opti
         if batch < skip:
             continue
         x, y = opts.to_device(x, y)
-        with opts.autocast():
-            out = forward(x)
-            loss = loss_fn(out, fit_targets(loss_fn, out, y, opts.task))
-            loss = loss.mean() if loss.dim() else loss
+        out, loss = _forward_loss(forward, loss_fn, x, y, opts)
         if check_each_step and not math.isfinite(loss.item()):
             raise _non_finite(loss, epoch, batch, lr)
         if not check_each_step:
@@ -229,6 +183,14 @@ def train_one_epoch(model: nn.Module, loader: Iterable, loss_fn: nn.Module, opti
         torch.cuda.synchronize(opts.device)
     state.sums = sums.to_data() if state.interrupted else {}
     return {**sums.read(opts.task, "train_"), "lr": lr, "samples": samples, "seconds": time.perf_counter() - started}
+
+
+def _forward_loss(forward: nn.Module, loss_fn: nn.Module, x: torch.Tensor, y: torch.Tensor,
+                  opts: StepOptions) -> tuple[torch.Tensor, torch.Tensor]:
+    with opts.autocast():
+        out = forward(x)
+        loss = loss_fn(out, fit_targets(loss_fn, out, y, opts.task))
+    return out, (loss.mean() if loss.dim() else loss)
 
 
 def _backward(loss: torch.Tensor, scaler: Any) -> None:

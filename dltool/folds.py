@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from dltool.config import Config
-from dltool.engine import Callback
+from dltool.callbacks import Callback
 from dltool.errors import ConfigError, DataError
 from dltool.runs import RunDir
 

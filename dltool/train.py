@@ -17,7 +17,8 @@ import torch
 
 import dltool
 from dltool.config import Config, apply_override, config_from_data, load_config
-from dltool.engine import Callback, Callbacks, FitPlan, LoopState, StepOptions, fit
+from dltool.callbacks import Callback, Callbacks
+from dltool.engine import FitPlan, LoopState, StepOptions, fit
 from dltool.errors import ConfigError, Interrupted, RunFailed
 from dltool.optim import build_loss, build_optimizer, build_scheduler, monitor_mode, replay
 from dltool.runs import RunDir, metric_columns, resume_checkpoint, run_dir_of

@@ -9,7 +9,8 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from dltool.engine import Callback, FitPlan, LoopState, StepOptions, evaluate, fit, train_one_epoch
+from dltool.callbacks import Callback
+from dltool.engine import FitPlan, LoopState, StepOptions, evaluate, fit, train_one_epoch
 from dltool.errors import RegistryError, RunFailed
 from dltool.optim import build_loss, build_optimizer, build_scheduler, replay
 from dltool.registry import LOSSES, OPTIMIZERS, SCHEDULERS

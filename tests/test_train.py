@@ -15,7 +15,7 @@ import yaml
 from typer.testing import CliRunner
 
 from dltool.cli import app
-from dltool.engine import Callback
+from dltool.callbacks import Callback
 from dltool.errors import ConfigError, Interrupted
 from dltool.train import train
 

@@ -1,0 +1,49 @@
+"""Progress hooks: the loop reports through these; the library itself never prints."""
+
+from __future__ import annotations
+
+from typing import Any, Iterable
+
+
+class Callback:
+    """Hooks the loop calls; subclass and override what you need (all do nothing by default)."""
+
+    def on_fit_start(self, info: dict) -> None: ...
+    def on_epoch_start(self, epoch: int, epochs: int, batches: int) -> None: ...
+    def on_step(self, epoch: int, batch: int, batches: int, metrics: dict) -> None: ...
+    def on_eval_start(self, epoch: int, batches: int) -> None: ...
+    def on_epoch_end(self, epoch: int, row: dict, improved: bool) -> None: ...
+    def on_message(self, text: str) -> None: ...
+    def on_fit_end(self, summary: dict) -> None: ...
+
+
+class Callbacks(Callback):
+    """Several callbacks called in order."""
+
+    def __init__(self, callbacks: Iterable[Callback | None] = ()):
+        self.callbacks = [c for c in callbacks if c is not None]
+
+    def on_fit_start(self, info: dict) -> None:
+        self._each("on_fit_start", info)
+
+    def on_epoch_start(self, epoch: int, epochs: int, batches: int) -> None:
+        self._each("on_epoch_start", epoch, epochs, batches)
+
+    def on_step(self, epoch: int, batch: int, batches: int, metrics: dict) -> None:
+        self._each("on_step", epoch, batch, batches, metrics)
+
+    def on_eval_start(self, epoch: int, batches: int) -> None:
+        self._each("on_eval_start", epoch, batches)
+
+    def on_epoch_end(self, epoch: int, row: dict, improved: bool) -> None:
+        self._each("on_epoch_end", epoch, row, improved)
+
+    def on_message(self, text: str) -> None:
+        self._each("on_message", text)
+
+    def on_fit_end(self, summary: dict) -> None:
+        self._each("on_fit_end", summary)
+
+    def _each(self, hook: str, *args: Any) -> None:
+        for callback in self.callbacks:
+            getattr(callback, hook)(*args)
