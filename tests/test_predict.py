@@ -176,9 +176,13 @@ def test_regression_checkpoint_gives_values(make_checkpoint, tmp_path):
     assert list(entry) == ["path", "value"] and len(entry["value"]) == 2
 
 
-def test_torchvision_backbone_checkpoint(make_checkpoint, tmp_path):
+def test_torchvision_backbone_checkpoint_needs_no_pretrained_file(make_checkpoint, tmp_path, monkeypatch):
     model = make_checkpoint([{"TorchvisionModel": {"name": "squeezenet1_1"}}], (3, 32, 32), classes=("a", "b", "c"),
                             transforms=[{"Resize": [32, 32]}, "ToTensor"])
+    state = torch.load(model, weights_only=True)
+    state["config"]["model"]["layers"][0]["TorchvisionModel"]["weights"] = "DEFAULT"
+    torch.save(state, model)
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty-hub"))
     Image.new("L", (40, 30), 90).save(tmp_path / "grey.png")
     result = _predict(tmp_path / "grey.png", "--model", model, "--format", "json", "--topk", "5")
     assert result.exit_code == 0, result.output
