@@ -107,3 +107,24 @@ def test_resume_target_is_a_run_folder_or_a_file(tmp_path):
         resume_checkpoint(tmp_path)
     with pytest.raises(ConfigError, match=r"--resume: no such run folder or checkpoint: .*nope"):
         resume_checkpoint(tmp_path / "nope")
+
+
+def test_files_the_scan_skipped_are_listed_in_bad_files_txt(tmp_path):
+    from PIL import Image
+
+    for label, shade in (("cat", 40), ("dog", 200)):
+        folder = tmp_path / "images" / label
+        folder.mkdir(parents=True)
+        for i in range(6):
+            Image.new("L", (8, 8), shade + i).save(folder / f"{i}.png")
+    (tmp_path / "images" / "dog" / "broken.png").write_bytes(b"not an image")
+    config = {**CONFIG, "data": {"dataset": {"name": "ImageFolder", "root": str(tmp_path / "images")},
+                                 "batch_size": 4, "val_split": 0.25,
+                                 "transforms": {"train": ["ToTensor"], "eval": ["ToTensor"]}},
+              "train": {"epochs": 1, "device": "cpu"}}
+    path = tmp_path / "folder.yaml"
+    path.write_text(yaml.safe_dump(config))
+    run = train(path, runs_dir=tmp_path / "runs").run_dir
+    lines = (run / "bad_files.txt").read_text().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(str(tmp_path / "images" / "dog" / "broken.png") + "\t")
+    assert json.loads((run / "summary.json").read_text())["bad_files"] == 1
