@@ -223,3 +223,19 @@ def test_progress_reaches_the_callback_every_log_interval():
                     StepOptions(CPU, log_every=3), LoopState(), epoch=1, callback=recorder)
     assert [c[1] for c in recorder.calls] == [3, 6, 8]
     assert recorder.calls[0][2] == ["accuracy", "loss", "samples_per_second"]
+
+
+def test_first_signal_asks_to_stop_and_a_second_sigint_stops_at_once():
+    import os
+    import signal
+
+    from dltool.runtime import StopSignal
+
+    before = signal.getsignal(signal.SIGINT)
+    with StopSignal() as stop:
+        assert not stop()
+        os.kill(os.getpid(), signal.SIGTERM)
+        assert stop() and stop.requested == "SIGTERM"
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)
+    assert signal.getsignal(signal.SIGINT) is before

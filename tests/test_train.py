@@ -241,3 +241,23 @@ def test_training_options_resume_bit_identically_from_mid_epoch(tmp_path, change
     resumed = train(resume=tmp_path / "runs" / "b")
     assert_same_weights(weights(uninterrupted.run_dir), weights(resumed.run_dir))
     assert uninterrupted.history[-1]["val_loss"] == resumed.history[-1]["val_loss"]
+
+
+def test_regression_run_reports_loss_and_mae_and_monitors_val_loss(tmp_path):
+    from PIL import Image
+
+    rows = []
+    for i in range(24):
+        Image.new("L", (4, 4), 10 * i).save(tmp_path / f"{i}.png")
+        rows.append(f"{i}.png,{i / 24:.4f}")
+    (tmp_path / "list.csv").write_text("\n".join(rows) + "\n")
+    config = write_config(tmp_path, scheduler=None, loss="MSELoss", train__epochs=2,
+                          data={"dataset": {"name": "ImageList", "file": str(tmp_path / "list.csv"), "task": "regression"},
+                                "batch_size": 8, "transforms": {"train": ["ToTensor"], "eval": ["ToTensor"]}},
+                          model={"layers": ["Flatten", {"Linear": {"out_features": 1}}]})
+    result = train(config, runs_dir=tmp_path / "runs")
+    header = (result.run_dir / "metrics.csv").read_text().splitlines()[0].split(",")
+    assert header[-2:] == ["train_mae", "val_mae"]
+    assert result.summary["monitor"] == "val_loss" and result.summary["best_val_accuracy"] is None
+    assert set(result.summary["final"]) == {"val_loss", "val_accuracy", "val_mae"}
+    assert result.summary["final"]["val_mae"] > 0
