@@ -22,7 +22,7 @@ from dltool.errors import ConfigError, DataError
 
 SPLITS = ("val", "test", "train")
 # Overrides that choose other data than the run's: its stored split no longer applies.
-NEW_DATA_KEYS = ("data.dataset", "data.val_split", "seed")
+NEW_DATA_KEYS = ("data.dataset", "data.val_split")
 
 
 @dataclass

@@ -39,6 +39,7 @@ class Prediction:
 
 
 def image_extensions() -> tuple[str, ...]:
+    """The file extensions a folder input is searched for (those ImageFolder reads)."""
     from dltool.data.folders import IMG_EXTENSIONS
 
     return IMG_EXTENSIONS
