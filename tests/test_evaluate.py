@@ -85,7 +85,7 @@ def test_mistake_rows_name_the_right_samples(evaluated, digits_run):
 def test_checkpoint_copied_elsewhere_writes_next_to_itself(digits_run, tmp_path):
     copy = tmp_path / "best.pt"
     shutil.copy(digits_run / "checkpoints" / "best.pt", copy)
-    result = CliRunner().invoke(app, ["eval", str(copy), "--batch-size", "7"])
+    result = CliRunner().invoke(app, ["eval", str(copy), "--batch-size", "50"])
     assert result.exit_code == 0, result.output
     assert (tmp_path / "eval" / "misclassified.csv").is_file()
 
