@@ -82,6 +82,7 @@ class TrainConfig:
     histograms: bool = True
     log_every: int = _f(10, min=1)
     unfreeze_at: Optional[int] = _f(None, min=1)
+    threads: Optional[int] = _f(None, min=1)
 
 
 @dataclass(frozen=True)

@@ -253,6 +253,9 @@ class Session:
         from dltool.board import Board
 
         self.board = Board(self.rundir.tb, purge_step=self.state.epoch + 1 if self.state.epoch else None)
+        threads = torch.get_num_threads()
+        if self.config.train.threads:
+            torch.set_num_threads(self.config.train.threads)
         try:
             if self.resume_rng is None:
                 self._start_board()
@@ -273,6 +276,7 @@ class Session:
             self.rundir.write_summary({**self._summary("failed"), "error": str(exc)})
             raise
         finally:
+            torch.set_num_threads(threads)
             self.board.close()
 
     def _fit(self, stop: StopSignal) -> LoopState:
