@@ -29,7 +29,7 @@ TINY = {
                          "Flatten", {"Dropout": 0.2}, {"Linear": {"out_features": "num_classes"}}]},
     "optimizer": {"name": "SGD", "lr": 0.05, "momentum": 0.9},
     "scheduler": "OneCycleLR",
-    "train": {"epochs": 3, "device": "cpu", "log_every": 1, "histograms": False},
+    "train": {"epochs": 3, "device": "cpu", "log_every": 1, "histograms": False, "threads": 1},
 }
 
 
