@@ -318,7 +318,7 @@ class Session:
         final_keys = ("val_loss", "val_accuracy", "val_top5_accuracy", "val_mae")
         return {
             "status": status, "best_epoch": state.best_epoch, "best_val_accuracy": best_row.get("val_accuracy"),
-            "epochs_done": state.epoch, "train_seconds": round(state.train_seconds, 3),
+            "epochs_done": state.epoch, "train_seconds": round(state.train_seconds, 4),
             "train_samples_per_second": round(state.train_samples / state.train_seconds, 1) if state.train_seconds else None,
             "final": {k: last.get(k) for k in final_keys if k in last or k in ("val_loss", "val_accuracy")},
             "monitor": self.monitor, "mode": self.mode, "best_value": state.best,
