@@ -77,7 +77,7 @@ def train(config: Config | str | Path | None = None, *, runs_dir: str | Path = "
 class Session:
     """One run being trained: its parts, its folder, and what it saves."""
 
-    def __init__(self, config: Config, bundle: Any, input_shape: tuple, run: RunDir, callback: Callback,
+    def __init__(self, config: Config, bundle: Any, input_shape: tuple, run: RunDir | None, callback: Callback,
                  split_state: dict | None = None):
         from dltool.models import build_model
 
@@ -115,11 +115,11 @@ class Session:
 
         bundle = build_data(config, split_state=split_state)
         input_shape = resolve_input_shape(config, data=bundle)
-        columns = metric_columns(bundle.task, len(bundle.classes))
-        run = RunDir.create(runs_dir, name, columns)
-        run.write_config(config.to_data())
-        run.write_bad_files(bundle.bad_files)
-        return cls(config, bundle, input_shape, run, callback)
+        session = cls(config, bundle, input_shape, None, callback)  # a config that fails to build leaves no folder
+        session.rundir = RunDir.create(runs_dir, name, metric_columns(bundle.task, len(bundle.classes)))
+        session.rundir.write_config(config.to_data())
+        session.rundir.write_bad_files(bundle.bad_files)
+        return session
 
     @classmethod
     def resumed(cls, target: str | Path, overrides: Sequence[str], callback: Callback) -> Session:

@@ -261,3 +261,11 @@ def test_regression_run_reports_loss_and_mae_and_monitors_val_loss(tmp_path):
     assert result.summary["monitor"] == "val_loss" and result.summary["best_val_accuracy"] is None
     assert set(result.summary["final"]) == {"val_loss", "val_accuracy", "val_mae"}
     assert result.summary["final"]["val_mae"] > 0
+
+
+def test_a_config_that_cannot_build_leaves_no_run_folder(tmp_path):
+    config = write_config(tmp_path, train__device="cuda:7")
+    result = CliRunner().invoke(app, ["train", str(config), "--runs-dir", str(tmp_path / "runs")])
+    assert result.exit_code == 2
+    assert "train.device: cuda:7:" in result.output
+    assert not (tmp_path / "runs" / "tiny").exists()
