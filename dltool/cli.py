@@ -156,7 +156,7 @@ def data_command(
 
 @app.command("train")
 def train_command(
-    config: Optional[str] = typer.Argument(None, metavar="[CONFIG]", help="YAML config file (not needed with --resume)"),
+    config: Optional[str] = typer.Argument(None, metavar="CONFIG", help="YAML config file (not needed with --resume)"),
     overrides: Optional[List[str]] = OverridesArg,
     resume: Optional[Path] = typer.Option(None, "--resume", help="Continue a run folder or checkpoint (train.* overrides allowed, e.g. train.epochs=30)"),
     name: Optional[str] = typer.Option(None, "--name", help="Run folder name (default: the config's file name)"),
