@@ -108,7 +108,7 @@ class RunDir:
         out = io.StringIO()
         writer = csv.DictWriter(out, fieldnames=self.columns)
         writer.writeheader()
-        writer.writerows(r for r in rows if int(r["epoch"]) <= epoch)
+        writer.writerows(r for r in rows if str(r.get("epoch") or "").isdigit() and int(r["epoch"]) <= epoch)
         _write_text(target, out.getvalue())
 
     def write_summary(self, summary: dict) -> None:
