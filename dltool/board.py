@@ -83,9 +83,10 @@ class Board:
         """Config values against final metrics (the HPARAMS tab), in this run's own event file."""
         from torch.utils.tensorboard.summary import hparams
 
-        values = {k: v for k, v in flatten(config).items()}
+        values = flatten(config)
         final = {f"hparam/{k}": float(v) for k, v in metrics.items() if isinstance(v, (int, float))}
         experiment, start, end = hparams(values, final)
+        # add_hparams would open a second writer in a sub-folder; the run's own file keeps tb/ whole
         writer = self.writer._get_file_writer()
         for summary in (experiment, start, end):
             writer.add_summary(summary)
