@@ -181,9 +181,11 @@ class Session:
     def restore(self, checkpoint: dict) -> None:
         """Load every saved state; a changed train.epochs re-plans the schedule from where the run is."""
         ema = self.opts.ema
-        self.model.load_state_dict(checkpoint["train_model"] if ema is not None else checkpoint["model"])
-        if ema is not None:
+        self.model.load_state_dict(checkpoint.get("train_model", checkpoint["model"]))
+        if ema is not None and "ema" in checkpoint:
             ema.load_state_dict(checkpoint["ema"])
+        elif ema is not None:  # train.ema switched on at resume: the average starts from the weights
+            ema.module.load_state_dict(self.model.state_dict())
         if self.opts.scaler is not None and checkpoint.get("scaler"):
             self.opts.scaler.load_state_dict(checkpoint["scaler"])
         self.state = LoopState.from_data(checkpoint["loop"])

@@ -269,3 +269,11 @@ def test_a_config_that_cannot_build_leaves_no_run_folder(tmp_path):
     assert result.exit_code == 2
     assert "train.device: cuda:7:" in result.output
     assert not (tmp_path / "runs" / "tiny").exists()
+
+
+def test_ema_can_be_switched_on_when_resuming(tmp_path):
+    short = train(write_config(tmp_path, train__epochs=1), runs_dir=tmp_path / "runs")
+    resumed = train(resume=short.run_dir, overrides=["train.epochs=2", "train.ema=0.5"])
+    state = torch.load(resumed.run_dir / "checkpoints" / "last.pt", weights_only=True)
+    assert state["ema"]["updates"] == 5 and state["ema"]["decay"] == 0.5
+    assert not torch.equal(state["model"]["5.weight"], state["train_model"]["5.weight"])
