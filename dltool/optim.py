@@ -19,14 +19,14 @@ from torch import nn
 from torch.optim import lr_scheduler
 
 from dltool.errors import RegistryError
-from dltool.registry import LOSSES, OPTIMIZERS, SCHEDULERS
+from dltool.registry import LOSSES, OPTIMIZERS, SCHEDULERS, suggest
 from dltool.spec import Spec, located
 
 # Schedules that must advance once per optimizer step rather than once per epoch.
 PER_STEP = {"OneCycleLR", "CyclicLR"}
 # Loss arguments that torch wants as tensors but YAML writes as lists.
 TENSOR_ARGS = ("weight", "pos_weight")
-# What a parameter group may set besides `params` (checked against the optimizer's defaults).
+# The optimizer argument that holds name-pattern parameter groups (dltool's, not torch's).
 GROUP_KEY = "param_groups"
 
 
@@ -85,6 +85,7 @@ def build_optimizer(spec: Spec, model: nn.Module, *, device: torch.device | None
     groups_spec = kwargs.pop(GROUP_KEY, None) or []
     params = _param_groups(spec, model, groups_spec)
     cls = OPTIMIZERS.get(spec.name, spec)
+    _check_group_options(spec, cls, groups_spec)
     if cls is torch.optim.SparseAdam:
         raise RegistryError(spec.error("needs sparse gradients (nn.Embedding(sparse=True)); use Adam or AdamW"))
     if cls is torch.optim.LBFGS:
@@ -119,6 +120,17 @@ def _param_groups(spec: Spec, model: nn.Module, groups_spec: Any) -> list[dict]:
         groups.append({**{k: v for k, v in group.items() if k != "params"}, "params": [p for _, p in chosen]})
     rest = [p for n, _, p in named if n not in taken]
     return ([{"params": rest}] if rest else []) + groups
+
+
+def _check_group_options(spec: Spec, cls: type, groups: list) -> None:
+    """A group may set what the optimizer takes (lr, weight_decay, momentum, ...), nothing else."""
+    allowed = [n for n in inspect.signature(cls).parameters if n not in ("params", "self")]
+    for i, group in enumerate(groups):
+        for key in group:
+            if key != "params" and key not in allowed:
+                where = f"{spec.key}.{GROUP_KEY}.{i}.{key}" if spec.key else f"{GROUP_KEY}.{i}.{key}"
+                raise RegistryError(located(f"{spec.name} has no option {key!r}{suggest(key, allowed)} "
+                                            f"(allowed: params, {', '.join(allowed)})", where, spec.marks))
 
 
 def _named_parameters(model: nn.Module):

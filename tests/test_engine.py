@@ -239,3 +239,10 @@ def test_first_signal_asks_to_stop_and_a_second_sigint_stops_at_once():
         with pytest.raises(KeyboardInterrupt):
             os.kill(os.getpid(), signal.SIGINT)
     assert signal.getsignal(signal.SIGINT) is before
+
+
+def test_a_parameter_group_option_the_optimizer_lacks_is_an_error():
+    spec = parse_spec({"name": "SGD", "lr": 0.1, "param_groups": [{"params": ["*.bias"], "weight_decy": 0}]}, "optimizer")
+    with pytest.raises(RegistryError, match=r"optimizer.param_groups.0.weight_decy: SGD has no option 'weight_decy'; "
+                                            r"did you mean weight_decay\? \(allowed: params, lr, momentum"):
+        build_optimizer(spec, mlp())
