@@ -255,7 +255,7 @@ def _descend(node: Any, part: str, next_part: str, where: str, key: str) -> Any:
     if isinstance(node, list):
         i = _index(node, part, where, key)
         node[i] = _as_section(node[i], next_part)
-        return node[i]
+        return _arguments_of(node[i], next_part)
     if not isinstance(node, dict):
         raise ConfigError(f"{where}: {key} is a value, not a section")
     child = node.get(part)
@@ -265,7 +265,20 @@ def _descend(node: Any, part: str, next_part: str, where: str, key: str) -> Any:
         child = node[part] = _as_section(child, next_part)
     elif not isinstance(child, (dict, list)):
         raise ConfigError(f"{where}: {key} is a value ({child!r}), not a section")
-    return child
+    return _arguments_of(child, next_part)
+
+
+def _arguments_of(node: Any, next_part: str) -> Any:
+    """For a one-key component (`{ImageFolder: {root: a}}`), the mapping that holds its arguments,
+    so that `data.dataset.root=b` reaches `root` without naming the component."""
+    if not isinstance(node, dict) or len(node) != 1 or "name" in node or next_part in node:
+        return node
+    (name, inner), = node.items()
+    if not (isinstance(name, str) and name[:1].isupper()) or not isinstance(inner, (dict, type(None))):
+        return node
+    if inner is None:
+        inner = node[name] = {}
+    return inner
 
 
 def _as_section(value: Any, next_part: str) -> Any:

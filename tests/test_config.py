@@ -171,3 +171,12 @@ def test_config_command_error_is_one_line_exit_2(tmp_path):
     assert result.exit_code == 2
     assert result.stderr.strip() == f"error: {path}:1:24: optimizer.lr: must be a number > 0; got -1"
     assert "Traceback" not in result.output
+
+
+def test_override_reaches_the_arguments_of_a_one_key_component(tmp_path):
+    path = write(tmp_path, "data:\n  dataset: {ImageFolder: {root: a}}\nmodel:\n  layers: [{Linear: {out_features: 3}}]\n")
+    config = load_config(path, ["data.dataset.root=b", "data.batch_size=4", "model.layers.0.out_features=5"])
+    assert config.data.dataset.name == "ImageFolder"
+    assert config.data.dataset.kwargs == {"root": "b"}
+    assert config.data.batch_size == 4
+    assert config.model.layers[0].kwargs == {"out_features": 5}
