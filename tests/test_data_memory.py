@@ -152,3 +152,23 @@ def test_random_resized_crop_shapes_and_full_crop():
     assert out.shape == (6, 3, 8, 8) and out.min() >= 0 and out.max() <= 1
     whole = batched_op(v2.RandomResizedCrop(20, scale=(1.0, 1.0), ratio=(1.0, 1.0)))(x, generator())
     assert torch.allclose(whole, x, atol=1e-6)
+
+
+def test_fakedata_cache_is_the_same_in_every_fresh_build():
+    from dltool.config import config_from_data
+
+    spec = {"data": {"dataset": {"name": "FakeData", "size": 64, "image_size": [3, 6, 6], "num_classes": 4},
+                     "cache": "ram", "batch_size": 16, "transforms": {"train": ["ToTensor"], "eval": ["ToTensor"]}}}
+    config = config_from_data(spec)
+    batches = []
+    for _ in range(2):
+        loader = make_loader(build_data(config).train, config.data, train=True, seed=1)
+        assert isinstance(loader, MemoryLoader)
+        loader.set_epoch(1)
+        batches.append(list(loader))
+    plain = config_from_data({**spec, "data": {**spec["data"], "cache": "none"}})
+    loader = make_loader(build_data(plain).train, plain.data, train=True, seed=1)
+    loader.set_epoch(1)
+    for (x1, y1), (x2, y2), (x3, y3) in zip(*batches, loader):
+        assert torch.equal(x1, x2) and torch.equal(y1, y2)
+        assert torch.equal(x1, x3) and torch.equal(y1, y3)

@@ -109,3 +109,24 @@ def test_data_command_table_stats_and_grid(tmp_path):
 
     with Image.open(grid) as image:
         assert image.size == (8 * 96, 2 * 110)
+
+
+def test_fakedata_gives_torchvisions_images_without_touching_the_global_rng():
+    import torch
+    import torchvision.datasets as tvd
+
+    from dltool.data.datasets import FakeData
+
+    theirs = tvd.FakeData(12, (3, 5, 4), num_classes=6, random_offset=7)
+    ours = FakeData(12, (3, 5, 4), num_classes=6, random_offset=7)
+    before = torch.get_rng_state()
+    for i in range(12):
+        (a, t), (b, u) = theirs[i], ours[i]
+        assert t == u and np.array_equal(np.asarray(a), np.asarray(b))
+    assert ours.targets == [theirs[i][1] for i in range(12)]
+    with pytest.raises(IndexError):
+        ours[12]
+    torch.manual_seed(0)
+    state = torch.get_rng_state()
+    ours[3]
+    assert torch.equal(torch.get_rng_state(), state)

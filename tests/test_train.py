@@ -21,8 +21,7 @@ from dltool.train import train
 
 TINY = {
     "seed": 0,
-    # FakeData draws each image from the global RNG, which the in-memory cache's decoding threads
-    # share: the per-sample path keeps it reproducible (the Digits test below covers the cache)
+    # the per-sample path with its per-sample seeding (the Digits test below covers the cache)
     "data": {"dataset": {"name": "FakeData", "size": 96, "image_size": [1, 8, 8], "num_classes": 5},
              "batch_size": 16, "cache": "none", "transforms": {"train": ["ToTensor", {"RandomHorizontalFlip": 0.5}], "eval": ["ToTensor"]}},
     "model": {"layers": [{"Conv2d": {"out_channels": 4, "kernel_size": 3, "padding": 1}}, "BatchNorm2d", "ReLU",

@@ -1,4 +1,4 @@
-"""The DATASETS registry: the embedded `Digits`, torchvision's classification datasets by their own
+"""The DATASETS registry: the embedded `Digits`, the synthetic `LinearData`, torchvision's classification datasets by their own
 names and arguments, and the file datasets (`ImageFolder`, `ImageList`, in `dltool.data.folders`).
 
 Each builder returns a `Source`; `build_data` turns it into transformed train/val/test datasets.
@@ -6,14 +6,17 @@ Each builder returns a `Source`; `build_data` turns it into transformed train/va
 
 from __future__ import annotations
 
+import functools
 import inspect
 import os
 from typing import Any, Callable
 from urllib.error import URLError
 
 import numpy as np
+import torch
 import torchvision.datasets as tvd
 from PIL import Image
+from torchvision.transforms.functional import to_pil_image
 
 from dltool.data import folders  # noqa: F401  (registers ImageFolder and ImageList)
 from dltool.data.idx import GZIP_AWARE
@@ -41,6 +44,37 @@ SPLIT_ARG = {
 SINGLE = ("FakeData", "SEMEION", "EuroSAT", "Caltech256", "SUN397")
 # Arguments dltool sets itself: the split, and the transforms it applies after channel conversion.
 OWN_ARGS = {"train", "split", "transform", "target_transform", "transforms", "loader"}
+
+
+class FakeData(tvd.FakeData):
+    """torchvision's FakeData, image for image, each drawn from a generator of its own.
+
+    torchvision's seeds the global RNG per image with `torch.manual_seed` (which also records a
+    stack trace for lazy CUDA seeding, costly per sample) and so cannot be read from threads.
+    """
+
+    def _draw(self, index: int) -> tuple[torch.Tensor, int]:
+        if index >= len(self):
+            raise IndexError(f"FakeData index {index} out of range ({len(self)} images)")
+        generator = torch.Generator().manual_seed(index + self.random_offset)
+        image = torch.randn(*self.image_size, generator=generator)
+        return image, int(torch.randint(0, self.num_classes, size=(1,), generator=generator)[0])
+
+    def __getitem__(self, index: int) -> tuple[Any, Any]:
+        image, target = self._draw(index)
+        image = to_pil_image(image)
+        if self.transform is not None:
+            image = self.transform(image)
+        if self.target_transform is not None:
+            target = self.target_transform(target)
+        return image, target
+
+    @functools.cached_property
+    def targets(self) -> list[int]:
+        return [self._draw(i)[1] for i in range(len(self))]
+
+
+READERS = {**GZIP_AWARE, "FakeData": FakeData}
 
 
 class DigitsImages:
@@ -72,6 +106,47 @@ def Digits() -> Source:
     return Source("Digits", {"train": load})
 
 
+class LinearPoints:
+    """Samples of y = X w + b + noise: (features, a float tensor (num_features,), target float)."""
+
+    def __init__(self, num_samples: int, weight: torch.Tensor, bias: float, noise: float, seed: int):
+        generator = torch.Generator().manual_seed(seed)
+        self.features = torch.randn(num_samples, len(weight), generator=generator)
+        targets = self.features @ weight + bias + noise * torch.randn(num_samples, generator=generator)
+        self.targets = targets.tolist()
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, float]:
+        return self.features[index], self.targets[index]
+
+
+@DATASETS.register()
+def LinearData(num_samples: int = 1000, num_features: int = 2, noise: float = 0.01, seed: int = 0,
+               weight: list | None = None, bias: float = 4.2) -> Source:
+    """Synthetic linear regression, y = X w + b + N(0, noise^2), X ~ N(0, 1); `weight` defaults to
+    values drawn from N(0, 2^2) with `seed`. A regression task on feature vectors (no images)."""
+    if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 2:
+        raise DataError(f"LinearData: num_samples must be an integer >= 2; got {num_samples!r}")
+    if isinstance(num_features, bool) or not isinstance(num_features, int) or num_features < 1:
+        raise DataError(f"LinearData: num_features must be an integer >= 1; got {num_features!r}")
+    if isinstance(noise, bool) or not isinstance(noise, (int, float)) or not noise >= 0:
+        raise DataError(f"LinearData: noise must be a number >= 0; got {noise!r}")
+    if weight is None:
+        true_weight = 2 * torch.randn(num_features, generator=torch.Generator().manual_seed(seed + 1))
+    elif isinstance(weight, list) and len(weight) == num_features:
+        true_weight = torch.tensor(weight, dtype=torch.float32)
+    else:
+        raise DataError(f"LinearData: weight must be a list of num_features ({num_features}) numbers; got {weight!r}")
+
+    def load() -> RawSplit:
+        points = LinearPoints(num_samples, true_weight, float(bias), float(noise), seed)
+        return RawSplit(points, points.targets, list(range(num_samples)), [])
+
+    return Source("LinearData", {"train": load}, task="regression", images=False)
+
+
 def _vision_builder(cls: type) -> Callable[..., Source]:
     """A builder for the torchvision dataset `cls`, taking its arguments except split and transforms."""
     name = cls.__name__
@@ -80,7 +155,7 @@ def _vision_builder(cls: type) -> Callable[..., Source]:
     params = [p if p.kind == p.VAR_KEYWORD else
               p.replace(kind=p.KEYWORD_ONLY, **({"default": "data"} if p.name == "root" else {})) for p in params]
 
-    reader = GZIP_AWARE.get(name, cls)
+    reader = READERS.get(name, cls)
 
     def build(**kwargs: Any) -> Source:
         loaders = {split: _split_loader(reader, kwargs, extra) for split, extra in _split_args(name).items()}

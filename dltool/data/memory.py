@@ -21,6 +21,7 @@ from torchvision.transforms.v2 import functional as F
 
 from dltool.data.batched import BUILDERS, Op, batched_op
 from dltool.data.loaders import EpochSampler, epoch_seed
+from dltool.data.scan import DecodedFiles
 from dltool.data.transforms import ToTensor, to_unit_float
 from dltool.errors import DataError
 
@@ -71,16 +72,30 @@ def decode_all(dataset: Any, once: Sequence[Any], budget_bytes: int | None) -> t
         return f"the decoded dataset needs {size / 2**20:.0f} MB, over data.cache_budget_mb"
     images = torch.empty((len(dataset), *first.shape), dtype=torch.uint8)
     images[0] = first
-    # PIL decodes and resizes without the GIL: threads overlap the file reads and decoding
-    pool = ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1))
+    decoded, pool = _decoder(dataset, once)
     try:
-        for i, image in enumerate(pool.map(lambda k: _decode(dataset, k, once), range(1, len(dataset))), 1):
+        for i, image in enumerate(decoded, 1):
             if isinstance(image, str) or image.shape != first.shape:
                 return image if isinstance(image, str) else "images differ in size after the fixed transforms"
             images[i] = image
     finally:
-        pool.shutdown(cancel_futures=True)
+        if pool is not None:
+            pool.shutdown(cancel_futures=True)
     return images
+
+
+def _decoder(dataset: Any, once: Sequence[Any]) -> tuple[Iterator[torch.Tensor | str], ThreadPoolExecutor | None]:
+    """Images 1.. of `dataset` in order, and the thread pool decoding them (None: decoded in this thread).
+
+    Only image files go to threads: PIL reads and decodes them without the GIL. Any other dataset
+    decodes in order on this thread, because its items may draw from the global RNG (FakeData
+    seeds it per image), which threads would interleave.
+    """
+    indices = range(1, len(dataset))
+    if not isinstance(getattr(dataset, "items", None), DecodedFiles):
+        return (_decode(dataset, k, once) for k in indices), None
+    pool = ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1))
+    return pool.map(lambda k: _decode(dataset, k, once), indices), pool
 
 
 def _decode(dataset: Any, index: int, once: Sequence[Any]) -> torch.Tensor | str:
