@@ -7,6 +7,7 @@ from typing import Any, Sequence
 import torch
 from PIL import Image
 from torch.utils.data import Dataset
+from torchvision.transforms import v2
 
 from dltool.data.bundle import DataBundle
 from dltool.data.sources import RawSplit, Source, stratified_split
@@ -82,8 +83,12 @@ def build_data(config: Any, splits: Sequence[str] = ("train", "val"), split_stat
     data = config.data
     source: Source = DATASETS.build(data.dataset)
     raws, split = _select(source, splits, data, config.seed, split_state)
-    channels = _channels(config, raws)
-    train_tf, eval_tf = _pipelines(data.transforms)
+    if source.images:
+        channels = _channels(config, raws)
+        train_tf, eval_tf = _pipelines(data.transforms)
+    else:
+        channels = 1
+        train_tf = eval_tf = _no_transforms(data.transforms, data.dataset)
     mode = MODES[channels]
     built = {name: TransformedDataset(raw, idx, train_tf if name == "train" else eval_tf, mode)
              for name, (raw, idx) in raws.items()}
@@ -226,6 +231,13 @@ def transform_specs(transforms: Any) -> tuple[tuple[Spec, ...], tuple[Spec, ...]
     if eval_specs is None:
         return tuple(train_specs), deterministic_part(train_specs)
     return tuple(train_specs if train_specs is not None else eval_specs), tuple(eval_specs)
+
+
+def _no_transforms(transforms: Any, spec: Spec) -> Any:
+    """Feature vectors pass through unchanged; image transforms cannot apply to them."""
+    if transforms.train or transforms.eval:
+        raise DataError(spec.error("holds feature vectors, not images; leave data.transforms out"))
+    return v2.Identity()
 
 
 def _pipelines(transforms: Any) -> tuple[Any, Any]:

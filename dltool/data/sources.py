@@ -38,13 +38,18 @@ class RawSplit:
 
 @dataclass
 class Source:
-    """A dataset: the splits it has (loaded on demand) and whether it is classification or regression."""
+    """A dataset: the splits it has (loaded on demand) and whether it is classification or regression.
+
+    `images` is False for datasets of feature vectors (LinearData): their samples get no channel
+    conversion and no image transforms.
+    """
 
     name: str
     loaders: dict[str, Callable[[], RawSplit]]
     task: str = "classification"
     root: str | None = None
     bad_files: list[tuple[str, str]] = field(default_factory=list)
+    images: bool = True
 
     def has(self, split: str) -> bool:
         return split in self.loaders
