@@ -73,7 +73,7 @@ class TrainConfig:
     clip_grad_norm: Optional[float] = _f(None, gt=0)
     clip_grad_value: Optional[float] = _f(None, gt=0)
     accumulate: int = _f(1, min=1)
-    amp: Literal["none", "bf16", "fp16"] = "none"
+    amp: Literal["none", "auto", "bf16", "fp16"] = "none"
     ema: Optional[float] = _f(None, gt=0, lt=1)
     warmup_epochs: float = _f(0.0, min=0)
     scheduler_interval: Literal["auto", "epoch", "step"] = "auto"

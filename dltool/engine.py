@@ -69,15 +69,27 @@ class StepOptions:
     compile_pending: bool = False  # the first step compiles the model: timed apart from training
 
     def autocast(self) -> Any:
-        if self.amp == "none":
+        dtype = amp_dtype(self.amp, self.device)
+        if dtype is None:
             return contextlib.nullcontext()
-        return torch.autocast(self.device.type, dtype=torch.bfloat16 if self.amp == "bf16" else torch.float16)
+        return torch.autocast(self.device.type, dtype=dtype)
 
     def to_device(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         x = x.to(self.device, non_blocking=True)
         if self.channels_last and x.dim() == 4:
             x = x.contiguous(memory_format=torch.channels_last)
         return x, y.to(self.device, non_blocking=True)
+
+
+def amp_dtype(amp: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype of train.amp on `device`, None for full precision.
+
+    `auto` is bf16 on a CUDA device that has it and full precision elsewhere: most CPUs emulate
+    bf16 matrix products, which makes them many times slower than float32.
+    """
+    if amp == "auto":
+        return torch.bfloat16 if device.type == "cuda" and torch.cuda.is_bf16_supported() else None
+    return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(amp)
 
 
 def fit_targets(loss_fn: nn.Module, out: torch.Tensor, y: torch.Tensor, task: str) -> torch.Tensor:
