@@ -111,7 +111,7 @@ def shapes_command(
     overrides: Optional[List[str]] = OverridesArg,
     batch_size: int = typer.Option(1, "--batch-size", min=1, help="Batch dimension of the shapes"),
     input_shape: Optional[str] = typer.Option(None, "--input-shape", help="C,H,W when the config has no model.input_shape"),
-    depth: Optional[int] = typer.Option(None, "--depth", min=1, help="Levels of nested layers to list (default: all)"),
+    depth: int = typer.Option(3, "--depth", min=1, help="Levels of nested layers to list"),
     num_classes: Optional[int] = typer.Option(None, "--num-classes", min=1, help="Classes, instead of reading the dataset"),
     as_json: bool = typer.Option(False, "--json", help="Print JSON on stdout"),
 ) -> None:
@@ -128,9 +128,10 @@ def shapes_command(
             if exc.rows:
                 console.print(render_table(None, exc.rows, title="layers before the error"))
             raise
-    console.print(render_table(report))
     if as_json:
         print_json(report.to_json())
+    else:
+        console.print(render_table(report), crop=False)
 
 
 @app.command("data")

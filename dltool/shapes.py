@@ -238,15 +238,18 @@ def render_table(report: ShapeReport | None, rows: Sequence[ShapeRow] | None = N
     footers = ["", "total", "", "", *(_totals(report) if report is not None else ["", "", ""])]
     columns = [("#", "right"), ("layer", "left"), ("type", "left"), ("output shape", "left"),
                ("params", "right"), ("trainable", "right"), ("mult-adds", "right")]
-    for (header, justify), footer in zip(columns, footers):
+    cells = [("", "input", "", _shape(report.input_shape), "", "", "")] if report is not None else []
+    cells += [(str(row.index), "  " * (row.depth - 1) + row.name, row.type, _shape(row.output_shape),
+               f"{row.params:,}", f"{row.trainable_params:,}", human(row.mult_adds)) for row in rows]
+    for i, ((header, justify), footer) in enumerate(zip(columns, footers)):
+        # Only the layer names may shrink on a narrow terminal: numbers and shapes are never cut.
+        widest = max([len(header), len(footer), *(len(c[i]) for c in cells)])
         table.add_column(header, justify=justify, footer=footer, no_wrap=True,
-                         min_width=len(header) if header == "type" else None)
-    if report is not None:
-        table.add_row("", "input", "", _shape(report.input_shape), "", "", "")
-    for row in rows:
-        indent = "  " * (row.depth - 1)
-        table.add_row(str(row.index), indent + row.name, row.type, _shape(row.output_shape),
-                      f"{row.params:,}", f"{row.trainable_params:,}", human(row.mult_adds))
+                         min_width=None if header == "layer" else widest)
+    for cell in cells:
+        table.add_row(*cell)
+    if all(row.params == row.trainable_params for row in rows):
+        table.columns.pop(5)  # every parameter trains: a trainable column would only repeat params
     return table
 
 
