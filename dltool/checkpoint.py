@@ -7,11 +7,13 @@ A checkpoint is a plain dict of tensors, numbers, strings, lists and dicts (DESI
 from __future__ import annotations
 
 import contextlib
+import glob
 import os
 import pickle
 import pickletools
 import re
 import tempfile
+import time
 import warnings
 import zipfile
 from pathlib import Path
@@ -31,12 +33,20 @@ def save_checkpoint(state: dict, path: str | Path) -> Path:
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temps(path.parent, path.name)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as handle:
-            torch.save(state, handle)
+            sink = _WriteSink(handle)
+            try:
+                torch.save(state, sink)
+            except RuntimeError:
+                if sink.error is not None:  # torch reports a failed write (disk full) as a RuntimeError
+                    raise sink.error from None
+                raise
             handle.flush()
             os.fsync(handle.fileno())
+        _pause_for_fault_injection()
         os.replace(tmp_name, path)
     except BaseException:
         with contextlib.suppress(OSError):
@@ -44,6 +54,43 @@ def save_checkpoint(state: dict, path: str | Path) -> Path:
         raise
     fsync_folder(path.parent)
     return path
+
+
+class _WriteSink:
+    """The file torch.save writes to; it keeps the OSError of a failed write, which torch would hide."""
+
+    def __init__(self, handle: Any):
+        self.handle = handle
+        self.error: OSError | None = None
+
+    def write(self, data: Any) -> int:
+        try:
+            return self.handle.write(data)
+        except OSError as exc:
+            self.error = exc
+            raise
+
+    def flush(self) -> None:
+        self.handle.flush()
+
+
+def remove_stale_temps(folder: Path, name: str | None = None) -> None:
+    """Delete the temp files (of file `name`, or of any file) that a writer killed before its rename left.
+
+    One process writes a run's files, so a temp file found here is never one still being written.
+    """
+    pattern = f".{glob.escape(name)}.*.tmp" if name else ".*.tmp"
+    for stale in folder.glob(pattern):
+        with contextlib.suppress(OSError):
+            stale.unlink()
+
+
+def _pause_for_fault_injection() -> None:
+    # DLTOOL_TEST_PAUSE_IN_SAVE=<seconds> exists only for the fault-injection tests
+    # (tests/reliability): it holds the complete temp file unrenamed so a kill -9 can land there
+    pause = os.environ.get("DLTOOL_TEST_PAUSE_IN_SAVE")
+    if pause:
+        time.sleep(float(pause))
 
 
 def fsync_folder(folder: Path) -> None:

@@ -16,9 +16,9 @@ import os
 from pathlib import Path
 from typing import Any, Sequence
 
-from dltool.checkpoint import fsync_folder, save_checkpoint
+from dltool.checkpoint import fsync_folder, remove_stale_temps, save_checkpoint
 from dltool.config import dump_yaml
-from dltool.errors import ConfigError
+from dltool.errors import ConfigError, RunFailed
 
 COLUMNS = ("epoch", "lr", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "epoch_seconds",
            "samples_per_second")
@@ -77,6 +77,11 @@ class RunDir:
     def tb(self) -> Path:
         return self.path / "tb"
 
+    def remove_stale_temps(self) -> None:
+        """Delete temp files a killed run left in this folder and its checkpoints/ (before a resume)."""
+        for folder in (self.path, self.checkpoints):
+            remove_stale_temps(folder)
+
     def write_config(self, data: dict) -> None:
         _write_text(self.path / "config.yaml", dump_yaml(data))
 
@@ -115,10 +120,17 @@ class RunDir:
         _write_text(self.path / "summary.json", json.dumps(summary, indent=2) + "\n")
 
     def save(self, state: dict, *, best: bool) -> None:
-        """Write last.pt (and best.pt when `best`), each atomically."""
-        save_checkpoint(state, self.last)
-        if best:
-            save_checkpoint(state, self.best)
+        """Write last.pt (and best.pt when `best`), each atomically.
+
+        Raises:
+            RunFailed: the disk refused a write (full, read-only); the previous checkpoint is kept.
+        """
+        for path in (self.last, self.best) if best else (self.last,):
+            try:
+                save_checkpoint(state, path)
+            except OSError as exc:
+                reason = (exc.strerror or str(exc) or type(exc).__name__).lower()
+                raise RunFailed(f"cannot write checkpoint {path}: {reason} (the previous checkpoint is kept)") from None
 
 
 def _cell(value: Any) -> Any:

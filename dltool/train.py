@@ -6,6 +6,7 @@ run folder) or a checkpoint (with its run folder, its split, and every state it 
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 import time
@@ -132,6 +133,7 @@ class Session:
         config = _resumed_config(checkpoint, overrides, path)
         bundle = build_data(config, split_state=checkpoint["split"])
         run = RunDir(run_dir_of(path), metric_columns(checkpoint["task"], len(checkpoint["classes"])))
+        run.remove_stale_temps()
         session = cls(config, bundle, checkpoint["input_shape"], run, callback, split_state=checkpoint["split"])
         session.restore(checkpoint)
         return session
@@ -275,7 +277,8 @@ class Session:
             self.callback.on_fit_end(summary)
             return TrainResult(self.rundir.path, summary, list(state.history))
         except RunFailed as exc:
-            self.rundir.write_summary({**self._summary("failed"), "error": str(exc)})
+            with contextlib.suppress(OSError):  # the full disk that failed a save may refuse the summary too
+                self.rundir.write_summary({**self._summary("failed"), "error": str(exc)})
             raise
         finally:
             torch.set_num_threads(threads)
@@ -286,8 +289,19 @@ class Session:
         plan = FitPlan(epochs=cfg.epochs, seed=self.config.seed, monitor=self.monitor, mode=self.mode,
                        patience=cfg.patience, min_delta=cfg.min_delta, unfreeze_at=cfg.unfreeze_at,
                        on_epoch_end=self.on_epoch_end, on_interrupt=self.on_interrupt, resume_rng=self.resume_rng)
-        return fit(self.model, self.train_loader, self.val_loader, self.loss_fn, self.optimizer, self.schedule,
-                   self.opts, plan, state=self.state, callback=self.callback, stop=stop, forward=self.forward)
+        try:
+            return fit(self.model, self.train_loader, self.val_loader, self.loss_fn, self.optimizer, self.schedule,
+                       self.opts, plan, state=self.state, callback=self.callback, stop=stop, forward=self.forward)
+        except torch.OutOfMemoryError:
+            raise RunFailed(self._out_of_memory()) from None
+
+    def _out_of_memory(self) -> str:
+        size = self.config.data.batch_size
+        where = f"epoch {self.state.epoch + 1}, step {self.state.step + 1}"
+        advice = (f"lower data.batch_size (try data.batch_size={size // 2})" if size > 1
+                  else "use a smaller model or input size")
+        return (f"{self.device} ran out of memory at {where} with data.batch_size={size}; {advice} "
+                "(the checkpoints keep the last saved epoch)")
 
     def _start_board(self) -> None:
         from dltool.config import dump_yaml
