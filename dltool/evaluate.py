@@ -170,7 +170,6 @@ def _with_overrides(checkpoint: dict, overrides: Sequence[str]) -> Any:
 
     data = copy.deepcopy(checkpoint["config"])
     marks = Marks({"": Mark(f"{checkpoint['path']} (stored config)")})
-    data["data"]["dataset"] = _named_form(data["data"]["dataset"], marks)
     for text in overrides:
         key = text.split("=", 1)[0]
         if not key.startswith("data."):
@@ -178,18 +177,6 @@ def _with_overrides(checkpoint: dict, overrides: Sequence[str]) -> Any:
                               "model and training); e.g. data.dataset.root=other/folder")
         apply_override(data, marks, text)
     return validate(data, marks, path=None)
-
-
-def _named_form(value: Any, marks: Any) -> Any:
-    """A stored component as {name: ..., arguments...}, the form `data.dataset.root=...` can reach into
-    (the config stores the shorter one-key form {ImageFolder: {root: ...}})."""
-    from dltool.spec import parse_spec
-
-    spec = parse_spec(value, "data.dataset", marks)
-    named = {"name": spec.name, **spec.kwargs}
-    if spec.args:
-        named["args"] = list(spec.args)
-    return named
 
 
 def _check_fits(bundle: Any, checkpoint: dict) -> None:
