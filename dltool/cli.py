@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Iterator, List, Optional
@@ -164,6 +165,7 @@ def train_command(
     runs_dir: Path = typer.Option(Path("runs"), "--runs-dir", help="Where run folders go"),
     folds: Optional[int] = typer.Option(None, "--folds", min=2, help="K-fold cross-validation: one sub-run per fold"),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress output"),
+    nproc: Optional[int] = typer.Option(None, "--nproc", min=1, help="Train in N local processes (one per GPU) through torchrun"),
 ) -> None:
     """Train a model from a YAML config; writes a run folder (config, metrics, checkpoints, TensorBoard)."""
     from dltool.progress import make_progress, summary_table
@@ -173,8 +175,11 @@ def train_command(
     if resume is not None and config is not None and "=" in config:
         overrides.insert(0, config)  # `--resume runs/x train.epochs=30`: the first override lands in CONFIG
         config = None
+    if nproc is not None:
+        _launch_train(nproc, config, overrides, resume, name, runs_dir, folds, quiet)
+    main_process = os.environ.get("RANK", "0") == "0"  # under torchrun only rank 0 shows the run
     console = stderr_console()
-    progress = make_progress(console, quiet)
+    progress = make_progress(console, quiet or not main_process)
     try:
         with user_errors():
             result = train(config, runs_dir=runs_dir, name=name, resume=resume, overrides=overrides,
@@ -185,8 +190,21 @@ def train_command(
     finally:
         if hasattr(progress, "close"):
             progress.close()
-    if not quiet:
+    if not quiet and main_process:
         console.print(summary_table(result.summary, result.run_dir))
+
+
+def _launch_train(nproc, config, overrides, resume, name, runs_dir, folds, quiet) -> None:
+    """`train --nproc N`: the same command in N processes started by torchrun; exits with their outcome."""
+    from dltool.errors import ConfigError
+    from dltool.launch import launch_train
+
+    with user_errors():
+        if folds is not None:
+            raise ConfigError("--folds trains its folds one after another in one process; not with --nproc")
+        code = launch_train(nproc, config, overrides, resume=str(resume) if resume else None, name=name,
+                            runs_dir=str(runs_dir), quiet=quiet)
+    raise typer.Exit(code=code)
 
 
 @app.command("eval")

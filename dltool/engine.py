@@ -17,6 +17,7 @@ from typing import Any, Callable, Iterable
 import torch
 from torch import nn
 
+from dltool import distributed
 from dltool.callbacks import Callback
 from dltool.errors import RunFailed
 from dltool.optim import Schedule, current_lr
@@ -129,6 +130,17 @@ class _Sums:
     def to_data(self) -> dict:
         return {"loss": self.loss.item(), "score": self.score.item(), "count": self.count}
 
+    def all_reduce(self, samples: int = 0) -> int:
+        """Sum over every process of a distributed run (nothing to do in one); returns `samples` summed too."""
+        if distributed.current() is None:
+            return samples
+        packed = torch.stack([self.loss, self.score, torch.tensor(float(self.count), dtype=torch.float64,
+                                                                  device=self.loss.device)])
+        packed = distributed.all_reduce_sum(torch.cat([packed, packed.new_tensor([float(samples)])]))
+        self.loss, self.score = packed[0].clone(), packed[1].clone()
+        self.count = int(packed[2].item())
+        return int(packed[3].item())
+
 
 def train_one_epoch(model: nn.Module, loader: Iterable, loss_fn: nn.Module, optimizer: torch.optim.Optimizer,
                     schedule: Schedule, opts: StepOptions, state: LoopState, *, epoch: int,
@@ -158,7 +170,8 @@ def train_one_epoch(model: nn.Module, loader: Iterable, loss_fn: nn.Module, opti
     model.train()
     batches = len(loader)
     sums = _Sums(opts.device, state.sums)
-    check_each_step = opts.device.type == "cpu"  # reading a CPU scalar costs nothing; on CUDA it stalls
+    # reading a CPU scalar costs nothing; on CUDA it stalls; in a process group all must stop together
+    check_each_step = opts.device.type == "cpu" and distributed.current() is None
     first_bad = torch.full((), -1, dtype=torch.long, device=opts.device)
     lr, started, samples, skip = current_lr(optimizer), time.perf_counter(), 0, state.batch
     for batch, (x, y) in enumerate(loader):
@@ -193,6 +206,7 @@ def train_one_epoch(model: nn.Module, loader: Iterable, loss_fn: nn.Module, opti
     _check_first_bad(first_bad, epoch, lr)
     if opts.device.type == "cuda":
         torch.cuda.synchronize(opts.device)
+    samples = sums.all_reduce(samples)
     state.sums = sums.to_data() if state.interrupted else {}
     return {**sums.read(opts.task, "train_"), "lr": lr, "samples": samples, "seconds": time.perf_counter() - started}
 
@@ -252,7 +266,7 @@ def _non_finite(loss: torch.Tensor, epoch: int, batch: int, lr: float) -> RunFai
 
 
 def _check_first_bad(first_bad: torch.Tensor, epoch: int, lr: float) -> None:
-    bad = int(first_bad.item()) if first_bad.device.type != "cpu" else -1
+    bad = distributed.first_bad_step(first_bad)
     if bad >= 0:
         raise _non_finite(torch.tensor(float("nan")), epoch, bad, lr)
 
@@ -293,10 +307,14 @@ def evaluate(model: nn.Module, loader: Iterable, loss_fn: nn.Module, opts: StepO
             if collect:
                 probs.append(out.float().softmax(1))
                 targets.append(y)
+    # each process saw its own shard of the validation set: the sums cover all of it once
+    sums.all_reduce()
+    top5 = distributed.all_reduce_sum(top5)
+    collected = distributed.gather_collected({"probs": torch.cat(probs).cpu(), "targets": torch.cat(targets).cpu()}
+                                             if probs else None)
     metrics = sums.read(opts.task, "val_")
     if classes >= 5:
         metrics["val_top5_accuracy"] = top5.item() / max(1, sums.count)
-    collected = {"probs": torch.cat(probs).cpu(), "targets": torch.cat(targets).cpu()} if probs else None
     return metrics, collected
 
 
@@ -403,6 +421,7 @@ def fit(model: nn.Module, train_loader: Any, val_loader: Any | None, loss_fn: nn
 def _finish_epoch(model, val_loader, loss_fn, schedule, opts, plan, state, epoch, trained, started, callback):
     """Validate, step the epoch schedule, and build the epoch's metrics row."""
     evaluated = opts.ema.module if opts.ema is not None else model
+    distributed.sync_buffers(evaluated)
     metrics, collected = {}, None
     if val_loader is not None:
         metrics, collected = evaluate(evaluated, val_loader, loss_fn, opts, collect=True, callback=callback, epoch=epoch)

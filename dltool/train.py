@@ -17,6 +17,7 @@ from typing import Any, Sequence
 import torch
 
 import dltool
+from dltool import distributed
 from dltool.config import Config, apply_override, config_from_data, load_config
 from dltool.callbacks import Callback, Callbacks
 from dltool.engine import FitPlan, LoopState, StepOptions, fit
@@ -68,6 +69,8 @@ def train(config: Config | str | Path | None = None, *, runs_dir: str | Path = "
         config = load_config(config, overrides)
     elif overrides:
         raise ConfigError("train: overrides apply to a config file; this config is loaded already")
+    if folds is not None and distributed.launched():
+        raise ConfigError("--folds trains its folds one after another in one process; not under torchrun or --nproc")
     if folds is not None:
         from dltool.folds import cross_validate
 
@@ -87,6 +90,9 @@ class Session:
         self.split = split_state if split_state is not None else bundle.split
         train_cfg = config.train
         self.device = resolve_device(train_cfg.device, config.marks)
+        group = distributed.join(self.device)  # under torchrun: this rank's device, in the process group
+        self.device = group.device if group is not None else self.device
+        self.callback = callback if distributed.is_main() else Callback()
         configure_backends(self.device, train_cfg.deterministic)
         seed_all(config.seed)
         model = build_model(config.model, self.input_shape, len(self.classes) or None)
@@ -101,7 +107,7 @@ class Session:
         self.schedule = self._schedule(train_cfg.epochs)
         self.monitor, self.mode = self._monitor()
         self.opts = self._step_options()
-        self.forward = torch.compile(self.model) if train_cfg.compile else None
+        self.forward = distributed.replicate(self.model, compile=train_cfg.compile)
         self.state = LoopState()
         self.board = None
         self.collected = None
@@ -114,10 +120,13 @@ class Session:
         from dltool.data import build_data
         from dltool.models import resolve_input_shape
 
-        bundle = build_data(config, split_state=split_state)
+        distributed.join(resolve_device(config.train.device, config.marks))
+        with distributed.main_first():
+            bundle = build_data(config, split_state=split_state)
         input_shape = resolve_input_shape(config, data=bundle)
         session = cls(config, bundle, input_shape, None, callback)  # a config that fails to build leaves no folder
-        session.rundir = RunDir.create(runs_dir, name, metric_columns(bundle.task, len(bundle.classes)))
+        columns = metric_columns(bundle.task, len(bundle.classes))
+        session.rundir = distributed.create_run_dir(lambda: RunDir.create(runs_dir, name, columns))
         session.rundir.write_config(config.to_data())
         session.rundir.write_bad_files(bundle.bad_files)
         return session
@@ -131,8 +140,11 @@ class Session:
         path = resume_checkpoint(target)
         checkpoint = load_checkpoint(path)
         config = _resumed_config(checkpoint, overrides, path)
-        bundle = build_data(config, split_state=checkpoint["split"])
-        run = RunDir(run_dir_of(path), metric_columns(checkpoint["task"], len(checkpoint["classes"])))
+        distributed.join(resolve_device(config.train.device, config.marks))
+        with distributed.main_first():
+            bundle = build_data(config, split_state=checkpoint["split"])
+        columns = metric_columns(checkpoint["task"], len(checkpoint["classes"]))
+        run = distributed.own_run_dir(RunDir(run_dir_of(path), columns))
         run.remove_stale_temps()
         session = cls(config, bundle, checkpoint["input_shape"], run, callback, split_state=checkpoint["split"])
         session.restore(checkpoint)
@@ -142,8 +154,11 @@ class Session:
         from dltool.data import make_loader
 
         data, seed, device = self.config.data, self.config.seed, str(self.device)
-        train = make_loader(self.bundle.train, data, train=True, seed=seed, device=device)
-        val = make_loader(self.bundle.val, data, train=False, seed=seed, device=device) if self.bundle.val else None
+        group = distributed.current()
+        shard = {"rank": group.rank, "world_size": group.world_size} if group is not None else {}
+        train = make_loader(self.bundle.train, data, train=True, seed=seed, device=device, **shard)
+        val = (make_loader(self.bundle.val, data, train=False, seed=seed, device=device, **shard)
+               if self.bundle.val else None)
         return train, val
 
     def _schedule(self, epochs: int) -> Any:
@@ -192,6 +207,8 @@ class Session:
             self.opts.scaler.load_state_dict(checkpoint["scaler"])
         self.state = LoopState.from_data(checkpoint["loop"])
         self.state.interrupted = self.state.stopped_early = False
+        if not distributed.is_main():
+            self.state.sums = {}  # the saved partial sums are all ranks' together: rank 0 carries them
         planned = checkpoint["config"]["train"]["epochs"]
         if self.config.train.epochs == planned or self.schedule.interval == "plateau":
             self.optimizer.load_state_dict(checkpoint["optimizer"])
@@ -256,7 +273,8 @@ class Session:
         """
         from dltool.board import Board
 
-        self.board = Board(self.rundir.tb, purge_step=self.state.epoch + 1 if self.state.epoch else None)
+        purge = self.state.epoch + 1 if self.state.epoch else None
+        self.board = Board(self.rundir.tb, purge_step=purge) if distributed.is_main() else distributed.Silent()
         threads = torch.get_num_threads()
         if self.config.train.threads:
             torch.set_num_threads(self.config.train.threads)
@@ -265,9 +283,12 @@ class Session:
                 self._start_board()
                 self.save(best=False)
             self.callback.on_fit_start(self._info())
-            with StopSignal() as stop:
+            with StopSignal() as signalled:
+                stop = distributed.shared_stop(signalled, self.config.train.log_every)
                 state = self._fit(stop)
             summary = self._summary("interrupted" if state.interrupted else "finished")
+            if distributed.current() is not None:
+                summary["replica_sha256"] = distributed.replica_digests(self.model)
             self.rundir.write_summary(summary)
             if state.interrupted:
                 where = f"epoch {state.epoch + 1}, batch {state.batch}" if state.batch else f"the end of epoch {state.epoch}"
@@ -283,11 +304,12 @@ class Session:
         finally:
             torch.set_num_threads(threads)
             self.board.close()
+            distributed.leave()
 
     def _fit(self, stop: StopSignal) -> LoopState:
         cfg = self.config.train
-        plan = FitPlan(epochs=cfg.epochs, seed=self.config.seed, monitor=self.monitor, mode=self.mode,
-                       patience=cfg.patience, min_delta=cfg.min_delta, unfreeze_at=cfg.unfreeze_at,
+        plan = FitPlan(epochs=cfg.epochs, seed=distributed.rank_seed(self.config.seed), monitor=self.monitor,
+                       mode=self.mode, patience=cfg.patience, min_delta=cfg.min_delta, unfreeze_at=cfg.unfreeze_at,
                        on_epoch_end=self.on_epoch_end, on_interrupt=self.on_interrupt, resume_rng=self.resume_rng)
         try:
             return fit(self.model, self.train_loader, self.val_loader, self.loss_fn, self.optimizer, self.schedule,
@@ -342,7 +364,15 @@ class Session:
             "device": str(self.device), "task": self.task, "classes": len(self.classes),
             "train_samples": len(self.bundle.train), "val_samples": len(self.bundle.val) if self.bundle.val else 0,
             "bad_files": len(self.bundle.bad_files), "steps": state.step, "updated": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            **self._scale(),
         }
+
+    def _scale(self) -> dict:
+        """Processes, and samples per optimizer step over all of them (data.batch_size is per process)."""
+        group = distributed.current()
+        world_size = group.world_size if group is not None else 1
+        return {"world_size": world_size,
+                "global_batch_size": self.config.data.batch_size * world_size * self.config.train.accumulate}
 
 
 def _resumed_config(checkpoint: dict, overrides: Sequence[str], path: Path) -> Config:

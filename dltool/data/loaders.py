@@ -19,20 +19,25 @@ from torch.utils.data import DataLoader, Sampler
 from dltool.registry import TRANSFORMS, signature
 
 
-def epoch_seed(seed: int, epoch: int, stream: int = 0) -> int:
-    """A 63-bit seed that depends on (seed, epoch, stream) only."""
-    state = np.random.SeedSequence([seed, epoch, stream]).generate_state(2, dtype=np.uint32)
+def epoch_seed(seed: int, epoch: int, stream: int = 0, rank: int = 0) -> int:
+    """A 63-bit seed that depends on (seed, epoch, stream) only (and the rank, for ranks above 0)."""
+    state = np.random.SeedSequence([seed, epoch, stream, *([rank] if rank else [])]).generate_state(2, dtype=np.uint32)
     return (int(state[0]) << 31) ^ int(state[1])
 
 
 class EpochSampler(Sampler):
-    """Indices for one epoch (shuffled, balanced or in order; sharded by rank), each with a seed."""
+    """Indices for one epoch (shuffled, balanced or in order; sharded by rank), each with a seed.
+
+    Sharded, rank r takes every world_size-th index from r. With `pad` (training) the epoch is
+    first wrapped around to a multiple of world_size, so every rank runs the same number of
+    steps; without it (validation) each sample is seen exactly once, by one rank.
+    """
 
     def __init__(self, targets: Sequence[Any], *, shuffle: bool, balanced: bool, seed: int,
-                 rank: int = 0, world_size: int = 1, with_seeds: bool = True):
+                 rank: int = 0, world_size: int = 1, with_seeds: bool = True, pad: bool = True):
         self.targets = list(targets)
         self.shuffle, self.balanced, self.seed = shuffle, balanced, seed
-        self.rank, self.world_size, self.with_seeds = rank, world_size, with_seeds
+        self.rank, self.world_size, self.with_seeds, self.pad = rank, world_size, with_seeds, pad
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -40,6 +45,10 @@ class EpochSampler(Sampler):
 
     def order(self) -> list[int]:
         """This epoch's sample indices for this rank."""
+        return self._shard(self._epoch_order()).tolist()
+
+    def _epoch_order(self) -> torch.Tensor:
+        """This epoch's indices for all ranks (padded to a multiple of world_size when `pad`)."""
         n = len(self.targets)
         generator = torch.Generator().manual_seed(epoch_seed(self.seed, self.epoch))
         if self.balanced:
@@ -48,22 +57,28 @@ class EpochSampler(Sampler):
             order = torch.randperm(n, generator=generator)
         else:
             order = torch.arange(n)
-        if self.world_size > 1:
+        if self.world_size > 1 and self.pad:
             per_rank = -(-n // self.world_size)
             order = order.repeat(-(-per_rank * self.world_size // max(n, 1)))[: per_rank * self.world_size]
-            order = order[self.rank:: self.world_size]
-        return order.tolist()
+        return order
+
+    def _shard(self, values: torch.Tensor) -> torch.Tensor:
+        return values[self.rank:: self.world_size] if self.world_size > 1 else values
 
     def __iter__(self) -> Iterator[Any]:
-        order = self.order()
+        order = self._epoch_order()
         if not self.with_seeds:
-            return iter(order)
+            return iter(self._shard(order).tolist())
+        # seeds are drawn for the whole epoch, then sharded: each sample's augmentation differs from rank to rank
         generator = torch.Generator().manual_seed(epoch_seed(self.seed, self.epoch, 1))
-        seeds = torch.randint(0, 2**62, (len(order),), generator=generator).tolist()
-        return iter(zip(order, seeds))
+        seeds = torch.randint(0, 2**62, (len(order),), generator=generator)
+        return iter(zip(self._shard(order).tolist(), self._shard(seeds).tolist()))
 
     def __len__(self) -> int:
-        return -(-len(self.targets) // self.world_size)
+        n = len(self.targets)
+        if self.world_size == 1 or self.pad:
+            return -(-n // self.world_size)
+        return len(range(self.rank, n, self.world_size))
 
 
 def balanced_weights(targets: Sequence[Any]) -> torch.Tensor:
@@ -96,7 +111,7 @@ class Loader:
         """Make the next pass the batches of `epoch` (a pure function of the seed and `epoch`)."""
         self.epoch = epoch
         self.sampler.set_epoch(epoch)
-        self.loader.generator.manual_seed(epoch_seed(self.seed, epoch, 3))
+        self.loader.generator.manual_seed(epoch_seed(self.seed, epoch, 3, self.sampler.rank))
 
     def __len__(self) -> int:
         return len(self.loader)
@@ -113,7 +128,8 @@ class Loader:
                 x, y = next(batches)
             if self.batch_transform is not None:
                 with torch.random.fork_rng(devices=[]):
-                    torch.random.default_generator.manual_seed(epoch_seed(self.seed, self.epoch, 4 + step))
+                    seed = epoch_seed(self.seed, self.epoch, 4 + step, self.sampler.rank)
+                    torch.random.default_generator.manual_seed(seed)
                     x, y = self.batch_transform(x, y)
             yield x, y
 
@@ -136,7 +152,7 @@ def make_loader(dataset: Any, data: Any, *, train: bool, seed: int, device: str 
     """
     sampler = EpochSampler(dataset.targets, shuffle=train and data.shuffle,
                            balanced=train and data.sampler == "balanced", seed=seed,
-                           rank=rank, world_size=world_size, with_seeds=train)
+                           rank=rank, world_size=world_size, with_seeds=train, pad=train)
     classes = len(getattr(dataset, "classes", []))
     batch_transform = build_batch_transform(data.batch_transforms, classes) if train else None
     if data.cache != "none":

@@ -133,7 +133,8 @@ class MemoryLoader:
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         order = torch.tensor(self.sampler.order(), device=self.device)
-        generator = torch.Generator(device=self.device).manual_seed(epoch_seed(self.seed, self.epoch, 5))
+        rank = self.sampler.rank  # each rank's batches get their own random crops and flips
+        generator = torch.Generator(device=self.device).manual_seed(epoch_seed(self.seed, self.epoch, 5, rank))
         for step in range(len(self)):
             index = order[step * self.batch_size: (step + 1) * self.batch_size]
             with _one_thread(self.device):
@@ -143,7 +144,7 @@ class MemoryLoader:
             y = self.targets.index_select(0, index)
             if self.batch_transform is not None:
                 with torch.random.fork_rng(devices=[]):
-                    torch.random.default_generator.manual_seed(epoch_seed(self.seed, self.epoch, 4 + step))
+                    torch.random.default_generator.manual_seed(epoch_seed(self.seed, self.epoch, 4 + step, rank))
                     x, y = self.batch_transform(x, y)
             yield x, y
 
