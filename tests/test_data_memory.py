@@ -12,7 +12,7 @@ from torchvision.transforms.v2 import functional as F
 
 from dltool.config import load_config
 from dltool.data import Loader, build_data, make_loader
-from dltool.data.batched import _affine_grid, _inverse_affine, batched_op, sample
+from dltool.data.batched import _inverse_affine, batched_op, warp
 from dltool.data.memory import MemoryLoader
 from dltool.errors import DataError
 
@@ -91,7 +91,9 @@ def test_batched_affine_equals_torchvision_for_the_same_parameters():
     theta = _inverse_affine(angle, tx, ty, scale, (shear_x, shear_y)).float()
     unsheared = _inverse_affine(angle, tx, ty, scale).float()
     assert torch.equal(unsheared[2], theta[2])
-    ours = sample(x, *_affine_grid(theta, 10, 12), "nearest", border=False)
+    ours = warp(x, theta, "nearest")
+    assert torch.equal(warp(x, _inverse_affine(*(v.numpy() for v in (angle, tx, ty, scale)),
+                                               (shear_x.numpy(), shear_y.numpy())), "nearest"), ours)
     for i, (angle, translate, scale, shear) in enumerate(params):
         expected = F.affine(x[i], angle=angle, translate=translate, scale=scale, shear=shear)
         assert torch.equal(ours[i], expected)
@@ -102,7 +104,9 @@ def test_batched_rotation_equals_torchvision_for_the_same_angle():
     angle = torch.tensor([17.0], dtype=torch.float64)
     zero = torch.zeros(1, dtype=torch.float64)
     theta = _inverse_affine(-angle, zero, zero, zero + 1).float()
-    assert torch.equal(sample(x, *_affine_grid(theta, 12, 10), "nearest", border=False)[0], F.rotate(x[0], 17.0))
+    assert torch.equal(warp(x, theta, "nearest")[0], F.rotate(x[0], 17.0))
+    bilinear = F.rotate(x[0], 17.0, interpolation=v2.InterpolationMode.BILINEAR)
+    assert torch.allclose(warp(x, theta, "bilinear")[0], bilinear, atol=1e-6)
     angles = batched_op(v2.RandomRotation([-40, 10]))(torch.ones(2000, 1, 9, 9), generator())
     assert angles.shape == (2000, 1, 9, 9) and (angles == 0).any()
 

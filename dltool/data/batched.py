@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 from typing import Any, Callable
 
+import numpy as np
 import torch
 import torch.nn.functional as nnf
 from torchvision.transforms import v2
@@ -96,38 +97,6 @@ def _first_valid(valid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return first, found
 
 
-def sample(x: torch.Tensor, gx: torch.Tensor, gy: torch.Tensor, mode: str, border: bool) -> torch.Tensor:
-    """grid_sample(x, (gx, gy), mode, padding "border" or "zeros", align_corners=False) done with gathers.
-
-    Same arithmetic as torch's CPU kernel, without its per-call thread-pool start, which costs far
-    more than the work on small batches. Nearest rounds half up (the kernel: half to even), which
-    changes nothing but exact ties.
-    """
-    n, c, height, width = x.shape
-    ix = ((gx + 1) * width - 1) / 2
-    iy = ((gy + 1) * height - 1) / 2
-    if border:
-        ix, iy = ix.clamp(0, width - 1), iy.clamp(0, height - 1)
-    # a ring of zeros around every image: out-of-range reads land on it
-    flat = nnf.pad(x, (1, 1, 1, 1)).reshape(n, c, -1)
-    if mode == "nearest":
-        return _pick(flat, torch.floor(ix + 0.5), torch.floor(iy + 0.5), width, height).view(n, c, *gx.shape[1:])
-    x0, y0 = torch.floor(ix), torch.floor(iy)
-    x1, y1 = x0 + 1, y0 + 1
-    out = _pick(flat, x0, y0, width, height) * ((x1 - ix) * (y1 - iy)).view(n, 1, -1)
-    out = out + _pick(flat, x1, y0, width, height) * ((ix - x0) * (y1 - iy)).view(n, 1, -1)
-    out = out + _pick(flat, x0, y1, width, height) * ((x1 - ix) * (iy - y0)).view(n, 1, -1)
-    out = out + _pick(flat, x1, y1, width, height) * ((ix - x0) * (iy - y0)).view(n, 1, -1)
-    return out.view(n, c, *gx.shape[1:])
-
-
-def _pick(padded: torch.Tensor, xs: torch.Tensor, ys: torch.Tensor, width: int, height: int) -> torch.Tensor:
-    """padded[n, :, pixel (xs, ys)] of images padded by one zero pixel; outside reads give 0."""
-    n, c, _ = padded.shape
-    index = (ys.clamp(-1, height) + 1) * (width + 2) + (xs.clamp(-1, width) + 1)
-    return padded.gather(2, index.long().view(n, 1, -1).expand(n, c, -1))
-
-
 def _grid_mode(interpolation: Any) -> str | None:
     """'bilinear' or 'nearest' (what grid_sample does as torchvision does), else None."""
     if isinstance(interpolation, int):
@@ -158,7 +127,8 @@ def random_resized_crop(t: v2.RandomResizedCrop) -> Op | None:
         v = ((2 * torch.arange(out_h, device=x.device, dtype=x.dtype) + 1) / out_h - 1).view(1, out_h, 1)
         gx = (w / width).view(-1, 1, 1) * u + ((2 * left + w) / width - 1).view(-1, 1, 1)
         gy = (h / height).view(-1, 1, 1) * v + ((2 * top + h) / height - 1).view(-1, 1, 1)
-        return sample(x, gx.expand(n, out_h, out_w), gy.expand(n, out_h, out_w), mode, border=True)
+        grid = torch.stack((gx.expand(n, out_h, out_w), gy.expand(n, out_h, out_w)), dim=-1)
+        return nnf.grid_sample(x, grid, mode=mode, padding_mode="border", align_corners=False)
 
     return op
 
@@ -180,8 +150,7 @@ def random_affine(t: v2.RandomAffine) -> Op | None:
 
     def op(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
         n, _, height, width = x.shape
-        theta = _inverse_affine(*_affine_params(t, n, height, width, g)).to(x.dtype)
-        return sample(x, *_affine_grid(theta, width, height), mode, border=False)
+        return warp(x, _inverse_affine(*_affine_params(t, n, height, width, g)), mode)
 
     return op
 
@@ -192,13 +161,11 @@ def random_rotation(t: v2.RandomRotation) -> Op | None:
         return None
 
     def op(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
-        n, _, height, width = x.shape
         low, high = _constants(((float(t.degrees[0]),), (float(t.degrees[1]),)), torch.float64, g.device)
-        angle = torch.rand(n, generator=g, device=g.device, dtype=torch.float64) * (high - low) + low
-        zeros = torch.zeros_like(angle)
+        angle = _host(torch.rand(x.shape[0], generator=g, device=g.device, dtype=torch.float64) * (high - low) + low)
+        zeros = angle * 0
         # torchvision's rotate turns the other way from its affine: it passes -angle
-        theta = _inverse_affine(-angle, zeros, zeros, zeros + 1).to(x.dtype)
-        return sample(x, *_affine_grid(theta, width, height), mode, border=False)
+        return warp(x, _inverse_affine(-angle, zeros, zeros, zeros + 1), mode)
 
     return op
 
@@ -212,48 +179,64 @@ def _affine_params(t: v2.RandomAffine, n: int, height: int, width: int, g: torch
     shear += [0.0, 0.0] if len(shear) == 2 else []
     low, high = _constants(((t.degrees[0], -dx, -dy, scale[0], shear[0], shear[2]),
                             (t.degrees[1], dx, dy, scale[1], shear[1], shear[3])), torch.float64, g.device)
-    values = torch.rand(n, 6, generator=g, device=g.device, dtype=torch.float64) * (high - low) + low
-    angle, tx, ty, factor, shear_x, shear_y = values.unbind(1)
+    values = _host(torch.rand(n, 6, generator=g, device=g.device, dtype=torch.float64) * (high - low) + low)
+    angle, tx, ty, factor, shear_x, shear_y = (values[:, k] for k in range(6))
     return angle, tx.round(), ty.round(), factor, (shear_x, shear_y) if t.shear is not None else None
 
 
-def _inverse_affine(angle, tx, ty, scale, shear=None) -> torch.Tensor:
+def _host(values: torch.Tensor) -> Any:
+    """CPU values as a numpy array: the matrix maths below is a few dozen steps on N numbers, about
+    a microsecond each in numpy against several as torch ops. Elsewhere they stay (no device sync)."""
+    return values.numpy() if values.device.type == "cpu" else values
+
+
+def _inverse_affine(angle, tx, ty, scale, shear=None) -> Any:
     """torchvision's _get_inverse_affine_matrix (centre 0) for a batch: (N, 2, 3); shear in degrees
-    as (shear_x, shear_y), or None."""
-    rot = torch.deg2rad(angle)
+    as (shear_x, shear_y), or None. Numpy arrays in, numpy out; tensors in, a tensor out."""
+    lib = np if isinstance(angle, np.ndarray) else torch
+    rot = lib.deg2rad(angle)
     if shear is None:
         # the general formula below with zero shear gives exactly these values
-        a, b, c, d = torch.cos(rot), -torch.sin(rot), torch.sin(rot), torch.cos(rot)
+        a, b, c, d = lib.cos(rot), -lib.sin(rot), lib.sin(rot), lib.cos(rot)
     else:
-        a, b, c, d = _sheared(rot, torch.deg2rad(shear[0]), torch.deg2rad(shear[1]))
+        a, b, c, d = _sheared(lib, rot, lib.deg2rad(shear[0]), lib.deg2rad(shear[1]))
     m0, m1, m3, m4 = d / scale, -b / scale, -c / scale, a / scale
     m2 = m0 * -tx + m1 * -ty
     m5 = m3 * -tx + m4 * -ty
-    return torch.stack((m0, m1, m2, m3, m4, m5), dim=1).view(-1, 2, 3)
+    return lib.stack((m0, m1, m2, m3, m4, m5), 1).reshape(-1, 2, 3)
 
 
-def _sheared(rot: torch.Tensor, sx: torch.Tensor, sy: torch.Tensor) -> tuple[torch.Tensor, ...]:
-    a = torch.cos(rot - sy) / torch.cos(sy)
-    b = -torch.cos(rot - sy) * torch.tan(sx) / torch.cos(sy) - torch.sin(rot)
-    c = torch.sin(rot - sy) / torch.cos(sy)
-    d = -torch.sin(rot - sy) * torch.tan(sx) / torch.cos(sy) + torch.cos(rot)
+def _sheared(lib: Any, rot: Any, sx: Any, sy: Any) -> tuple[Any, ...]:
+    a = lib.cos(rot - sy) / lib.cos(sy)
+    b = -lib.cos(rot - sy) * lib.tan(sx) / lib.cos(sy) - lib.sin(rot)
+    c = lib.sin(rot - sy) / lib.cos(sy)
+    d = -lib.sin(rot - sy) * lib.tan(sx) / lib.cos(sy) + lib.cos(rot)
     return a, b, c, d
 
 
-def _affine_grid(theta: torch.Tensor, w: int, h: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """torchvision's affine grid (pixel-centred base grid, theta scaled by half the size), per sample."""
-    xs, ys = _centred_coordinates(w, h, theta.dtype, theta.device)
-    t = theta.view(-1, 2, 3, 1, 1)
-    gx = (t[:, 0, 0] * xs + t[:, 0, 1] * ys + t[:, 0, 2]) / (0.5 * w)
-    gy = (t[:, 1, 0] * xs + t[:, 1, 1] * ys + t[:, 1, 2]) / (0.5 * h)
-    return gx, gy  # N, H, W each
+def warp(x: torch.Tensor, theta: Any, mode: str) -> torch.Tensor:
+    """Every image of x through its inverse affine matrix (theta: N, 2, 3, numpy or tensor) as
+    torchvision's affine does it: its grid, grid_sample, zeros outside. Run on one CPU thread (as the
+    in-memory loader does), grid_sample starts no thread pool per small batch."""
+    if isinstance(theta, np.ndarray):
+        theta = torch.from_numpy(theta)
+    return nnf.grid_sample(x, _affine_grid(theta.to(x.dtype), x.shape[-1], x.shape[-2]), mode=mode,
+                           padding_mode="zeros", align_corners=False)
+
+
+def _affine_grid(theta: torch.Tensor, w: int, h: int) -> torch.Tensor:
+    """torchvision's affine grid: pixel-centred coordinates through theta scaled by half the size; (N, H, W, 2)."""
+    xs, ys, half = _centred_coordinates(w, h, theta.dtype, theta.device)
+    scaled = (theta / half).transpose(1, 2).unsqueeze(1).unsqueeze(1)  # N, 1, 1, 3 (x, y, 1), 2 (gx, gy)
+    return torch.addcmul(torch.addcmul(scaled[..., 2, :], xs, scaled[..., 0, :]), ys, scaled[..., 1, :])
 
 
 @functools.lru_cache(maxsize=64)
-def _centred_coordinates(w: int, h: int, dtype: torch.dtype, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    xs = torch.linspace((1.0 - w) * 0.5, (w - 1.0) * 0.5, steps=w, device=device, dtype=dtype).view(1, 1, w)
-    ys = torch.linspace((1.0 - h) * 0.5, (h - 1.0) * 0.5, steps=h, device=device, dtype=dtype).view(1, h, 1)
-    return xs, ys
+def _centred_coordinates(w: int, h: int, dtype: torch.dtype, device: torch.device) -> tuple[torch.Tensor, ...]:
+    """x (1, 1, W, 1) and y (1, H, 1, 1) of the pixel centres, and the half sizes (2, 1)."""
+    xs = torch.linspace((1.0 - w) * 0.5, (w - 1.0) * 0.5, steps=w, device=device, dtype=dtype).view(1, 1, w, 1)
+    ys = torch.linspace((1.0 - h) * 0.5, (h - 1.0) * 0.5, steps=h, device=device, dtype=dtype).view(1, h, 1, 1)
+    return xs, ys, torch.tensor([[0.5 * w], [0.5 * h]], device=device, dtype=dtype)
 
 
 def _gray(x: torch.Tensor) -> torch.Tensor:
