@@ -249,3 +249,33 @@ def test_unfreeze_at_trains_the_backbone_only_after_that_many_epochs(tmp_path):
     after_two = torch.load(first.run_dir / "checkpoints" / "last.pt", weights_only=True)["model"]
     frozen_before = [name for name in start if not name.startswith("0.fc.")]
     assert all(not torch.equal(after_two[name], after_one[name]) for name in frozen_before)
+
+
+def test_linear_regression_learns_the_true_weight_and_bias(tmp_path):
+    result = train(CONFIGS / "linear_regression.yaml", runs_dir=tmp_path / "runs", overrides=["train.histograms=false"])
+    weights = torch.load(result.run_dir / "checkpoints" / "best.pt", weights_only=True)["model"]
+    assert torch.allclose(weights["1.weight"], torch.tensor([[2.0, -3.4]]), atol=0.01)
+    assert weights["1.bias"].item() == pytest.approx(4.2, abs=0.01)
+    assert result.summary["final"]["val_loss"] < 2e-4  # the noise variance is 1e-4
+    evaluated = CliRunner().invoke(app, ["eval", str(result.run_dir), "--json"])
+    assert evaluated.exit_code == 0 and json.loads(evaluated.stdout)["r2"] > 0.9999
+
+
+def test_linear_data_is_a_regression_set_of_feature_vectors(tmp_path):
+    from dltool.data import build_data
+    from dltool.errors import DataError
+
+    config = load_config(CONFIGS / "linear_regression.yaml", ["data.dataset.noise=0", "data.dataset.num_samples=50"])
+    bundle = build_data(config)
+    assert (bundle.task, bundle.classes, bundle.input_shape) == ("regression", [], (2,))
+    assert (len(bundle.train), len(bundle.val)) == (40, 10)
+    x, y = bundle.train[0]
+    assert x.shape == (2,) and y.dtype == torch.float32
+    assert y.item() == pytest.approx(2 * x[0].item() - 3.4 * x[1].item() + 4.2, abs=1e-5)
+    with pytest.raises(DataError, match=r"LinearData: weight must be a list of num_features \(3\) numbers; got \[2, -3.4\]"):
+        build_data(load_config(CONFIGS / "linear_regression.yaml", ["data.dataset.num_features=3"]))
+    with pytest.raises(DataError, match="data.dataset: LinearData: holds feature vectors, not images; leave data.transforms out"):
+        build_data(load_config(CONFIGS / "linear_regression.yaml", ["data.transforms.train=[ToTensor]"]))
+    result = CliRunner().invoke(app, ["data", str(CONFIGS / "linear_regression.yaml"), "--stats"])
+    assert result.exit_code == 2
+    assert "LinearData: --stats and --show describe images; this dataset holds feature vectors of shape [2]" in result.output

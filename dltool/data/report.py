@@ -13,6 +13,7 @@ from dltool.data.build import build_data, transform_specs
 from dltool.data.bundle import DataBundle
 from dltool.data.sources import class_counts
 from dltool.data.transforms import build_pipeline, to_float_tensor
+from dltool.errors import DataError
 from dltool.registry import DATASETS, TRANSFORMS
 
 TILE = 96
@@ -35,6 +36,9 @@ def inspect_data(config: Any, *, stats: bool = False, show: int = 0, out: Path |
     wanted = ("train", "val", "test") if DATASETS.build(config.data.dataset).has("test") else ("train", "val")
     bundle = build_data(config, splits=wanted)
     report = summarize(bundle, wanted)
+    if (stats or show) and len(bundle.input_shape) < 2:
+        raise DataError(f"{bundle.dataset_name}: --stats and --show describe images; "
+                        f"this dataset holds feature vectors of shape {list(bundle.input_shape)}")
     if stats:
         mean, std = channel_stats(bundle.train, unnormalized_eval(config))
         report["stats"] = {"mean": mean, "std": std}
