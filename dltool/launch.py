@@ -59,6 +59,8 @@ def launch_local(nproc: int, train_args: Sequence[str]) -> int:
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.run import get_args_parser, run
 
+    # torchrun would give each process one thread (and print a banner saying so); share the cores instead
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
     args = get_args_parser().parse_args(launcher_args(nproc, train_args, free_port()))
     try:
         run(args)
