@@ -176,3 +176,19 @@ def test_fakedata_cache_is_the_same_in_every_fresh_build():
     for (x1, y1), (x2, y2), (x3, y3) in zip(*batches, loader):
         assert torch.equal(x1, x2) and torch.equal(y1, y2)
         assert torch.equal(x1, x3) and torch.equal(y1, y3)
+
+
+def test_crop_and_flip_run_fused_on_the_uint8_images():
+    from dltool.data.memory import plan
+
+    crop, mirror = v2.RandomCrop(6, padding=2, fill=9), v2.RandomHorizontalFlip(0.5)
+    once, raw_ops, ops = plan(v2.Compose([v2.Resize(6), crop, mirror, v2.ToImage(), v2.ToDtype(torch.float32, scale=True)]))
+    assert len(once) == 1 and len(raw_ops) == 1 and ops == []
+    images = torch.randint(0, 256, (300, 2, 6, 6), dtype=torch.uint8)
+    fused = raw_ops[0](images, generator(3))
+    g = generator(3)
+    apart = batched_op(mirror)(batched_op(crop)(images.float(), g), g)  # 0..255 floats: the fill is 9 in both
+    assert fused.dtype == torch.uint8 and torch.equal(fused.float(), apart)
+    assert (fused == 9).any() and (fused[:, :, 2:4, 2:4] != images[:, :, 2:4, 2:4]).any()
+    _, raw_ops, ops = plan(v2.Compose([v2.ToImage(), v2.ToDtype(torch.float32, scale=True), crop, mirror]))
+    assert raw_ops == [] and len(ops) == 1  # after the conversion: on floats, still one gather

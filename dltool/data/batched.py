@@ -40,7 +40,7 @@ def flip(p: float, dim: int) -> Op:
 def normalize(mean: Any, std: Any) -> Op:
     def op(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
         m, s = _constants((tuple(mean), tuple(std)), x.dtype, x.device)
-        return (x - m.view(-1, 1, 1)) / s.view(-1, 1, 1)
+        return (x - m.view(-1, 1, 1)).div_(s.view(-1, 1, 1))
 
     return op
 
@@ -51,16 +51,22 @@ def _constants(values: tuple, dtype: torch.dtype, device: torch.device) -> tuple
     return tuple(torch.tensor(v, dtype=dtype, device=device) for v in values)
 
 
-def crop_boxes(x: torch.Tensor, top: torch.Tensor, left: torch.Tensor, h: int, w: int) -> torch.Tensor:
-    """x[n, :, top[n]:top[n]+h, left[n]:left[n]+w] for every n, as one gather."""
+def crop_boxes(x: torch.Tensor, top: torch.Tensor, left: torch.Tensor, h: int, w: int,
+               mirror: torch.Tensor | None = None) -> torch.Tensor:
+    """x[n, :, top[n]:top[n]+h, left[n]:left[n]+w] for every n, as one gather; where `mirror[n]`,
+    that box flipped left to right (a flip in the same gather costs nothing more)."""
     n, c, _, width = x.shape
     rows = top.view(-1, 1, 1) + torch.arange(h, device=x.device).view(1, h, 1)
-    cols = left.view(-1, 1, 1) + torch.arange(w, device=x.device).view(1, 1, w)
+    across = torch.arange(w, device=x.device).view(1, 1, w)
+    if mirror is not None:
+        across = torch.where(mirror.view(-1, 1, 1), w - 1 - across, across)
+    cols = left.view(-1, 1, 1) + across
     flat = (rows * width + cols).view(n, 1, h * w).expand(n, c, h * w)
     return x.reshape(n, c, -1).gather(2, flat).view(n, c, h, w)
 
 
-def random_crop(t: v2.RandomCrop) -> Op | None:
+def random_crop(t: v2.RandomCrop, flip_p: float | None = None) -> Op | None:
+    """RandomCrop; with `flip_p`, followed by RandomHorizontalFlip(flip_p), drawn in that order."""
     if not isinstance(t.fill, (int, float)):
         return None
     left, right, top, bottom = t.padding or (0, 0, 0, 0)
@@ -78,7 +84,8 @@ def random_crop(t: v2.RandomCrop) -> Op | None:
         n = x.shape[0]
         tops = _randint(torch.full((n,), x.shape[-2] - h + 1, device=x.device), g)
         lefts = _randint(torch.full((n,), x.shape[-1] - w + 1, device=x.device), g)
-        return crop_boxes(x, tops, lefts, h, w)
+        mirror = torch.rand(n, generator=g, device=g.device) < flip_p if flip_p is not None else None
+        return crop_boxes(x, tops, lefts, h, w, mirror)
 
     return op
 
@@ -172,16 +179,23 @@ def random_rotation(t: v2.RandomRotation) -> Op | None:
 
 def _affine_params(t: v2.RandomAffine, n: int, height: int, width: int, g: torch.Generator) -> tuple:
     """Per-sample (angle, tx, ty, scale, shear or None) drawn as v2.RandomAffine draws them (float64)."""
+    low, span = _affine_range(t, height, width, g.device)
+    values = _host(torch.rand(n, 6, generator=g, device=g.device, dtype=torch.float64)) * _host(span) + _host(low)
+    angle, tx, ty, factor, shear_x, shear_y = (values[:, k] for k in range(6))
+    return angle, tx.round(), ty.round(), factor, (shear_x, shear_y) if t.shear is not None else None
+
+
+@functools.lru_cache(maxsize=64)
+def _affine_range(t: v2.RandomAffine, height: int, width: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(low, high - low) of angle, tx, ty, scale, shear_x, shear_y for images of this size."""
     dx = t.translate[0] * width if t.translate is not None else 0.0
     dy = t.translate[1] * height if t.translate is not None else 0.0
     scale = t.scale if t.scale is not None else (1.0, 1.0)
     shear = list(t.shear) if t.shear is not None else [0.0, 0.0]
     shear += [0.0, 0.0] if len(shear) == 2 else []
-    low, high = _constants(((t.degrees[0], -dx, -dy, scale[0], shear[0], shear[2]),
-                            (t.degrees[1], dx, dy, scale[1], shear[1], shear[3])), torch.float64, g.device)
-    values = _host(torch.rand(n, 6, generator=g, device=g.device, dtype=torch.float64) * (high - low) + low)
-    angle, tx, ty, factor, shear_x, shear_y = (values[:, k] for k in range(6))
-    return angle, tx.round(), ty.round(), factor, (shear_x, shear_y) if t.shear is not None else None
+    low = torch.tensor((t.degrees[0], -dx, -dy, scale[0], shear[0], shear[2]), dtype=torch.float64, device=device)
+    high = torch.tensor((t.degrees[1], dx, dy, scale[1], shear[1], shear[3]), dtype=torch.float64, device=device)
+    return low, high - low
 
 
 def _host(values: torch.Tensor) -> Any:
@@ -203,7 +217,9 @@ def _inverse_affine(angle, tx, ty, scale, shear=None) -> Any:
     m0, m1, m3, m4 = d / scale, -b / scale, -c / scale, a / scale
     m2 = m0 * -tx + m1 * -ty
     m5 = m3 * -tx + m4 * -ty
-    return lib.stack((m0, m1, m2, m3, m4, m5), 1).reshape(-1, 2, 3)
+    if lib is np:  # np.array of the rows: a fraction of np.stack's cost on small arrays
+        return np.array((m0, m1, m2, m3, m4, m5)).T.reshape(-1, 2, 3)
+    return torch.stack((m0, m1, m2, m3, m4, m5), 1).view(-1, 2, 3)
 
 
 def _sheared(lib: Any, rot: Any, sx: Any, sy: Any) -> tuple[Any, ...]:
@@ -227,8 +243,8 @@ def warp(x: torch.Tensor, theta: Any, mode: str) -> torch.Tensor:
 def _affine_grid(theta: torch.Tensor, w: int, h: int) -> torch.Tensor:
     """torchvision's affine grid: pixel-centred coordinates through theta scaled by half the size; (N, H, W, 2)."""
     xs, ys, half = _centred_coordinates(w, h, theta.dtype, theta.device)
-    scaled = (theta / half).transpose(1, 2).unsqueeze(1).unsqueeze(1)  # N, 1, 1, 3 (x, y, 1), 2 (gx, gy)
-    return torch.addcmul(torch.addcmul(scaled[..., 2, :], xs, scaled[..., 0, :]), ys, scaled[..., 1, :])
+    by_x, by_y, shift = (theta / half).transpose(1, 2)[:, None, None].unbind(-2)  # N, 1, 1, 2 (gx, gy) each
+    return torch.addcmul(torch.addcmul(shift, xs, by_x), ys, by_y)
 
 
 @functools.lru_cache(maxsize=64)
@@ -334,7 +350,29 @@ BUILDERS: dict[type, Callable[[Any], Op | None]] = {
 }
 
 
+# Transforms that only move pixels (and pad with an integer fill): exact on the uint8 images
+MOVE_PIXELS = (v2.RandomHorizontalFlip, v2.RandomVerticalFlip, v2.RandomCrop)
+
+
 def batched_op(t: Any) -> Op | None:
     """The batched form of the v2 transform `t`, or None when there is none."""
     builder = BUILDERS.get(type(t))
     return builder(t) if builder is not None else None
+
+
+def batched_ops(steps: list) -> list[Op] | str:
+    """The batched forms of `steps`, in order, or the name of the first step that has none.
+
+    A RandomCrop followed by a RandomHorizontalFlip becomes one op (one gather, same draws).
+    """
+    ops, i = [], 0
+    while i < len(steps):
+        step, following = steps[i], steps[i + 1] if i + 1 < len(steps) else None
+        if type(step) is v2.RandomCrop and type(following) is v2.RandomHorizontalFlip:
+            op, i = random_crop(step, following.p), i + 2
+        else:
+            op, i = batched_op(step), i + 1
+        if op is None:
+            return type(step).__name__
+        ops.append(op)
+    return ops

@@ -19,7 +19,7 @@ from PIL import Image
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
 
-from dltool.data.batched import BUILDERS, Op, batched_op
+from dltool.data.batched import BUILDERS, MOVE_PIXELS, Op, batched_ops
 from dltool.data.loaders import EpochSampler, epoch_seed
 from dltool.data.scan import DecodedFiles
 from dltool.data.transforms import ToTensor, to_unit_float
@@ -29,29 +29,32 @@ ONCE = (v2.Resize, v2.CenterCrop, v2.Pad, v2.Grayscale, v2.RGB, v2.Identity)
 CONVERSIONS = (ToTensor, v2.ToImage, v2.PILToTensor, v2.ToPureTensor)
 
 
-def plan(transform: Any) -> tuple[list, list[Op]] | str:
-    """(steps run once per image, batched ops) for a pipeline, or the name of the step that has no
-    batched form."""
+def plan(transform: Any) -> tuple[list, list[Op], list[Op]] | str:
+    """(steps run once per image, batched ops on the uint8 images, batched ops on the float ones)
+    for a pipeline, or the name of the step that has no batched form.
+
+    The steps before the conversion to float that only move pixels (crop, flip) run on the uint8
+    batch: a quarter of the memory traffic, and the same result, as the conversion commutes with them.
+    """
     steps = list(transform.transforms) if isinstance(transform, v2.Compose) else [transform]
-    once, ops = [], []
-    leading = True
-    for step in steps:
-        leading = leading and isinstance(step, ONCE)
-        if leading:
-            once.append(step)
-            continue
-        if isinstance(step, CONVERSIONS) or _is_float_scaling(step):
-            ops.append(_noop)
-            continue
-        op = batched_op(step)
-        if op is None:
-            return type(step).__name__
-        ops.append(op)
-    return once, [op for op in ops if op is not _noop]
+    once = []
+    while len(once) < len(steps) and isinstance(steps[len(once)], ONCE):
+        once.append(steps[len(once)])
+    rest = steps[len(once):]
+    raw = []
+    while len(raw) < len(rest) and _moves_pixels(rest[len(raw)]):
+        raw.append(rest[len(raw)])
+    converted = [s for s in rest[len(raw):] if not (isinstance(s, CONVERSIONS) or _is_float_scaling(s))]
+    raw_ops, ops = batched_ops(raw), batched_ops(converted)
+    if isinstance(raw_ops, str) or isinstance(ops, str):
+        return raw_ops if isinstance(raw_ops, str) else ops
+    return once, raw_ops, ops
 
 
-def _noop(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
-    return x
+def _moves_pixels(step: Any) -> bool:
+    if isinstance(step, v2.RandomCrop):
+        return isinstance(step.fill, (int, float)) and float(step.fill).is_integer()  # a uint8 fill
+    return isinstance(step, MOVE_PIXELS)
 
 
 def _is_float_scaling(step: Any) -> bool:
@@ -113,8 +116,9 @@ class MemoryLoader:
     """Iterable of (x, y) batches on `device` from a uint8 image cache; same protocol as Loader."""
 
     def __init__(self, dataset: Any, images: torch.Tensor, ops: list[Op], sampler: EpochSampler, *,
-                 batch_size: int, drop_last: bool, seed: int, device: torch.device, batch_transform: Any = None):
-        self.dataset = dataset
+                 batch_size: int, drop_last: bool, seed: int, device: torch.device, batch_transform: Any = None,
+                 raw_ops: Sequence[Op] = ()):
+        self.dataset, self.raw_ops = dataset, list(raw_ops)
         self.images = images.to(device)
         self.targets = _targets_tensor(dataset.targets).to(device)
         self.ops, self.sampler = ops, sampler
@@ -138,7 +142,10 @@ class MemoryLoader:
         for step in range(len(self)):
             index = order[step * self.batch_size: (step + 1) * self.batch_size]
             with _one_thread(self.device):
-                x = to_unit_float(self.images.index_select(0, index))  # N, C, H, W in [0, 1], as ToTensor gives
+                x = self.images.index_select(0, index)  # N, C, H, W uint8
+                for op in self.raw_ops:
+                    x = op(x, generator)
+                x = to_unit_float(x)  # in [0, 1], as ToTensor gives
                 for op in self.ops:
                     x = op(x, generator)
             y = self.targets.index_select(0, index)
@@ -180,14 +187,14 @@ def memory_loader(dataset: Any, data: Any, sampler: EpochSampler, *, train: bool
     planned = plan(dataset.transform) if hasattr(dataset, "raw_image") else "the dataset"
     if isinstance(planned, str):
         return _refuse(data, f"{planned} has no batched form (batched: {', '.join(t.__name__ for t in BUILDERS)})")
-    once, ops = planned
+    once, raw_ops, ops = planned
     budget = None if data.cache == "ram" else data.cache_budget_mb * 2**20
     images = decode_all(dataset, once, budget)
     if isinstance(images, str):
         return _refuse(data, images)
     batch_size = data.batch_size if train else (data.eval_batch_size or data.batch_size)
     return MemoryLoader(dataset, images, ops, sampler, batch_size=batch_size, drop_last=train and data.drop_last,
-                        seed=seed, device=torch.device(device), batch_transform=batch_transform)
+                        seed=seed, device=torch.device(device), batch_transform=batch_transform, raw_ops=raw_ops)
 
 
 def _refuse(data: Any, reason: str) -> None:

@@ -49,7 +49,7 @@ class ToTensor(v2.ToImage):
 def to_unit_float(image: torch.Tensor) -> torch.Tensor:
     """uint8 -> float32 / 255 (as the classic ToTensor computes it); other dtypes scaled by v2."""
     if image.dtype == torch.uint8:
-        return image.to(torch.float32).div(255)
+        return image.to(torch.float32).div_(255)
     if image.is_floating_point():
         return image
     return F.to_dtype(image, torch.float32, scale=True)
