@@ -76,10 +76,13 @@ class StepOptions:
         return torch.autocast(self.device.type, dtype=dtype)
 
     def to_device(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        x = x.to(self.device, non_blocking=True)
+        if x.device != self.device:
+            # an asynchronous copy only from pinned memory: from pageable memory it would be staged anyway
+            pinned = self.device.type == "cuda" and x.is_pinned()
+            x, y = x.to(self.device, non_blocking=pinned), y.to(self.device, non_blocking=pinned)
         if self.channels_last and x.dim() == 4:
             x = x.contiguous(memory_format=torch.channels_last)
-        return x, y.to(self.device, non_blocking=True)
+        return x, y
 
 
 def amp_dtype(amp: str, device: torch.device) -> torch.dtype | None:

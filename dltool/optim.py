@@ -91,7 +91,8 @@ def build_optimizer(spec: Spec, model: nn.Module, *, device: torch.device | None
     if cls is torch.optim.LBFGS:
         raise RegistryError(spec.error("re-evaluates the whole loss several times per step (a closure), "
                                        "which minibatch training does not do; use SGD, Adam or AdamW"))
-    if device is not None and device.type == "cuda" and "fused" in inspect.signature(cls).parameters:
+    if (device is not None and device.type == "cuda" and "fused" in inspect.signature(cls).parameters
+            and not kwargs.get("foreach") and not kwargs.get("differentiable")):  # fused refuses either
         kwargs.setdefault("fused", True)
     plain = Spec(spec.name, spec.args, kwargs, key=spec.key, marks=spec.marks)
     return OPTIMIZERS.build(plain, params)

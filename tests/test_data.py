@@ -151,3 +151,10 @@ def test_channels_follow_config_then_model_then_data(overrides, channels):
     bundle = build_data(load_config("configs/quickstart.yaml", overrides))
     assert bundle.channels == channels and bundle.input_shape == (channels, 16, 16)
     assert bundle.val[0][0].shape[0] == channels
+
+
+def test_pin_memory_pins_only_for_cuda():
+    config = config_from_data({"data": {"dataset": "Digits", "cache": "none", "pin_memory": True}})
+    bundle = build_data(config)
+    assert make_loader(bundle.val, config.data, train=False, seed=0, device="cpu").loader.pin_memory is False
+    assert make_loader(bundle.val, config.data, train=False, seed=0, device="cuda").loader.pin_memory is True

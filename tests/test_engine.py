@@ -246,3 +246,17 @@ def test_a_parameter_group_option_the_optimizer_lacks_is_an_error():
     with pytest.raises(RegistryError, match=r"optimizer.param_groups.0.weight_decy: SGD has no option 'weight_decy'; "
                                             r"did you mean weight_decay\? \(allowed: params, lr, momentum"):
         build_optimizer(spec, mlp())
+
+
+def test_fused_is_chosen_for_cuda_only_where_the_optimizer_can_take_it():
+    model = nn.Linear(2, 1)
+    asked = build_optimizer(parse_spec({"name": "Adam", "foreach": True}, "optimizer"), model, device=torch.device("cuda"))
+    assert asked.defaults["foreach"] is True and not asked.defaults["fused"]
+    assert not build_optimizer(parse_spec("Adam", "optimizer"), model, device=torch.device("cpu")).defaults["fused"]
+
+
+def test_to_device_keeps_batches_already_there_and_applies_channels_last():
+    opts = StepOptions(device=torch.device("cpu"), channels_last=True)
+    x, y = torch.rand(2, 3, 4, 4), torch.tensor([0, 1])
+    moved, targets = opts.to_device(x, y)
+    assert moved.is_contiguous(memory_format=torch.channels_last) and targets is y

@@ -162,7 +162,7 @@ def make_loader(dataset: Any, data: Any, *, train: bool, seed: int, device: str 
                              batch_transform=batch_transform)
         if held is not None:
             return held
-    pin = str(device).startswith("cuda") if data.pin_memory == "auto" else data.pin_memory
+    pin = str(device).startswith("cuda") and data.pin_memory in ("auto", True)  # pinned pages help CUDA copies only
     loader = DataLoader(
         dataset, batch_size=data.batch_size if train else (data.eval_batch_size or data.batch_size),
         sampler=sampler, num_workers=data.num_workers, drop_last=train and data.drop_last,
