@@ -279,3 +279,15 @@ def test_linear_data_is_a_regression_set_of_feature_vectors(tmp_path):
     result = CliRunner().invoke(app, ["data", str(CONFIGS / "linear_regression.yaml"), "--stats"])
     assert result.exit_code == 2
     assert "LinearData: --stats and --show describe images; this dataset holds feature vectors of shape [2]" in result.output
+
+
+def test_amp_auto_is_bf16_on_a_gpu_that_has_it_and_float32_on_cpu():
+    from dltool.engine import amp_dtype
+
+    assert load_config(CONFIGS / "cifar10_fast.yaml").train.amp == "auto"
+    assert amp_dtype("auto", torch.device("cpu")) is None
+    assert amp_dtype("bf16", torch.device("cpu")) is torch.bfloat16  # asked for explicitly: CPU autocast
+    assert amp_dtype("none", torch.device("cpu")) is None
+    if torch.cuda.is_available():
+        wanted = torch.bfloat16 if torch.cuda.is_bf16_supported() else None
+        assert amp_dtype("auto", torch.device("cuda")) is wanted
