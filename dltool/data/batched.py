@@ -241,18 +241,21 @@ def warp(x: torch.Tensor, theta: Any, mode: str) -> torch.Tensor:
 
 
 def _affine_grid(theta: torch.Tensor, w: int, h: int) -> torch.Tensor:
-    """torchvision's affine grid: pixel-centred coordinates through theta scaled by half the size; (N, H, W, 2)."""
-    xs, ys, half = _centred_coordinates(w, h, theta.dtype, theta.device)
-    by_x, by_y, shift = (theta / half).transpose(1, 2)[:, None, None].unbind(-2)  # N, 1, 1, 2 (gx, gy) each
-    return torch.addcmul(torch.addcmul(shift, xs, by_x), ys, by_y)
+    """torchvision's affine grid: pixel-centred coordinates through theta scaled by half the size; (N, H, W, 2).
+
+    One matrix product (2N, 3) x (3, H*W), as torchvision's is one product per image."""
+    basis, half = _centred_coordinates(w, h, theta.dtype, theta.device)
+    return torch.mm((theta / half).reshape(-1, 3), basis).view(-1, 2, h, w).permute(0, 2, 3, 1)
 
 
 @functools.lru_cache(maxsize=64)
-def _centred_coordinates(w: int, h: int, dtype: torch.dtype, device: torch.device) -> tuple[torch.Tensor, ...]:
-    """x (1, 1, W, 1) and y (1, H, 1, 1) of the pixel centres, and the half sizes (2, 1)."""
-    xs = torch.linspace((1.0 - w) * 0.5, (w - 1.0) * 0.5, steps=w, device=device, dtype=dtype).view(1, 1, w, 1)
-    ys = torch.linspace((1.0 - h) * 0.5, (h - 1.0) * 0.5, steps=h, device=device, dtype=dtype).view(1, h, 1, 1)
-    return xs, ys, torch.tensor([[0.5 * w], [0.5 * h]], device=device, dtype=dtype)
+def _centred_coordinates(w: int, h: int, dtype: torch.dtype, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """The rows x, y, 1 of every pixel centre (3, H*W), and the half sizes (2, 1)."""
+    xs = torch.linspace((1.0 - w) * 0.5, (w - 1.0) * 0.5, steps=w, device=device, dtype=dtype)
+    ys = torch.linspace((1.0 - h) * 0.5, (h - 1.0) * 0.5, steps=h, device=device, dtype=dtype)
+    basis = torch.stack((xs.expand(h, w).reshape(-1), ys.view(h, 1).expand(h, w).reshape(-1),
+                         torch.ones(h * w, device=device, dtype=dtype)))
+    return basis, torch.tensor([[0.5 * w], [0.5 * h]], device=device, dtype=dtype)
 
 
 def _gray(x: torch.Tensor) -> torch.Tensor:
