@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import glob
+import io
 import os
 import pickle
 import pickletools
@@ -174,13 +175,15 @@ def _pickled_global(path: Path) -> str | None:
     strings: list[str] = []
     try:
         with open(path, "rb") as handle:
-            for opcode, arg, _ in pickletools.genops(handle):
-                if opcode.name in ("GLOBAL", "INST"):
-                    return str(arg).replace(" ", ".")
-                if opcode.name == "STACK_GLOBAL" and len(strings) >= 2:
-                    return f"{strings[-2]}.{strings[-1]}"
-                if isinstance(arg, str):
-                    strings.append(arg)
+            head = handle.read(1 << 20)
+        # from memory: a random length field then reads what is there, not gigabytes
+        for opcode, arg, _ in pickletools.genops(io.BytesIO(head)):
+            if opcode.name in ("GLOBAL", "INST"):
+                return str(arg).replace(" ", ".")
+            if opcode.name == "STACK_GLOBAL" and len(strings) >= 2:
+                return f"{strings[-2]}.{strings[-1]}"
+            if isinstance(arg, str):
+                strings.append(arg)
     except (ValueError, EOFError, OSError):
         return None
     return None

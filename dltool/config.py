@@ -6,6 +6,7 @@ After `load_config` returns, the rest of dltool trusts the typed Config.
 
 from __future__ import annotations
 
+import collections.abc
 import dataclasses
 import math
 import typing
@@ -18,6 +19,9 @@ import yaml
 from dltool.errors import ConfigError, with_location
 from dltool.registry import suggest
 from dltool.spec import Mark, Marks, Spec, located, parse_spec
+
+
+MAX_DEPTH = 50  # levels of nested mappings and lists a config may have
 
 
 def _f(default: Any = None, *, factory: Any = None, **checks: Any) -> Any:
@@ -176,12 +180,30 @@ def parse_yaml(text: str, file: str) -> tuple[Any, Marks]:
         raise ConfigError(with_location(f"invalid YAML: {problem}", file, None, line, column)) from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"{file}: invalid YAML: {str(exc).splitlines()[0]}") from None
+    except RecursionError:
+        raise ConfigError(f"{file}: invalid YAML: nested more than {MAX_DEPTH} levels deep") from None
     finally:
         loader.dispose()
+    check_depth(data, file)
     marks = Marks({"": Mark(file)})
     if node is not None:
         _record_marks(node, "", file, marks, depth=0)
     return data, marks
+
+
+def check_depth(data: Any, where: str) -> None:
+    """Refuse data nested deeper than any config needs (deeper data would exhaust Python's recursion).
+
+    Raises:
+        ConfigError: more than MAX_DEPTH levels of mappings and lists.
+    """
+    level, todo = 0, [data]
+    while todo:
+        todo = [v for node in todo if isinstance(node, (dict, list))
+                for v in (node.values() if isinstance(node, dict) else node)]
+        level += 1
+        if level > MAX_DEPTH:
+            raise ConfigError(f"{where}: nested more than {MAX_DEPTH} levels deep; a config needs far fewer")
 
 
 def _record_marks(node: yaml.Node, key: str, file: str, marks: Marks, depth: int) -> None:
@@ -233,6 +255,9 @@ def apply_override(data: dict, marks: Marks, text: str) -> None:
         value = yaml.safe_load(raw) if raw.strip() else None
     except yaml.YAMLError as exc:
         raise ConfigError(f"{where}: the value is not valid YAML ({str(exc).splitlines()[0]})") from None
+    except RecursionError:
+        raise ConfigError(f"{where}: the value is nested more than {MAX_DEPTH} levels deep") from None
+    check_depth(value, where)
     parts = key.split(".")
     node: Any = data
     for depth, part in enumerate(parts[:-1]):
@@ -352,7 +377,7 @@ def _validate_value(hint: Any, value: Any, key: str, marks: Marks, checks: Mappi
             raise ConfigError(located(f"must be a list; got {_kind(value)}", key, marks))
         item = args[0]
         return tuple(_validate_value(item, v, f"{key}.{i}", marks, checks) for i, v in enumerate(value))
-    if origin in (Mapping, dict) or hint is Mapping:
+    if origin in (Mapping, dict, collections.abc.Mapping) or hint is Mapping:
         if not isinstance(value, Mapping):
             raise ConfigError(located(f"must be a mapping; got {_kind(value)}", key, marks))
         return dict(value)

@@ -82,7 +82,7 @@ class Registry:
         check_arguments(target, (*args, *spec.args), kwargs, spec)
         try:
             return target(*args, *spec.args, **kwargs)
-        except (TypeError, ValueError, AssertionError) as exc:
+        except (TypeError, ValueError, AssertionError, RuntimeError) as exc:  # torch refuses some values with RuntimeError
             raise RegistryError(spec.error(_first_line(exc))) from exc
 
     def parameters(self, name: str) -> list[tuple[str, str]]:

@@ -82,7 +82,7 @@ def parse_spec(value: Any, key: str, marks: Marks | None = None) -> Spec:
         ConfigError: the value is not a component in any accepted form.
     """
     if isinstance(value, str) and value:
-        return Spec(value, key=key, marks=marks)
+        return _checked(value, (), {}, key, marks)
     if isinstance(value, Mapping) and "name" in value:
         name = value["name"]
         kwargs = {k: v for k, v in value.items() if k != "name"}
@@ -105,6 +105,10 @@ def parse_spec(value: Any, key: str, marks: Marks | None = None) -> Spec:
 def _checked(name: Any, args: Any, kwargs: dict, key: str, marks: Marks | None) -> Spec:
     if not isinstance(name, str) or not name:
         raise ConfigError(located(f"a component name must be a non-empty string; got {_describe(name)}", key, marks))
+    if "." in name:
+        raise ConfigError(located(f"{name}: components are named by their registered name (Conv2d, SGD, ...), not "
+                                  "an import path; nothing in a config imports code (dltool list shows the names)",
+                                  key, marks))
     if not isinstance(args, (list, tuple)):
         args = (args,)
     for arg in kwargs:

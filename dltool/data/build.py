@@ -94,7 +94,7 @@ def build_data(config: Any, splits: Sequence[str] = ("train", "val"), split_stat
              for name, (raw, idx) in raws.items()}
     first_raw, _ = next(iter(raws.values()))
     sample = next(d for d in built.values() if len(d))
-    input_shape = tuple(to_float_tensor(eval_tf(sample.raw_image(0))).shape)
+    input_shape = _first_sample_shape(sample, train_tf, eval_tf)
     return DataBundle(
         train=built.get("train"), val=built.get("val"), test=built.get("test"),
         classes=list(first_raw.classes), task=source.task, input_shape=input_shape, split=split,
@@ -220,6 +220,24 @@ def _channels(config: Any, raws: dict[str, tuple[RawSplit, list[int]]]) -> int:
     if isinstance(image, Image.Image):
         return 1 if image.mode in GRAY_MODES else 3
     return 1 if image.shape[-3] == 1 else 3
+
+
+def _first_sample_shape(sample: TransformedDataset, train_tf: Any, eval_tf: Any) -> tuple[int, ...]:
+    """The shape of the first sample after the eval transforms; both pipelines are tried on it once, so
+    arguments a transform takes unchecked (`Normalize: {mean: abc}`) fail here, not mid-training.
+
+    Raises:
+        DataError: a transform cannot process the sample.
+    """
+    try:
+        image = sample.raw_image(0)
+        with torch.random.fork_rng(devices=[]):  # the train pipeline draws: keep the caller's RNG as it was
+            to_float_tensor(train_tf(image))
+        return tuple(to_float_tensor(eval_tf(image)).shape)
+    except (TypeError, ValueError, RuntimeError, MemoryError) as exc:
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise DataError(f"data.transforms: the transforms cannot process the first sample ({reason}); "
+                        "check their arguments") from None
 
 
 def transform_specs(transforms: Any) -> tuple[tuple[Spec, ...], tuple[Spec, ...]]:

@@ -46,12 +46,28 @@ SINGLE = ("FakeData", "SEMEION", "EuroSAT", "Caltech256", "SUN397")
 OWN_ARGS = {"train", "split", "transform", "target_transform", "transforms", "loader"}
 
 
+FAKE_MAX = 1_000_000
+
+
 class FakeData(tvd.FakeData):
     """torchvision's FakeData, image for image, each drawn from a generator of its own.
 
     torchvision's seeds the global RNG per image with `torch.manual_seed` (which also records a
     stack trace for lazy CUDA seeding, costly per sample) and so cannot be read from threads.
     """
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        shape = self.image_size
+        if not (isinstance(shape, (list, tuple)) and len(shape) in (2, 3) and all(_is_count(s) for s in shape)
+                and (len(shape) == 2 or shape[0] <= 4)):
+            raise ValueError(f"image_size must be [C, H, W] (C 1..4) or [H, W] of positive integers; got {shape!r}")
+        if not _is_count(self.size) or self.size > FAKE_MAX:
+            raise ValueError(f"size must be an integer 1..{FAKE_MAX} (each label is drawn up front); got {self.size!r}")
+        if not _is_count(self.num_classes):
+            raise ValueError(f"num_classes must be an integer >= 1; got {self.num_classes!r}")
+        if not (type(self.random_offset) is int and 0 <= self.random_offset < 2 ** 62):
+            raise ValueError(f"random_offset must be an integer >= 0; got {self.random_offset!r}")
 
     def _draw(self, index: int) -> tuple[torch.Tensor, int]:
         if index >= len(self):
@@ -133,6 +149,10 @@ def LinearData(num_samples: int = 1000, num_features: int = 2, noise: float = 0.
         raise DataError(f"LinearData: num_features must be an integer >= 1; got {num_features!r}")
     if isinstance(noise, bool) or not isinstance(noise, (int, float)) or not noise >= 0:
         raise DataError(f"LinearData: noise must be a number >= 0; got {noise!r}")
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2 ** 63 - 1:
+        raise DataError(f"LinearData: seed must be an integer >= 0; got {seed!r}")
+    if not _is_number(bias) or not all(_is_number(w) for w in (weight if isinstance(weight, list) else [])):
+        raise DataError(f"LinearData: bias and weight must be numbers; got bias {bias!r}, weight {weight!r}")
     if weight is None:
         true_weight = 2 * torch.randn(num_features, generator=torch.Generator().manual_seed(seed + 1))
     elif isinstance(weight, list) and len(weight) == num_features:
@@ -145,6 +165,14 @@ def LinearData(num_samples: int = 1000, num_features: int = 2, noise: float = 0.
         return RawSplit(points, points.targets, list(range(num_samples)), [])
 
     return Source("LinearData", {"train": load}, task="regression", images=False)
+
+
+def _is_count(value: Any) -> bool:
+    return type(value) is int and 0 < value < 2 ** 62
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def _vision_builder(cls: type) -> Callable[..., Source]:
@@ -180,8 +208,13 @@ def _split_loader(cls: type, kwargs: dict, extra: dict) -> Callable[[], RawSplit
         args = {**kwargs, **extra}
         if "root" in inspect.signature(cls).parameters:
             args.setdefault("root", "data")
+            if not isinstance(args["root"], str):
+                raise DataError(f"{cls.__name__}: root must be a folder path; got {args['root']!r}")
         dataset = _construct(cls, args)
-        targets = _targets(dataset)
+        try:
+            targets = _targets(dataset)
+        except (TypeError, ValueError, RuntimeError) as exc:  # arguments torchvision takes unchecked (FakeData)
+            raise DataError(f"{cls.__name__}: its arguments do not work: {_first_line(exc)}") from None
         return RawSplit(dataset, targets, list(range(len(targets))), _classes(dataset, targets))
 
     return load
@@ -192,11 +225,17 @@ def _construct(cls: type, kwargs: dict) -> Any:
         return cls(**kwargs)
     except (URLError, OSError) as exc:
         raise DataError(_missing_message(cls, kwargs, exc)) from None
+    except (TypeError, ValueError) as exc:
+        raise DataError(f"{cls.__name__}: its arguments do not work: {_first_line(exc)}") from None
     except RuntimeError as exc:
         text = str(exc).lower()
         if "not found" in text or "download" in text or "corrupted" in text:
             raise DataError(_missing_message(cls, kwargs, exc)) from None
         raise
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
 
 
 def _missing_message(cls: type, kwargs: dict, exc: BaseException) -> str:

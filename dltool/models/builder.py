@@ -220,6 +220,8 @@ class Stack:
             return
         kernel, padding = _per_dim(kernel, len(spatial)), _per_dim(padding, len(spatial))
         dilation = _per_dim(getattr(module, "dilation", 1), len(spatial))
+        if not all(type(v) is int for v in (*kernel, *padding, *dilation)):
+            return  # not numbers (`AvgPool2d: abc`): the probe reports what torch says of them
         reach = [d * (k - 1) + 1 for k, d in zip(kernel, dilation)]
         if any(r > s + 2 * p for r, s, p in zip(reach, spatial, padding)):
             size = "x".join(map(str, kernel))
