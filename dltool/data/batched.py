@@ -180,14 +180,14 @@ def random_rotation(t: v2.RandomRotation) -> Op | None:
 def _affine_params(t: v2.RandomAffine, n: int, height: int, width: int, g: torch.Generator) -> tuple:
     """Per-sample (angle, tx, ty, scale, shear or None) drawn as v2.RandomAffine draws them (float64)."""
     low, span = _affine_range(t, height, width, g.device)
-    values = _host(torch.rand(n, 6, generator=g, device=g.device, dtype=torch.float64)) * _host(span) + _host(low)
+    values = _host(torch.rand(n, 6, generator=g, device=g.device, dtype=torch.float64)) * span + low
     angle, tx, ty, factor, shear_x, shear_y = (values[:, k] for k in range(6))
     return angle, tx.round(), ty.round(), factor, (shear_x, shear_y) if t.shear is not None else None
 
 
 @functools.lru_cache(maxsize=64)
-def _affine_range(t: v2.RandomAffine, height: int, width: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """(low, high - low) of angle, tx, ty, scale, shear_x, shear_y for images of this size."""
+def _affine_range(t: v2.RandomAffine, height: int, width: int, device: torch.device) -> tuple[Any, Any]:
+    """(low, high - low) of angle, tx, ty, scale, shear_x, shear_y for images of this size (as `_host` gives)."""
     dx = t.translate[0] * width if t.translate is not None else 0.0
     dy = t.translate[1] * height if t.translate is not None else 0.0
     scale = t.scale if t.scale is not None else (1.0, 1.0)
@@ -195,7 +195,7 @@ def _affine_range(t: v2.RandomAffine, height: int, width: int, device: torch.dev
     shear += [0.0, 0.0] if len(shear) == 2 else []
     low = torch.tensor((t.degrees[0], -dx, -dy, scale[0], shear[0], shear[2]), dtype=torch.float64, device=device)
     high = torch.tensor((t.degrees[1], dx, dy, scale[1], shear[1], shear[3]), dtype=torch.float64, device=device)
-    return low, high - low
+    return _host(low), _host(high - low)
 
 
 def _host(values: torch.Tensor) -> Any:
@@ -211,12 +211,14 @@ def _inverse_affine(angle, tx, ty, scale, shear=None) -> Any:
     rot = lib.deg2rad(angle)
     if shear is None:
         # the general formula below with zero shear gives exactly these values
-        a, b, c, d = lib.cos(rot), -lib.sin(rot), lib.sin(rot), lib.cos(rot)
+        cos, sin = lib.cos(rot), lib.sin(rot)
+        m0, m1, m3, m4 = cos / scale, sin / scale, -sin / scale, cos / scale
     else:
         a, b, c, d = _sheared(lib, rot, lib.deg2rad(shear[0]), lib.deg2rad(shear[1]))
-    m0, m1, m3, m4 = d / scale, -b / scale, -c / scale, a / scale
-    m2 = m0 * -tx + m1 * -ty
-    m5 = m3 * -tx + m4 * -ty
+        m0, m1, m3, m4 = d / scale, -b / scale, -c / scale, a / scale
+    left, up = -tx, -ty
+    m2 = m0 * left + m1 * up
+    m5 = m3 * left + m4 * up
     if lib is np:  # np.array of the rows: a fraction of np.stack's cost on small arrays
         return np.array((m0, m1, m2, m3, m4, m5)).T.reshape(-1, 2, 3)
     return torch.stack((m0, m1, m2, m3, m4, m5), 1).view(-1, 2, 3)
