@@ -313,3 +313,22 @@ def _barrier() -> None:
         dist.barrier(device_ids=[_group.device.index])
     else:
         dist.barrier()
+
+
+def gather_rng(state: dict) -> list[dict] | None:
+    """Every process's random state, in rank order, for the checkpoint; None in a single process."""
+    if _group is None:
+        return None
+    import torch.distributed as dist
+
+    states: list[Any] = [None] * _group.world_size
+    dist.all_gather_object(states, state)
+    return states
+
+
+def own_rng(checkpoint: dict) -> dict:
+    """This process's random state in `checkpoint`: its own when as many processes saved it, else rank 0's."""
+    states = checkpoint.get("rank_rng")
+    if _group is not None and states and len(states) == _group.world_size:
+        return states[_group.rank]
+    return checkpoint["rng"]

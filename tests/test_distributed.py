@@ -37,9 +37,11 @@ LINEAR = {
 }
 
 
-def write_config(folder: Path, **train_changes) -> Path:
+def write_config(folder: Path, dropout: float | None = None, **train_changes) -> Path:
     data = yaml.safe_load(yaml.safe_dump(LINEAR))
     data["train"].update(train_changes)
+    if dropout is not None:
+        data["model"]["layers"].insert(3, {"Dropout": dropout})
     path = folder / "linear.yaml"
     path.write_text(yaml.safe_dump(data))
     return path
@@ -190,7 +192,7 @@ def _rank_pid(launcher: subprocess.Popen, rank: int, timeout: float = 60) -> int
 
 @pytest.mark.slow
 def test_sigterm_on_one_rank_stops_all_then_resume_matches_an_uninterrupted_run(tmp_path):
-    config = write_config(tmp_path, epochs=400)
+    config = write_config(tmp_path, dropout=0.2, epochs=400)  # each rank restores its own dropout RNG
     launcher = subprocess.Popen([sys.executable, "-m", "dltool", "train", str(config), "--nproc", "2",
                                  "--runs-dir", "runs", "--name", "stopped", "--quiet"],
                                 cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
