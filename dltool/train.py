@@ -21,11 +21,15 @@ from dltool import distributed
 from dltool.config import Config, apply_override, config_from_data, load_config
 from dltool.callbacks import Callback, Callbacks
 from dltool.engine import FitPlan, LoopState, StepOptions, fit
-from dltool.errors import ConfigError, Interrupted, RunFailed
+from dltool.errors import CheckpointError, ConfigError, Interrupted, RunFailed
 from dltool.optim import build_loss, build_optimizer, build_scheduler, monitor_mode, replay
 from dltool.runs import RunDir, metric_columns, resume_checkpoint, run_dir_of
 from dltool.runtime import EMA, StopSignal, configure_backends, resolve_device, rng_state, seed_all, set_rng_state
 from dltool.spec import Marks, located
+
+
+# what a resumed run restores besides the model and its config
+RESUME_KEYS = ("optimizer", "scheduler", "rng", "split", "input_shape", "task", "classes", "loop")
 
 
 @dataclass
@@ -139,6 +143,10 @@ class Session:
 
         path = resume_checkpoint(target)
         checkpoint = load_checkpoint(path)
+        missing = [key for key in RESUME_KEYS if key not in checkpoint]
+        if missing:
+            raise CheckpointError(f"{path}: cannot resume from it: it lacks {', '.join(missing)} (only a checkpoint "
+                                  "`dltool train` wrote can be resumed; eval and predict can still use it)")
         config = _resumed_config(checkpoint, overrides, path)
         distributed.join(resolve_device(config.train.device, config.marks))
         with distributed.main_first():
@@ -197,8 +205,10 @@ class Session:
 
     def restore(self, checkpoint: dict) -> None:
         """Load every saved state; a changed train.epochs re-plans the schedule from where the run is."""
+        from dltool.checkpoint import load_weights
+
         ema = self.opts.ema
-        self.model.load_state_dict(checkpoint.get("train_model", checkpoint["model"]))
+        load_weights(self.model, checkpoint.get("train_model", checkpoint["model"]), checkpoint["path"])
         if ema is not None and "ema" in checkpoint:
             ema.load_state_dict(checkpoint["ema"])
         elif ema is not None:  # train.ema switched on at resume: the average starts from the weights
