@@ -130,14 +130,15 @@ def first_bad_step(first_bad: torch.Tensor) -> int:
 
 
 def gather_collected(collected: dict | None) -> dict | None:
-    """Every process's validation probabilities and targets, concatenated (in rank order)."""
+    """Every process's validation probabilities and targets, concatenated in rank order, on rank 0
+    (the one that draws the PR curves); None on the others."""
     if _group is None:
         return collected
     import torch.distributed as dist
 
-    parts: list[Any] = [None] * _group.world_size
-    dist.all_gather_object(parts, collected)
-    parts = [p for p in parts if p is not None]
+    parts: list[Any] | None = [None] * _group.world_size if _group.main else None
+    dist.gather_object(collected, parts, dst=0)
+    parts = [p for p in parts or [] if p is not None]
     if not parts:
         return None
     return {key: torch.cat([p[key] for p in parts]) for key in parts[0]}
