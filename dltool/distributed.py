@@ -205,6 +205,13 @@ class Replicated:
         return self.forward(x)
 
 
+def sync_gradients(forward: Any, sync: bool) -> None:
+    """Whether the next backward through `forward` averages gradients across processes: not for the
+    micro-batches that train.accumulate adds up before a step (DDP's no_sync, set before the forward)."""
+    if isinstance(forward, Replicated):
+        forward.ddp.require_backward_grad_sync = sync
+
+
 def replicate(model: nn.Module, *, compile: bool = False) -> Callable[[torch.Tensor], torch.Tensor] | None:
     """What the loop calls instead of `model`: a Replicated forward in a process group, a compiled
     model with train.compile, else None (the model itself)."""

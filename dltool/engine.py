@@ -181,6 +181,7 @@ def train_one_epoch(model: nn.Module, loader: Iterable, loss_fn: nn.Module, opti
         if batch < skip:
             continue
         x, y = opts.to_device(x, y)
+        distributed.sync_gradients(forward, (batch + 1) % opts.accumulate == 0 or batch + 1 == batches)
         out, loss = _forward_loss(forward, loss_fn, x, y, opts)
         if check_each_step and not math.isfinite(loss.item()):
             raise _non_finite(loss, epoch, batch, lr)

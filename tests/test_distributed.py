@@ -229,3 +229,16 @@ def test_a_non_finite_loss_stops_every_rank_with_exit_1(tmp_path):
     assert done.stderr.count("error: the loss became nan at epoch 1") == 2  # both ranks, the same step
     result = summary(tmp_path / "runs" / "nan")
     assert result["status"] == "failed" and "the loss became nan" in result["error"]
+
+
+@pytest.mark.slow
+def test_accumulated_micro_batches_across_two_processes_match_one_process(tmp_path):
+    config = write_config(tmp_path, accumulate=2)  # micro-batches average locally, then across ranks
+    done = dltool("train", str(config), "data.batch_size=16", "--nproc", "2", "--runs-dir", "runs", "--name", "ddp",
+                  cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    single = train(config, runs_dir=tmp_path / "single", name="one")
+    ddp_weights, one_weights = last_model(tmp_path / "runs" / "ddp"), last_model(single.run_dir)
+    for key in one_weights:
+        torch.testing.assert_close(ddp_weights[key], one_weights[key], atol=1e-5, rtol=0)
+    assert summary(tmp_path / "runs" / "ddp")["global_batch_size"] == single.summary["global_batch_size"] == 64
