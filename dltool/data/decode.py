@@ -66,7 +66,10 @@ def load_image(path: str, max_pixels: int) -> Image.Image:
         ImageError: the file is empty, truncated, not an image, or has more than `max_pixels` pixels.
     """
     read_header(path, max_pixels)
-    with _opened(path, max_pixels) as image:
+    with _opened(path, max_pixels) as image, warnings.catch_warnings():
+        # Pillow warns of damaged metadata (EXIF, TIFF tags) in files whose pixels still decode:
+        # the file is used, and a warning per file would flood stderr
+        warnings.simplefilter("ignore", UserWarning)
         try:
             image.load()
         except (OSError, SyntaxError, ValueError) as exc:
@@ -86,6 +89,7 @@ class _opened:
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+                warnings.simplefilter("ignore", UserWarning)  # damaged metadata: see load_image
                 self.image = Image.open(self.path)
         except UnidentifiedImageError:
             raise ImageError(f"{self.path}: not an image (no known image format)") from None

@@ -1,8 +1,8 @@
 """The scan before training: every image file is checked once, and the broken ones are set aside.
 
-A fast header check (the file opens, its size is within the pixel limit, and it ends the way a
-complete file of its format ends) passes most files; a file that fails it is decoded in full, and
-skipped (with the reason) when that fails too.
+Each file is decoded in full: a file can open, fit the pixel limit and end the way a complete file
+of its format ends, and still hold pixel data that does not decode (a flipped bit in a PNG or JPEG
+stream). Only a full decode finds those before training, instead of in the middle of an epoch.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from typing import Any
 
 from PIL import Image
 
-from dltool.data.decode import load_image, looks_complete, read_header
+from dltool.data.decode import load_image
 from dltool.data.sources import RawSplit
 from dltool.errors import ImageError
 
@@ -33,11 +33,7 @@ class DecodedFiles:
 def check_file(path: str, max_pixels: int) -> tuple[str | None, str | None]:
     """(mode, None) for a usable image file, (None, reason) for a broken one."""
     try:
-        header = read_header(path, max_pixels)
-        if looks_complete(path, header):
-            return header.mode, None
-        image = load_image(path, max_pixels)
-        return image.mode, None
+        return load_image(path, max_pixels).mode, None
     except ImageError as exc:
         return None, str(exc).removeprefix(f"{path}: ")
 
