@@ -1,0 +1,88 @@
+"""NaN and out-of-memory injected into training steps: the run stops within one step, keeps finite
+weights, and says in one line what happened and what to change."""
+
+from __future__ import annotations
+
+import torch
+from typer.testing import CliRunner
+
+import dltool.engine
+from dltool.cli import app
+
+from .tools import TINY, write_config
+
+
+
+def run(tmp_path):
+    config = write_config(tmp_path, data={**TINY, "scheduler": None, "train": {**TINY["train"], "epochs": 3}})
+    return CliRunner().invoke(app, ["train", str(config), "--runs-dir", str(tmp_path / "runs"), "--quiet"])
+
+
+def count_forwards(monkeypatch, inject):
+    """Patch the training step's forward pass: `inject(step, out, loss)` may replace the loss or raise."""
+    real, calls = dltool.engine._forward_loss, []
+
+    def forward_loss(*args):
+        out, loss = real(*args)
+        calls.append(len(calls) + 1)
+        return out, inject(len(calls), out, loss)
+
+    monkeypatch.setattr(dltool.engine, "_forward_loss", forward_loss)
+    return calls
+
+
+def saved(tmp_path) -> dict:
+    return torch.load(tmp_path / "runs" / "tiny" / "checkpoints" / "last.pt", weights_only=True)
+
+
+def finite(state: dict) -> bool:
+    return all(torch.isfinite(t).all() for t in state["model"].values() if t.is_floating_point())
+
+
+def test_nan_loss_at_step_k_stops_that_step_with_finite_weights(tmp_path, monkeypatch):
+    k = 7  # epoch 2, its 2nd batch (5 batches per epoch)
+    calls = count_forwards(monkeypatch, lambda step, out, loss: loss * float("nan") if step == k else loss)
+    result = run(tmp_path)
+    assert result.exit_code == 1
+    assert result.stderr.strip().splitlines() == [
+        "error: the loss became nan at epoch 2, step 2 (lr 0.05); lower optimizer.lr, or set train.clip_grad_norm "
+        "(the checkpoints keep the last good weights)"]
+    assert len(calls) == k  # not one forward pass after the bad one
+    state = saved(tmp_path)
+    assert state["epoch"] == 1 and finite(state)
+
+
+def test_nan_weights_after_step_k_stop_the_next_step(tmp_path, monkeypatch):
+    k = 3
+    real_step, steps = dltool.engine._optimizer_step, []
+
+    def poisoned_step(model, *args):
+        used = real_step(model, *args)
+        steps.append(1)
+        if len(steps) == k:
+            with torch.no_grad():
+                next(model.parameters()).fill_(float("nan"))
+        return used
+
+    monkeypatch.setattr(dltool.engine, "_optimizer_step", poisoned_step)
+    result = run(tmp_path)
+    assert result.exit_code == 1 and "the loss became nan at epoch 1, step 4" in result.stderr
+    assert len(steps) == k  # the step after the poisoned update found the NaN before updating
+    assert finite(saved(tmp_path))
+
+
+def test_out_of_memory_says_to_lower_the_batch_size(tmp_path, monkeypatch):
+    def oom(step, out, loss):
+        if step == 3:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return loss
+
+    count_forwards(monkeypatch, oom)
+    result = run(tmp_path)
+    assert result.exit_code == 1
+    assert result.exception is None or isinstance(result.exception, SystemExit)
+    assert result.stderr.strip().splitlines() == [
+        "error: cpu ran out of memory at epoch 1, step 3 with data.batch_size=16; lower data.batch_size "
+        "(try data.batch_size=8) (the checkpoints keep the last saved epoch)"]
+    assert saved(tmp_path)["epoch"] == 0
+    assert '"status": "failed"' in (tmp_path / "runs" / "tiny" / "summary.json").read_text()
