@@ -6,8 +6,9 @@ Runs bench/plain_loop.py's loop and `dltool train bench/lenet_digits28.yaml` (th
 digits at 28x28, batch 64, Adam, data held in memory) in turn, N times each, on T torch threads
 for both, after one warm-up run of each. Compares samples per second in training steps only:
 summary.json's train_samples_per_second against the plain loop's; the ratio printed is the median
-of the rounds' ratios (the two runs of a round are adjacent in time, so load drift cancels). The plain loop trains on all
-1,797 images, dltool on its 80% train split; per-sample rates compare the same work.
+of the rounds' ratios (the two runs of a round are adjacent in time, so load drift cancels). The
+plain loop trains on all 1,797 images, dltool on its 80% train split; per-sample rates compare
+the same work.
 Target: ratio >= 0.98.
 """
 
