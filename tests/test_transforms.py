@@ -103,3 +103,11 @@ def test_pipeline_output_is_always_a_float_tensor():
     x = to_float_tensor(build_pipeline([])(image))
     assert x.dtype == torch.float32 and x.shape == (3, 3, 4) and x[0].max() == 1.0
     assert type(to_float_tensor(tv_tensors.Image(torch.zeros(1, 2, 2, dtype=torch.uint8)))) is torch.Tensor
+
+
+def test_to_unit_float_is_float32_over_255_for_every_byte():
+    from dltool.data.transforms import to_unit_float
+
+    values = torch.arange(256, dtype=torch.uint8).view(1, 16, 16)
+    out = to_unit_float(values)
+    assert out.dtype == torch.float32 and torch.equal(out, values.to(torch.float32) / 255)
