@@ -270,5 +270,10 @@ def predict_command(
         raise typer.Exit(code=2)
 
 
+# --help lists the commands in the order a user meets them, not the order they are defined in.
+_HELP_ORDER = ["train", "eval", "predict", "shapes", "data", "list", "config"]
+app.registered_commands.sort(key=lambda command: _HELP_ORDER.index(command.name))
+
+
 def main() -> None:
     app()
