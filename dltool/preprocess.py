@@ -17,6 +17,7 @@ from typing import Any, Callable, Sequence
 import torch
 from PIL import Image, ImageOps
 
+from dltool.data.specs import transform_specs
 from dltool.spec import Spec
 
 # PIL resampling filters for torchvision's InterpolationMode values (torchvision's pil_modes_mapping).
@@ -319,34 +320,7 @@ def as_float_tensor(image: Any) -> torch.Tensor:
     return to_unit_float(to_image(image) if isinstance(image, Image.Image) else image)
 
 
-# What eval keeps of a train list when the config has no eval list (dltool.data.transforms).
-DETERMINISTIC = {
-    "Resize", "CenterCrop", "ToTensor", "ToImage", "ToDtype", "ConvertImageDtype", "PILToTensor",
-    "Normalize", "Grayscale", "RGB", "Pad", "Identity", "ToPureTensor",
-}
 MODES = {1: "L", 3: "RGB"}
-
-
-def eval_specs(transforms: Any) -> tuple[Spec, ...]:
-    """The eval list `build_data` applies for a TransformsConfig: the eval list, else the fixed part
-    of the train list, else ToTensor."""
-    if transforms.eval is not None:
-        return tuple(transforms.eval)
-    if transforms.train is None:
-        return (Spec("ToTensor"),)
-    deterministic = {name.lower() for name in DETERMINISTIC}
-    kept = []
-    for spec in transforms.train:
-        name = spec.name.lower()
-        if name in deterministic:
-            kept.append(spec)
-        elif name in ("randomresizedcrop", "randomcrop"):
-            size = spec.kwargs.get("size", spec.args[0] if spec.args else None)
-            if size is not None and name == "randomresizedcrop":
-                kept.append(Spec("Resize", (size,), key=spec.key, marks=spec.marks))
-            if size is not None:
-                kept.append(Spec("CenterCrop", (size,), key=spec.key, marks=spec.marks))
-    return tuple(kept)
 
 
 def image_mode(config: Any, input_shape: Sequence[int], specs: Sequence[Spec]) -> str:
@@ -371,7 +345,7 @@ class ImageReader:
     then the eval transforms. One instance serves both `eval` samples and `predict` files."""
 
     def __init__(self, config: Any, input_shape: Sequence[int]):
-        specs = eval_specs(config.data.transforms)
+        specs = transform_specs(config.data.transforms)[1]
         self.preprocess = Preprocess(specs)
         self.mode = image_mode(config, input_shape, specs)
         self.max_pixels = config.data.max_image_pixels

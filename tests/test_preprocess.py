@@ -10,7 +10,8 @@ from dltool.config import config_from_data
 from dltool.data import build_data
 from dltool.data import transforms as tv
 from dltool.data.build import _pipelines
-from dltool.preprocess import DETERMINISTIC, Preprocess, eval_specs, image_mode
+from dltool.data.specs import transform_specs
+from dltool.preprocess import Preprocess, image_mode
 from dltool.spec import parse_spec
 
 NATIVE_LISTS = [
@@ -68,10 +69,6 @@ def test_other_lists_go_to_torchvision_with_the_same_result(items):
         assert torch.equal(ours(image), tv.to_float_tensor(tv.build_pipeline(specs)(image)))
 
 
-def test_deterministic_names_are_the_data_modules():
-    assert DETERMINISTIC == tv.DETERMINISTIC
-
-
 @pytest.mark.parametrize("transforms", [
     {},
     {"train": [{"RandomResizedCrop": 24}, {"RandomHorizontalFlip": 0.5}, "ToTensor", {"Normalize": [[0.5], [0.5]]}]},
@@ -81,7 +78,7 @@ def test_deterministic_names_are_the_data_modules():
 ])
 def test_eval_specs_are_the_ones_build_data_uses(transforms):
     config = config_from_data({"data": {"transforms": transforms}})
-    ours = eval_specs(config.data.transforms)
+    ours = transform_specs(config.data.transforms)[1]
     train, expected = _pipelines(config.data.transforms)
     assert repr(tv.build_pipeline(ours)) == repr(expected)
 
@@ -95,14 +92,14 @@ def test_eval_specs_are_the_ones_build_data_uses(transforms):
 ])
 def test_image_mode(data, model, input_shape, mode):
     config = config_from_data({"data": data, "model": model})
-    assert image_mode(config, input_shape, eval_specs(config.data.transforms)) == mode
+    assert image_mode(config, input_shape, transform_specs(config.data.transforms)[1]) == mode
 
 
 def test_digits_eval_samples_are_rebuilt_exactly():
     config = config_from_data({"data": {"transforms": {"eval": [{"Resize": [16, 16]}, "ToTensor",
                                                                 {"Normalize": [[0.3], [0.4]]}]}}})
     bundle = build_data(config, splits=("val",))
-    specs = eval_specs(config.data.transforms)
+    specs = transform_specs(config.data.transforms)[1]
     assert image_mode(config, bundle.input_shape, specs) == "L"
     ours = Preprocess(specs)
     for i in range(0, len(bundle.val), 50):

@@ -10,7 +10,8 @@ from torchvision import transforms as classic
 from torchvision import tv_tensors
 from torchvision.transforms import v2
 
-from dltool.data.transforms import build_pipeline, build_transform, deterministic_part, to_float_tensor
+from dltool.data.specs import deterministic_part
+from dltool.data.transforms import build_pipeline, build_transform, to_float_tensor
 from dltool.errors import RegistryError
 from dltool.registry import TRANSFORMS
 from dltool.spec import parse_spec

@@ -12,7 +12,8 @@ from torchvision.transforms import v2
 from dltool.data.bundle import DataBundle
 from dltool.data.sources import RawSplit, Source, stratified_split
 from dltool.data.scan import scan_split
-from dltool.data.transforms import build_pipeline, deterministic_part, to_float_tensor
+from dltool.data.specs import transform_specs
+from dltool.data.transforms import build_pipeline, to_float_tensor
 from dltool.errors import DataError
 from dltool.registry import DATASETS
 from dltool.spec import Spec
@@ -238,17 +239,6 @@ def _first_sample_shape(sample: TransformedDataset, train_tf: Any, eval_tf: Any)
         reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise DataError(f"data.transforms: the transforms cannot process the first sample ({reason}); "
                         "check their arguments") from None
-
-
-def transform_specs(transforms: Any) -> tuple[tuple[Spec, ...], tuple[Spec, ...]]:
-    """(train, eval) transform lists; a missing list falls back to the other (eval keeps the fixed
-    part of train), and with neither, both are [ToTensor]."""
-    train_specs, eval_specs = transforms.train, transforms.eval
-    if train_specs is None and eval_specs is None:
-        return (Spec("ToTensor"),), (Spec("ToTensor"),)
-    if eval_specs is None:
-        return tuple(train_specs), deterministic_part(train_specs)
-    return tuple(train_specs if train_specs is not None else eval_specs), tuple(eval_specs)
 
 
 def _no_transforms(transforms: Any, spec: Spec) -> Any:

@@ -9,7 +9,8 @@ from typing import Any
 import torch
 from PIL import Image, ImageDraw
 
-from dltool.data.build import build_data, transform_specs
+from dltool.data.build import build_data
+from dltool.data.specs import transform_specs
 from dltool.data.bundle import DataBundle
 from dltool.data.sources import class_counts
 from dltool.data.transforms import build_pipeline, to_float_tensor

@@ -30,12 +30,6 @@ SKIPPED = {"Transform", "ToTensor"}
 # write it, not size=28 followed by interpolation=28.
 SEQUENCE_FIRST = {"size", "degrees", "kernel_size", "padding"}
 
-# Transforms whose output does not depend on the random state: what eval keeps of a train list.
-DETERMINISTIC = {
-    "Resize", "CenterCrop", "ToTensor", "ToImage", "ToDtype", "ConvertImageDtype", "PILToTensor",
-    "Normalize", "Grayscale", "RGB", "Pad", "Identity", "ToPureTensor",
-}
-
 
 class ToTensor(v2.ToImage):
     """PIL image or uint8 array -> float32 tensor (C, H, W) in [0, 1], bit for bit the classic ToTensor."""
@@ -142,22 +136,6 @@ def _children(spec: Spec, value: Any, key: str) -> list:
 def build_pipeline(specs: Sequence[Spec]) -> v2.Transform:
     """A v2.Compose of the listed transforms (an empty list gives the identity)."""
     return v2.Compose([build_transform(s) for s in specs]) if specs else v2.Identity()
-
-
-def deterministic_part(specs: Sequence[Spec]) -> tuple[Spec, ...]:
-    """The steps of a train list that eval keeps: random crops become their centred version."""
-    kept = []
-    for spec in specs:
-        name = TRANSFORMS.canonical(spec.name, spec)
-        if name in DETERMINISTIC:
-            kept.append(spec)
-        elif name in ("RandomResizedCrop", "RandomCrop"):
-            size = spec.kwargs.get("size", spec.args[0] if spec.args else None)
-            if size is not None and name == "RandomResizedCrop":
-                kept.append(Spec("Resize", (size,), key=spec.key, marks=spec.marks))
-            if size is not None:
-                kept.append(Spec("CenterCrop", (size,), key=spec.key, marks=spec.marks))
-    return tuple(kept)
 
 
 def to_float_tensor(image: Any) -> torch.Tensor:
