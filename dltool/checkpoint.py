@@ -104,6 +104,12 @@ def fsync_folder(folder: Path) -> None:
             os.close(fd)
 
 
+def checkpoint_in(folder: Path, names: tuple[str, ...]) -> Path | None:
+    """The first of `names` in a run folder's checkpoints/, then in the folder itself; None if absent."""
+    candidates = [folder / "checkpoints" / name for name in names] + [folder / name for name in names]
+    return next((c for c in candidates if c.is_file()), None)
+
+
 def resolve_checkpoint(path: str | Path) -> Path:
     """A checkpoint file itself, or for a run directory its best.pt, else last.pt.
 
@@ -112,11 +118,10 @@ def resolve_checkpoint(path: str | Path) -> Path:
     """
     path = Path(path)
     if path.is_dir():
-        for candidate in (path / "checkpoints" / "best.pt", path / "checkpoints" / "last.pt",
-                          path / "best.pt", path / "last.pt"):
-            if candidate.is_file():
-                return candidate
-        raise CheckpointError(f"{path}: no checkpoints/best.pt or checkpoints/last.pt in this folder")
+        found = checkpoint_in(path, ("best.pt", "last.pt"))
+        if found is None:
+            raise CheckpointError(f"{path}: no checkpoints/best.pt or checkpoints/last.pt in this folder")
+        return found
     if not path.exists():
         raise CheckpointError(f"checkpoint not found: {path}")
     return path

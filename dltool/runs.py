@@ -16,7 +16,7 @@ import os
 from pathlib import Path
 from typing import Any, Sequence
 
-from dltool.checkpoint import fsync_folder, remove_stale_temps, save_checkpoint
+from dltool.checkpoint import checkpoint_in, fsync_folder, remove_stale_temps, save_checkpoint
 from dltool.config import dump_yaml
 from dltool.errors import ConfigError, RunFailed
 
@@ -166,10 +166,10 @@ def resume_checkpoint(path: str | Path) -> Path:
     """
     path = Path(path)
     if path.is_dir():
-        for candidate in (path / "checkpoints" / "last.pt", path / "last.pt"):
-            if candidate.is_file():
-                return candidate
-        raise ConfigError(f"--resume: {path} has no checkpoints/last.pt (was it a run folder?)")
+        found = checkpoint_in(path, ("last.pt",))
+        if found is None:
+            raise ConfigError(f"--resume: {path} has no checkpoints/last.pt (was it a run folder?)")
+        return found
     if not path.is_file():
         raise ConfigError(f"--resume: no such run folder or checkpoint: {path}")
     return path
