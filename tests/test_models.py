@@ -231,6 +231,24 @@ def test_repeat_gives_each_repetition_its_own_weights():
     assert "0.2.0.weight" in model.state_dict()
 
 
+def test_a_model_of_more_than_ten_thousand_layers_is_refused_before_it_is_built(tmp_path):
+    with pytest.raises(ConfigError) as caught:
+        model_of([{"Repeat": {"times": 10 ** 22, "layers": ["ReLU"]}}], (2, 4, 4))
+    assert str(caught.value) == ("model.layers.0: Repeat: the model would have more than 10,000 layers; "
+                                 "check Repeat's times and the size of nested lists")
+    path = write(tmp_path, """\
+        model:
+          input_shape: [2, 4, 4]
+          layers:
+            - Repeat: {times: 2, layers: [{Repeat: {times: 20000, layers: [ReLU]}}]}
+        """)
+    result = CliRunner().invoke(app, ["shapes", str(path)])
+    assert result.exit_code == 2
+    assert result.stderr.strip() == (
+        f"error: {path}:4:35: model.layers.0.Repeat.layers.0: Repeat: the model would have more than 10,000 "
+        "layers; check Repeat's times and the size of nested lists")
+
+
 def test_sequential_and_yaml_anchors_reuse_a_block(tmp_path):
     path = write(tmp_path, """\
         model:

@@ -93,6 +93,11 @@ def check_output(spec: Spec, shape: tuple[int, ...], num_classes: int | None, ne
     raise with_rows(ShapeError(spec.error(message)), net, input_shape)
 
 
+# Far above any real network (a ResNet-152 written as a stack has under 600 layers), and low enough
+# that a mistyped Repeat count is refused at once instead of building layers for hours.
+MAX_LAYERS = 10_000
+
+
 class Stack:
     """Builds layers and lists of layers for one model; composite plans call back into it."""
 
@@ -100,6 +105,16 @@ class Stack:
         self.num_classes = num_classes
         self.pretrained = pretrained
         self.flattened: dict[tuple[int, ...], tuple[int, ...]] = {}
+        self.built = 0  # layers built so far, against MAX_LAYERS
+
+    def reserve(self, spec: Spec, count: int, *, only_check: bool = False) -> None:
+        """Count `count` more layers for this model (or, `only_check`, see that they would fit);
+        refuse a model past MAX_LAYERS before building them."""
+        if not only_check:
+            self.built += count
+        if self.built + (count if only_check else 0) > MAX_LAYERS:
+            raise self.config_error(spec, f"the model would have more than {MAX_LAYERS:,} layers; "
+                                          "check Repeat's times and the size of nested lists")
 
     def build_layer(self, spec: Spec, shape: tuple[int, ...]) -> tuple[nn.Module, tuple[int, ...]]:
         """Build one layer for an input of `shape`; return the module and its output shape."""
@@ -107,6 +122,7 @@ class Stack:
         spec = self.resolve_classes(spec)
         if getattr(target, "composite", False):
             return LAYERS.build(spec).build(self, spec, shape)
+        self.reserve(spec, 1)
         args, extra = self.inferred(target, spec, shape)
         module = LAYERS.build(spec, *args, **extra)
         self.check_kernel(module, spec, shape)
