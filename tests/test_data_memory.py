@@ -183,12 +183,25 @@ def test_crop_and_flip_run_fused_on_the_uint8_images():
 
     crop, mirror = v2.RandomCrop(6, padding=2, fill=9), v2.RandomHorizontalFlip(0.5)
     once, raw_ops, ops = plan(v2.Compose([v2.Resize(6), crop, mirror, v2.ToImage(), v2.ToDtype(torch.float32, scale=True)]))
-    assert len(once) == 1 and len(raw_ops) == 1 and ops == []
+    assert len(once) == 2 and len(raw_ops) == 1 and ops == []  # Resize, and the crop's padding
     images = torch.randint(0, 256, (300, 2, 6, 6), dtype=torch.uint8)
-    fused = raw_ops[0](images, generator(3))
+    fused = raw_ops[0](once[1](images), generator(3))
     g = generator(3)
     apart = batched_op(mirror)(batched_op(crop)(images.float(), g), g)  # 0..255 floats: the fill is 9 in both
     assert fused.dtype == torch.uint8 and torch.equal(fused.float(), apart)
     assert (fused == 9).any() and (fused[:, :, 2:4, 2:4] != images[:, :, 2:4, 2:4]).any()
     _, raw_ops, ops = plan(v2.Compose([v2.ToImage(), v2.ToDtype(torch.float32, scale=True), crop, mirror]))
     assert raw_ops == [] and len(ops) == 1  # after the conversion: on floats, still one gather
+
+
+def test_crops_picked_straight_from_the_cache_equal_crops_of_the_batch():
+    from dltool.data.batched import Crop
+
+    cache = torch.randint(0, 256, (50, 3, 9, 7), dtype=torch.uint8)
+    index = torch.tensor([4, 4, 49, 0, 17])
+    for flip_p in (None, 0.5):
+        crop = Crop(5, 4, flip_p)
+        assert torch.equal(crop.select(crop.hold(cache), index, generator(2)), crop(cache[index], generator(2)))
+    whole = Crop(9, 7, 1.0)
+    picked = whole.select(whole.hold(cache), index, generator(2))  # the whole image, every one mirrored
+    assert torch.equal(picked, cache[index].flip(-1))

@@ -2,7 +2,8 @@
 
 Each `batched_op(t)` reads the settings of a torchvision v2 transform object and returns a function
 `op(x, generator) -> x` that draws every sample's parameters the way the v2 transform draws them
-for one image, from `generator`. Geometry uses the grids torchvision's tensor kernels use.
+for one image, from `generator`. An op may overwrite the batch it is given (the loader hands each
+op a batch of its own). Geometry uses the grids torchvision's tensor kernels use.
 Returns None for a transform (or a setting) that has no batched form here.
 """
 
@@ -40,7 +41,7 @@ def flip(p: float, dim: int) -> Op:
 def normalize(mean: Any, std: Any) -> Op:
     def op(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
         m, s = _constants((tuple(mean), tuple(std)), x.dtype, x.device)
-        return (x - m.view(-1, 1, 1)).div_(s.view(-1, 1, 1))
+        return x.sub_(m.view(-1, 1, 1)).div_(s.view(-1, 1, 1))
 
     return op
 
@@ -51,26 +52,64 @@ def _constants(values: tuple, dtype: torch.dtype, device: torch.device) -> tuple
     return tuple(torch.tensor(v, dtype=dtype, device=device) for v in values)
 
 
-def crop_boxes(x: torch.Tensor, top: torch.Tensor, left: torch.Tensor, h: int, w: int,
-               mirror: torch.Tensor | None = None) -> torch.Tensor:
-    """x[n, :, top[n]:top[n]+h, left[n]:left[n]+w] for every n, as one gather; where `mirror[n]`,
-    that box flipped left to right (a flip in the same gather costs nothing more)."""
-    n, c, _, width = x.shape
-    rows = top.view(-1, 1, 1) + torch.arange(h, device=x.device).view(1, h, 1)
-    across = torch.arange(w, device=x.device).view(1, 1, w)
-    if mirror is not None:
-        across = torch.where(mirror.view(-1, 1, 1), w - 1 - across, across)
-    cols = left.view(-1, 1, 1) + across
-    flat = (rows * width + cols).view(n, 1, h * w).expand(n, c, h * w)
-    return x.reshape(n, c, -1).gather(2, flat).view(n, c, h, w)
+class Crop:
+    """A random h x w crop of every image (no padding; and, with `flip_p`, a horizontal flip drawn
+    after it, as RandomCrop then RandomHorizontalFlip draw them).
+
+    Every row of a crop is a run of w consecutive pixels of its image, so a batch of crops is one
+    gather of runs, not of pixels; a mirrored crop is the plain crop of the mirror image at the
+    mirrored offset. `hold(images)` gives the images with their mirror images after them (when
+    the crop flips), and `select(held, index, g)` picks the crops of images[index] from that,
+    straight from a cache; called as an op, the crop does both on its batch.
+    """
+
+    def __init__(self, h: int, w: int, flip_p: float | None = None):
+        self.h, self.w, self.flip_p = h, w, flip_p
+
+    def __call__(self, x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+        return self.select(self.hold(x), None, g)
+
+    def hold(self, images: torch.Tensor) -> torch.Tensor:
+        """`images` (N, C, H, W), followed by their mirror images when this crop flips."""
+        return torch.cat((images, images.flip(-1))) if self.flip_p is not None else images.contiguous()
+
+    def select(self, held: torch.Tensor, index: torch.Tensor | None, g: torch.Generator) -> torch.Tensor:
+        """The crops of images[index] (of every image when `index` is None), drawn from `g`;
+        `held` is what `hold(images)` gave."""
+        _, c, height, width = held.shape
+        count = held.shape[0] // 2 if self.flip_p is not None else held.shape[0]
+        n = count if index is None else index.numel()
+        tops = _randint(torch.full((n,), height - self.h + 1, device=held.device), g)
+        lefts = _randint(torch.full((n,), width - self.w + 1, device=held.device), g)
+        picked = torch.arange(n, device=held.device) if index is None else index.long()
+        if self.flip_p is not None:
+            mirror = torch.rand(n, generator=g, device=g.device) < self.flip_p
+            picked = torch.where(mirror, picked + count, picked)
+            lefts = torch.where(mirror, width - self.w - lefts, lefts)
+        first = picked * (c * height * width) + tops * width + lefts
+        starts = first.view(-1, 1) + _row_starts(c, height, width, self.h, held.device)
+        runs = held.view(-1).as_strided((held.numel() - self.w + 1, self.w), (1, 1))
+        return runs.index_select(0, starts.view(-1)).view(n, c, self.h, self.w)
+
+
+@functools.lru_cache(maxsize=64)
+def _row_starts(c: int, height: int, width: int, h: int, device: torch.device) -> torch.Tensor:
+    """Where, within one C x height x width image, each of the h rows of each channel of its
+    top-left box starts; (C * h,)."""
+    rows = torch.arange(c).view(c, 1) * (height * width) + torch.arange(h).view(1, h) * width
+    return rows.reshape(-1).to(device)
 
 
 def random_crop(t: v2.RandomCrop, flip_p: float | None = None) -> Op | None:
-    """RandomCrop; with `flip_p`, followed by RandomHorizontalFlip(flip_p), drawn in that order."""
+    """RandomCrop; with `flip_p`, followed by RandomHorizontalFlip(flip_p), drawn in that order.
+    Without padding, the Crop itself (which can pick straight from a cache)."""
     if not isinstance(t.fill, (int, float)):
         return None
     left, right, top, bottom = t.padding or (0, 0, 0, 0)
     h, w = t.size
+    crop = Crop(h, w, flip_p)
+    if not (t.pad_if_needed or any((left, right, top, bottom))):
+        return crop
 
     def op(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
         pads = [left, right, top, bottom]
@@ -81,13 +120,18 @@ def random_crop(t: v2.RandomCrop, flip_p: float | None = None) -> Op | None:
         if any(pads):
             mode = {"edge": "replicate"}.get(t.padding_mode, t.padding_mode)
             x = nnf.pad(x, pads, mode=mode, value=float(t.fill)) if mode == "constant" else nnf.pad(x, pads, mode=mode)
-        n = x.shape[0]
-        tops = _randint(torch.full((n,), x.shape[-2] - h + 1, device=x.device), g)
-        lefts = _randint(torch.full((n,), x.shape[-1] - w + 1, device=x.device), g)
-        mirror = torch.rand(n, generator=g, device=g.device) < flip_p if flip_p is not None else None
-        return crop_boxes(x, tops, lefts, h, w, mirror)
+        return crop(x, g)
 
     return op
+
+
+def unpadded(t: v2.RandomCrop) -> tuple[v2.Pad, v2.RandomCrop] | None:
+    """RandomCrop's fixed padding as a Pad of its own and the crop left without it (the same
+    images and the same draws), or None when the padding depends on the image (pad_if_needed)."""
+    if not t.padding or t.pad_if_needed:
+        return None
+    pad = v2.Pad(list(t.padding), fill=t.fill, padding_mode=t.padding_mode)
+    return pad, v2.RandomCrop(t.size, fill=t.fill, padding_mode=t.padding_mode)
 
 
 def _boxes(n: int, height: int, width: int, scale: Any, log_ratio: Any, g: torch.Generator) -> tuple:
@@ -236,18 +280,22 @@ def warp(x: torch.Tensor, theta: Any, mode: str) -> torch.Tensor:
     """Every image of x through its inverse affine matrix (theta: N, 2, 3, numpy or tensor) as
     torchvision's affine does it: its grid, grid_sample, zeros outside. Run on one CPU thread (as the
     in-memory loader does), grid_sample starts no thread pool per small batch."""
-    if isinstance(theta, np.ndarray):
-        theta = torch.from_numpy(theta)
-    return nnf.grid_sample(x, _affine_grid(theta.to(x.dtype), x.shape[-1], x.shape[-2]), mode=mode,
-                           padding_mode="zeros", align_corners=False)
+    h, w = x.shape[-2:]
+    if isinstance(theta, np.ndarray):  # scaled in numpy: two torch calls fewer per batch, the same float32 values
+        half = np.array([[0.5 * w], [0.5 * h]], dtype=np.float32)
+        scaled = torch.from_numpy(theta.astype(np.float32) / half)
+    else:
+        scaled = theta.to(x.dtype) / _centred_coordinates(w, h, x.dtype, x.device)[1]
+    return nnf.grid_sample(x, _affine_grid(scaled.to(x.dtype), w, h), mode=mode, padding_mode="zeros",
+                           align_corners=False)
 
 
-def _affine_grid(theta: torch.Tensor, w: int, h: int) -> torch.Tensor:
-    """torchvision's affine grid: pixel-centred coordinates through theta scaled by half the size; (N, H, W, 2).
-
-    One matrix product (2N, 3) x (3, H*W), as torchvision's is one product per image."""
-    basis, half = _centred_coordinates(w, h, theta.dtype, theta.device)
-    return torch.mm((theta / half).reshape(-1, 3), basis).view(-1, 2, h, w).permute(0, 2, 3, 1)
+def _affine_grid(scaled: torch.Tensor, w: int, h: int) -> torch.Tensor:
+    """torchvision's affine grid: pixel-centred coordinates through theta scaled by half the size
+    (`scaled`); (N, H, W, 2). One matrix product (2N, 3) x (3, H*W), as torchvision's is one
+    product per image."""
+    basis, _ = _centred_coordinates(w, h, scaled.dtype, scaled.device)
+    return torch.mm(scaled.reshape(-1, 3), basis).view(-1, 2, h, w).permute(0, 2, 3, 1)
 
 
 @functools.lru_cache(maxsize=64)

@@ -19,12 +19,14 @@ from PIL import Image
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
 
-from dltool.data.batched import BUILDERS, MOVE_PIXELS, Op, batched_ops
+from dltool.data.batched import BUILDERS, MOVE_PIXELS, Crop, Op, batched_ops, unpadded
 from dltool.data.loaders import EpochSampler, epoch_seed
 from dltool.data.scan import DecodedFiles
 from dltool.data.transforms import ToTensor, to_unit_float
 from dltool.errors import DataError
 
+# Float pixels augmented at once at most (see MemoryLoader._batches_per_chunk)
+CHUNK_BYTES = 2**20
 ONCE = (v2.Resize, v2.CenterCrop, v2.Pad, v2.Grayscale, v2.RGB, v2.Identity)
 CONVERSIONS = (ToTensor, v2.ToImage, v2.PILToTensor, v2.ToPureTensor)
 
@@ -35,12 +37,16 @@ def plan(transform: Any) -> tuple[list, list[Op], list[Op]] | str:
 
     The steps before the conversion to float that only move pixels (crop, flip) run on the uint8
     batch: a quarter of the memory traffic, and the same result, as the conversion commutes with them.
+    A first RandomCrop's fixed padding joins the steps run once, so the cache holds padded images.
     """
     steps = list(transform.transforms) if isinstance(transform, v2.Compose) else [transform]
     once = []
     while len(once) < len(steps) and isinstance(steps[len(once)], ONCE):
         once.append(steps[len(once)])
     rest = steps[len(once):]
+    if rest and type(rest[0]) is v2.RandomCrop and _moves_pixels(rest[0]) and unpadded(rest[0]) is not None:
+        pad, crop = unpadded(rest[0])  # pad once in the cache; each batch then only picks its crops
+        once, rest = [*once, pad], [crop, *rest[1:]]
     raw = []
     while len(raw) < len(rest) and _moves_pixels(rest[len(raw)]):
         raw.append(rest[len(raw)])
@@ -65,12 +71,13 @@ def _is_float_scaling(step: Any) -> bool:
     return False
 
 
-def decode_all(dataset: Any, once: Sequence[Any], budget_bytes: int | None) -> torch.Tensor | str:
-    """Every image of `dataset` after the `once` steps as one uint8 tensor (N, C, H, W), or why not."""
+def decode_all(dataset: Any, once: Sequence[Any], budget_bytes: int | None, copies: int = 1) -> torch.Tensor | str:
+    """Every image of `dataset` after the `once` steps as one uint8 tensor (N, C, H, W), or why not
+    (`copies` of it must fit `budget_bytes`)."""
     first = _decode(dataset, 0, once)
     if isinstance(first, str):
         return first
-    size = len(dataset) * first.numel()
+    size = len(dataset) * first.numel() * copies
     if budget_bytes is not None and size > budget_bytes:
         return f"the decoded dataset needs {size / 2**20:.0f} MB, over data.cache_budget_mb"
     images = torch.empty((len(dataset), *first.shape), dtype=torch.uint8)
@@ -119,7 +126,10 @@ class MemoryLoader:
                  batch_size: int, drop_last: bool, seed: int, device: torch.device, batch_transform: Any = None,
                  raw_ops: Sequence[Op] = ()):
         self.dataset, self.raw_ops = dataset, list(raw_ops)
-        self.images = images.to(device)
+        first = self.raw_ops[0] if self.raw_ops else None
+        # a first crop picks from what it holds: the images, and their mirror images if it flips
+        self.held = first.hold(images.to(device)) if isinstance(first, Crop) else images.to(device)
+        self.images = self.held[:len(images)]
         self.targets = _targets_tensor(dataset.targets).to(device)
         self.ops, self.sampler = ops, sampler
         self.batch_size, self.drop_last, self.seed = batch_size, drop_last, seed
@@ -139,21 +149,41 @@ class MemoryLoader:
         order = torch.tensor(self.sampler.order(), device=self.device)
         rank = self.sampler.rank  # each rank's batches get their own random crops and flips
         generator = torch.Generator(device=self.device).manual_seed(epoch_seed(self.seed, self.epoch, 5, rank))
-        for step in range(len(self)):
-            index = order[step * self.batch_size: (step + 1) * self.batch_size]
-            with _one_thread(self.device):
+        per_chunk = self._batches_per_chunk()
+        for start in range(0, len(self), per_chunk):
+            stop = min(start + per_chunk, len(self))
+            index = order[start * self.batch_size: stop * self.batch_size]
+            x, y = self._augment(index, generator), self.targets.index_select(0, index)
+            for step in range(start, stop):
+                part = slice((step - start) * self.batch_size, (step - start + 1) * self.batch_size)
+                xb, yb = x[part], y[part]
+                if self.batch_transform is not None:
+                    with torch.random.fork_rng(devices=[]):
+                        torch.random.default_generator.manual_seed(epoch_seed(self.seed, self.epoch, 4 + step, rank))
+                        xb, yb = self.batch_transform(xb, yb)
+                yield xb, yb
+
+    def _batches_per_chunk(self) -> int:
+        """How many batches to augment at once: every op costs a fixed few microseconds a call,
+        more than the work itself on small images, so small batches go through together (up to
+        CHUNK_BYTES of float pixels, which stay in the CPU's cache)."""
+        batch_bytes = self.batch_size * self.images[0].numel() * 4
+        return max(1, CHUNK_BYTES // max(1, batch_bytes))
+
+    def _augment(self, index: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """The images at `index` through the batched ops, as float32."""
+        first = self.raw_ops[0] if self.raw_ops else None
+        with _one_thread(self.device):
+            if isinstance(first, Crop):  # the images and their crops in one gather
+                x = first.select(self.held, index, generator)
+            else:
                 x = self.images.index_select(0, index)  # N, C, H, W uint8
-                for op in self.raw_ops:
-                    x = op(x, generator)
-                x = to_unit_float(x)  # in [0, 1], as ToTensor gives
-                for op in self.ops:
-                    x = op(x, generator)
-            y = self.targets.index_select(0, index)
-            if self.batch_transform is not None:
-                with torch.random.fork_rng(devices=[]):
-                    torch.random.default_generator.manual_seed(epoch_seed(self.seed, self.epoch, 4 + step, rank))
-                    x, y = self.batch_transform(x, y)
-            yield x, y
+            for op in self.raw_ops[1:] if isinstance(first, Crop) else self.raw_ops:
+                x = op(x, generator)
+            x = to_unit_float(x)  # in [0, 1], as ToTensor gives
+            for op in self.ops:
+                x = op(x, generator)
+        return x
 
 
 @contextlib.contextmanager
@@ -189,7 +219,8 @@ def memory_loader(dataset: Any, data: Any, sampler: EpochSampler, *, train: bool
         return _refuse(data, f"{planned} has no batched form (batched: {', '.join(t.__name__ for t in BUILDERS)})")
     once, raw_ops, ops = planned
     budget = None if data.cache == "ram" else data.cache_budget_mb * 2**20
-    images = decode_all(dataset, once, budget)
+    mirrored = bool(raw_ops) and isinstance(raw_ops[0], Crop) and raw_ops[0].flip_p is not None
+    images = decode_all(dataset, once, budget, copies=2 if mirrored else 1)
     if isinstance(images, str):
         return _refuse(data, images)
     batch_size = data.batch_size if train else (data.eval_batch_size or data.batch_size)
