@@ -141,6 +141,8 @@ class Session:
         from dltool.checkpoint import load_checkpoint
         from dltool.data import build_data
 
+        if _never_saved(Path(target)):
+            return cls.started_over(Path(target), overrides, callback)
         path = resume_checkpoint(target)
         checkpoint = load_checkpoint(path)
         missing = [key for key in RESUME_KEYS if key not in checkpoint]
@@ -156,6 +158,26 @@ class Session:
         run.remove_stale_temps()
         session = cls(config, bundle, checkpoint["input_shape"], run, callback, split_state=checkpoint["split"])
         session.restore(checkpoint)
+        return session
+
+    @classmethod
+    def started_over(cls, folder: Path, overrides: Sequence[str], callback: Callback) -> Session:
+        """A run killed before its first checkpoint, started again in its own folder from its
+        config.yaml (train.* overrides allowed): there is nothing to continue, so epoch 1 again."""
+        from dltool.data import build_data
+        from dltool.models import resolve_input_shape
+
+        for text in overrides:
+            _check_resume_override(text)
+        config = load_config(folder / "config.yaml", overrides)
+        distributed.join(resolve_device(config.train.device, config.marks))
+        with distributed.main_first():
+            bundle = build_data(config)
+        session = cls(config, bundle, resolve_input_shape(config, data=bundle), None, callback)
+        session.rundir = distributed.own_run_dir(RunDir(folder, metric_columns(bundle.task, len(bundle.classes))))
+        session.rundir.remove_stale_temps()
+        session.rundir.keep_metrics_until(0)
+        session.rundir.write_bad_files(bundle.bad_files)
         return session
 
     def _loaders(self) -> tuple[Any, Any]:
@@ -286,7 +308,8 @@ class Session:
         """
         from dltool.board import Board
 
-        purge = self.state.epoch + 1 if self.state.epoch else None
+        # a resumed run drops the events written after its checkpoint; a run started over, all of them
+        purge = self.state.epoch + 1 if self.state.epoch else (0 if self.rundir.tb.exists() else None)
         self.board = Board(self.rundir.tb, purge_step=purge) if distributed.is_main() else distributed.Silent()
         threads = torch.get_num_threads()
         if self.config.train.threads:
@@ -388,13 +411,24 @@ class Session:
                 "global_batch_size": self.config.data.batch_size * world_size * self.config.train.accumulate}
 
 
+def _never_saved(target: Path) -> bool:
+    """A run folder (it has its config.yaml) that was stopped before its first checkpoint."""
+    from dltool.checkpoint import checkpoint_in
+
+    return target.is_dir() and (target / "config.yaml").is_file() and checkpoint_in(target, ("last.pt",)) is None
+
+
+def _check_resume_override(text: str) -> None:
+    if not text.startswith("train."):
+        raise ConfigError(f"override {text!r}: on --resume only train.* keys can change "
+                          "(the data, model and optimizer are those the checkpoint was trained with)")
+
+
 def _resumed_config(checkpoint: dict, overrides: Sequence[str], path: Path) -> Config:
     """The checkpoint's config with `train.*` overrides applied."""
     data = copy.deepcopy(checkpoint["config"])
     for text in overrides:
-        if not text.startswith("train."):
-            raise ConfigError(f"override {text!r}: on --resume only train.* keys can change "
-                              "(the data, model and optimizer are those the checkpoint was trained with)")
+        _check_resume_override(text)
         apply_override(data, Marks(), text)
     config = config_from_data(data, source=str(path))
     loop = checkpoint["loop"]

@@ -16,6 +16,7 @@ import torch
 
 from dltool.callbacks import Callback
 from dltool.checkpoint import load_checkpoint, save_checkpoint
+from dltool.errors import ConfigError
 from dltool.train import train
 
 from .tools import TINY, dltool_command, record, weights_hash, write_config
@@ -121,6 +122,26 @@ def test_kill_inside_a_save_and_at_random_then_resume_gives_the_same_weights(tmp
     assert_clean_finish(figures["run"], reference)
     record("kills", figures["kills"])
     record("resumes", figures["resumes"])
+
+
+def test_a_kill_before_the_first_checkpoint_then_resume_starts_the_run_over(tmp_path, reference):
+    run = tmp_path / "runs" / "tiny"
+    command = dltool_command("train", str(write_config(tmp_path)), "--runs-dir", str(tmp_path / "runs"), "--quiet")
+    process = subprocess.Popen(command, env={**os.environ, "DLTOOL_TEST_PAUSE_IN_SAVE": PAUSE},
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    assert wait_until(lambda: bool(temp_files(run / "checkpoints")), process)  # inside the very first save
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert not (run / "checkpoints" / "last.pt").exists() and (run / "config.yaml").exists()
+    with pytest.raises(ConfigError, match=r"on --resume only train\.\* keys can change"):
+        train(resume=run, overrides=["data.batch_size=8"])
+    start = StartEpoch()
+    train(resume=run, callbacks=[start])
+    assert start.start == 1
+    assert_clean_finish(run, reference)  # the same weights as a run never killed, in the same folder
+    assert [p.name for p in (tmp_path / "runs").iterdir()] == ["tiny"]
+    record("kills", 1)
+    record("resumes", 1)
 
 
 @pytest.mark.slow
