@@ -96,8 +96,8 @@ def _apply(spec: Spec, tensor: torch.Tensor) -> None:
     try:
         with torch.no_grad():
             SCHEMES[_name(spec)](tensor, *spec.args, **spec.kwargs)
-    except (TypeError, ValueError) as exc:
-        reason = str(exc).strip().splitlines()[0]
+    except (TypeError, ValueError, AttributeError, RuntimeError) as exc:  # its arguments, from the config
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise ConfigError(spec.error(f"cannot initialise a tensor of shape {list(tensor.shape)}: {reason}")) from None
 
 

@@ -140,6 +140,11 @@ REGRESSIONS = {
     "kernel_size_string": ({"model": {"input_shape": [1, 16, 16], "layers": [{"AvgPool2d": "-a#é"}, "Flatten"]}},
                            "AvgPool2d: cannot take an input of shape 1x16x16: avg_pool2d(): argument 'kernel_size' "
                            "(position 2) must be tuple of ints, not str"),
+    "init_mode_a_list": ({**LENET, "model": {**LENET["model"], "layers": [{"Conv2d": {"out_channels": 2, "kernel_size": 3}},
+                                                                           "Flatten"],
+                                             "init": {"Conv2d": {"weight": {"name": "kaiming_normal", "mode": []}}}}},
+                         "kaiming_normal: cannot initialise a tensor of shape [2, 1, 3, 3]: 'list' object has no "
+                         "attribute 'lower'"),
     "init_not_a_mapping": ({**LENET, "model": {**LENET["model"], "init": "xavier"}},
                            "model.init: must be a mapping; got 'xavier'"),
     "negative_out_features": ({"model": {"input_shape": [4], "layers": [{"Linear": {"out_features": -100000}}]}},
