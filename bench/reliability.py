@@ -27,7 +27,7 @@ LABELS = {
     "kills": "kill -9 (at random, inside a save, before the first checkpoint)",
     "resumes": "resumes, each ending with the uninterrupted run's weights",
     "configs_fuzzed": "mutated configs through dltool config and shapes",
-    "config_refusals": "  of which refused with one line (exit 2)",
+    "config_refusals": "  runs of config or shapes on them refused, each with one line (exit 2)",
     "images_fuzzed": "mutated images through predict and a training run",
     "bad_images": "  of which reported bad (each once)",
     "hostile_inputs": "hostile files and configs refused, no payload run",

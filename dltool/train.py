@@ -354,9 +354,11 @@ class Session:
             raise RunFailed(self._out_of_memory()) from None
 
     def _out_of_memory(self) -> str:
-        size = self.config.data.batch_size
+        size, accumulate = self.config.data.batch_size, self.config.train.accumulate
         where = f"epoch {self.state.epoch + 1}, step {self.state.step + 1}"
-        advice = (f"lower data.batch_size (try data.batch_size={size // 2})" if size > 1
+        same_step = (f", with train.accumulate={accumulate * 2} to keep {size * accumulate} samples per optimizer step"
+                     if size % 2 == 0 else "")
+        advice = (f"lower data.batch_size (try data.batch_size={size // 2}{same_step})" if size > 1
                   else "use a smaller model or input size")
         return (f"{self.device} ran out of memory at {where} with data.batch_size={size}; {advice} "
                 "(the checkpoints keep the last saved epoch)")

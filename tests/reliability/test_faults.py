@@ -83,6 +83,7 @@ def test_out_of_memory_says_to_lower_the_batch_size(tmp_path, monkeypatch):
     assert result.exception is None or isinstance(result.exception, SystemExit)
     assert result.stderr.strip().splitlines() == [
         "error: cpu ran out of memory at epoch 1, step 3 with data.batch_size=16; lower data.batch_size "
-        "(try data.batch_size=8) (the checkpoints keep the last saved epoch)"]
+        "(try data.batch_size=8, with train.accumulate=2 to keep 16 samples per optimizer step) (the checkpoints keep "
+        "the last saved epoch)"]
     assert saved(tmp_path)["epoch"] == 0
     assert '"status": "failed"' in (tmp_path / "runs" / "tiny" / "summary.json").read_text()
