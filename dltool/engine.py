@@ -9,6 +9,7 @@ is a `LoopState` of plain data, so a checkpoint can hold it and a resumed run co
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import time
 from dataclasses import asdict, dataclass, field
@@ -43,6 +44,7 @@ class LoopState:
     bad_epochs: int = 0
     stopped_early: bool = False
     interrupted: bool = False
+    splits: int = 1                 # each batch goes through forward/backward in this many parts (after OOM)
     history: list = field(default_factory=list)
 
     def to_data(self) -> dict:
@@ -182,16 +184,14 @@ def train_one_epoch(model: nn.Module, loader: Iterable, loss_fn: nn.Module, opti
             continue
         x, y = opts.to_device(x, y)
         distributed.sync_gradients(forward, (batch + 1) % opts.accumulate == 0 or batch + 1 == batches)
-        out, loss = _forward_loss(forward, loss_fn, x, y, opts)
-        if check_each_step and not math.isfinite(loss.item()):
-            raise _non_finite(loss, epoch, batch, lr)
-        if not check_each_step:
-            first_bad = torch.where((first_bad < 0) & ~torch.isfinite(loss), batch, first_bad)
         if batch % opts.accumulate == 0:
             # zeroed before each step's first backward (not after the step), so the epoch's last
             # gradients stay readable for the histograms
             optimizer.zero_grad(set_to_none=True)
-        _backward(loss / opts.accumulate if opts.accumulate > 1 else loss, opts.scaler)
+        check = functools.partial(_check_finite, check_each_step, epoch, batch, lr)
+        out, loss = _learn_fitting(forward, loss_fn, x, y, opts, state, optimizer, callback, epoch, batch, check)
+        if not check_each_step:
+            first_bad = torch.where((first_bad < 0) & ~torch.isfinite(loss), batch, first_bad)
         sums.add(loss, out, y, opts.task)
         samples += x.shape[0]
         if (batch + 1) % opts.accumulate == 0 or batch + 1 == batches:
@@ -213,6 +213,62 @@ def train_one_epoch(model: nn.Module, loader: Iterable, loss_fn: nn.Module, opti
     samples = sums.all_reduce(samples)
     state.sums = sums.to_data() if state.interrupted else {}
     return {**sums.read(opts.task, "train_"), "lr": lr, "samples": samples, "seconds": time.perf_counter() - started}
+
+
+def _check_finite(active: bool, epoch: int, batch: int, lr: float, loss: torch.Tensor) -> None:
+    if active and not math.isfinite(loss.item()):
+        raise _non_finite(loss, epoch, batch, lr)
+
+
+def _learn_fitting(forward: nn.Module, loss_fn: nn.Module, x: torch.Tensor, y: torch.Tensor, opts: StepOptions,
+                   state: LoopState, optimizer: torch.optim.Optimizer, callback: Callback, epoch: int, batch: int,
+                   check: Callable[[torch.Tensor], None]) -> tuple[torch.Tensor, torch.Tensor]:
+    """`_learn` in `state.splits` parts; when the device runs out of memory, again in twice as many
+    (kept for the rest of the run), as long as `_can_split` allows."""
+    while True:
+        try:
+            return _learn(forward, loss_fn, x, y, opts, state.splits, check)
+        except torch.OutOfMemoryError:
+            if not _can_split(opts, state.splits, x.shape[0], batch):
+                raise
+        # out of the except block, the failed attempt's tensors are free
+        optimizer.zero_grad(set_to_none=True)
+        if opts.device.type == "cuda":
+            torch.cuda.empty_cache()
+        state.splits *= 2
+        callback.on_message(f"{opts.device} ran out of memory at epoch {epoch}, step {batch + 1}: each batch now goes "
+                            f"through forward and backward in {state.splits} parts (the same samples per step)")
+
+
+def _learn(forward: nn.Module, loss_fn: nn.Module, x: torch.Tensor, y: torch.Tensor, opts: StepOptions,
+           parts: int, check: Callable[[torch.Tensor], None]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Forward and backward of one batch, in `parts` pieces when the whole does not fit in memory:
+    each piece's loss is weighted by its share of the batch, so the gradients add up to the whole
+    batch's (BatchNorm aside, which sees each piece's statistics). `check(loss)` runs before each
+    backward. Returns the outputs and the batch's loss."""
+    if parts == 1:
+        out, loss = _forward_loss(forward, loss_fn, x, y, opts)
+        check(loss)
+        _backward(loss / opts.accumulate if opts.accumulate > 1 else loss, opts.scaler)
+        return out, loss
+    outs, total = [], torch.zeros((), device=x.device)
+    for xs, ys in zip(x.tensor_split(parts), y.tensor_split(parts)):
+        if xs.shape[0] == 0:
+            continue
+        out, loss = _forward_loss(forward, loss_fn, xs, ys, opts)
+        check(loss)
+        share = loss * (xs.shape[0] / x.shape[0])
+        _backward(share / opts.accumulate if opts.accumulate > 1 else share, opts.scaler)
+        outs.append(out.detach())
+        total = total + share.detach()
+    return torch.cat(outs), total
+
+
+def _can_split(opts: StepOptions, parts: int, rows: int, batch: int) -> bool:
+    """Whether a step that ran out of memory can be retried in twice as many parts: the batch has
+    rows to spare, its gradients are the only ones accumulated so far (the first batch of its
+    step), and no other process waits on this one's backward."""
+    return parts * 2 <= rows and batch % opts.accumulate == 0 and distributed.current() is None
 
 
 def _forward_loss(forward: nn.Module, loss_fn: nn.Module, x: torch.Tensor, y: torch.Tensor,

@@ -356,6 +356,8 @@ class Session:
     def _out_of_memory(self) -> str:
         size, accumulate = self.config.data.batch_size, self.config.train.accumulate
         where = f"epoch {self.state.epoch + 1}, step {self.state.step + 1}"
+        if self.state.splits > 1:
+            where += f", even with each batch in {self.state.splits} parts"
         same_step = (f", with train.accumulate={accumulate * 2} to keep {size * accumulate} samples per optimizer step"
                      if size % 2 == 0 else "")
         advice = (f"lower data.batch_size (try data.batch_size={size // 2}{same_step})" if size > 1
@@ -399,6 +401,7 @@ class Session:
             "final": {k: last.get(k) for k in final_keys if k in last or k in ("val_loss", "val_accuracy")},
             "monitor": self.monitor, "mode": self.mode, "best_value": state.best,
             "stopped_early": state.stopped_early, "compile_seconds": round(state.compile_seconds, 3),
+            "batch_splits": state.splits,
             "device": str(self.device), "task": self.task, "classes": len(self.classes),
             "train_samples": len(self.bundle.train), "val_samples": len(self.bundle.val) if self.bundle.val else 0,
             "bad_files": len(self.bundle.bad_files), "steps": state.step, "updated": time.strftime("%Y-%m-%dT%H:%M:%S%z"),

@@ -3,6 +3,8 @@ weights, and says in one line what happened and what to change."""
 
 from __future__ import annotations
 
+import json
+
 import torch
 from typer.testing import CliRunner
 
@@ -71,9 +73,47 @@ def test_nan_weights_after_step_k_stop_the_next_step(tmp_path, monkeypatch):
     assert finite(saved(tmp_path))
 
 
-def test_out_of_memory_says_to_lower_the_batch_size(tmp_path, monkeypatch):
+def test_out_of_memory_once_splits_each_batch_in_two_and_the_run_goes_on(tmp_path, monkeypatch):
+    sizes = []
+
     def oom(step, out, loss):
-        if step == 3:
+        sizes.append(out.shape[0])
+        if step == 3:  # the third batch, whole
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return loss
+
+    count_forwards(monkeypatch, oom)
+    config = write_config(tmp_path, data={**TINY, "scheduler": None, "train": {**TINY["train"], "epochs": 3}})
+    result = CliRunner().invoke(app, ["train", str(config), "--runs-dir", str(tmp_path / "runs")])
+    assert result.exit_code == 0, result.stderr
+    assert ("cpu ran out of memory at epoch 1, step 3: each batch now goes through forward and backward in 2 parts "
+            "(the same samples per step)") in result.stderr
+    assert sizes[:5] == [16, 16, 16, 8, 8] and max(sizes[5:]) <= 8  # the retried batch in halves, then every batch
+    summary = json.loads((tmp_path / "runs" / "tiny" / "summary.json").read_text())
+    assert summary["status"] == "finished" and summary["batch_splits"] == 2
+    assert saved(tmp_path)["loop"]["splits"] == 2  # a resumed run starts with the split it needed
+    assert finite(saved(tmp_path))
+
+
+def test_the_parts_of_a_split_batch_give_the_whole_batch_gradient():
+    from dltool.engine import StepOptions, _learn
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(6, 5), torch.nn.ReLU(), torch.nn.Linear(5, 3))
+    x, y = torch.randn(13, 6), torch.randint(0, 3, (13,))
+    grads = []
+    for parts in (1, 4):
+        model.zero_grad(set_to_none=True)
+        _, loss = _learn(model, torch.nn.CrossEntropyLoss(), x, y, StepOptions(torch.device("cpu")), parts, lambda _: None)
+        grads.append((loss, [p.grad.clone() for p in model.parameters()]))
+    (whole_loss, whole), (split_loss, split) = grads
+    assert torch.allclose(whole_loss, split_loss, atol=1e-6)
+    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(whole, split))
+
+
+def test_out_of_memory_that_splitting_cannot_cure_says_to_lower_the_batch_size(tmp_path, monkeypatch):
+    def oom(step, out, loss):
+        if step >= 3:
             raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
         return loss
 
@@ -82,8 +122,8 @@ def test_out_of_memory_says_to_lower_the_batch_size(tmp_path, monkeypatch):
     assert result.exit_code == 1
     assert result.exception is None or isinstance(result.exception, SystemExit)
     assert result.stderr.strip().splitlines() == [
-        "error: cpu ran out of memory at epoch 1, step 3 with data.batch_size=16; lower data.batch_size "
-        "(try data.batch_size=8, with train.accumulate=2 to keep 16 samples per optimizer step) (the checkpoints keep "
-        "the last saved epoch)"]
+        "error: cpu ran out of memory at epoch 1, step 3, even with each batch in 16 parts with data.batch_size=16; "
+        "lower data.batch_size (try data.batch_size=8, with train.accumulate=2 to keep 16 samples per optimizer "
+        "step) (the checkpoints keep the last saved epoch)"]
     assert saved(tmp_path)["epoch"] == 0
     assert '"status": "failed"' in (tmp_path / "runs" / "tiny" / "summary.json").read_text()
