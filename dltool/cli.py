@@ -33,14 +33,16 @@ def stderr_console():
 
 
 @contextlib.contextmanager
-def user_errors() -> Iterator[None]:
-    """Turn a DltoolError into one red line on stderr and its exit code; bugs keep their traceback."""
+def user_errors(main_process: bool = True) -> Iterator[None]:
+    """Turn a DltoolError into one red line on stderr and its exit code; bugs keep their traceback.
+    Outside the main process, an error every process raised together exits without its line."""
     try:
         yield
     except DltoolError as exc:
         from rich.markup import escape
 
-        stderr_console().print(f"[red]error:[/red] {escape(str(exc))}", soft_wrap=True)
+        if main_process or not exc.everywhere:
+            stderr_console().print(f"[red]error:[/red] {escape(str(exc))}", soft_wrap=True)
         raise typer.Exit(code=exc.exit_code) from None
 
 
@@ -181,7 +183,7 @@ def train_command(
     console = stderr_console()
     progress = make_progress(console, quiet or not main_process)
     try:
-        with user_errors():
+        with user_errors(main_process):
             result = train(config, runs_dir=runs_dir, name=name, resume=resume, overrides=overrides,
                            callbacks=[progress], folds=folds)
     except KeyboardInterrupt:

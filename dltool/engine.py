@@ -328,7 +328,9 @@ def _non_finite(loss: torch.Tensor, epoch: int, batch: int, lr: float) -> RunFai
 def _check_first_bad(first_bad: torch.Tensor, epoch: int, lr: float) -> None:
     bad = distributed.first_bad_step(first_bad)
     if bad >= 0:
-        raise _non_finite(torch.tensor(float("nan")), epoch, bad, lr)
+        error = _non_finite(torch.tensor(float("nan")), epoch, bad, lr)
+        error.everywhere = distributed.current() is not None  # every rank found the same step
+        raise error
 
 
 def _progress(sums: _Sums, task: str, samples: int, started: float) -> dict:

@@ -4,9 +4,14 @@ from __future__ import annotations
 
 
 class DltoolError(Exception):
-    """Base of every error caused by the user's input or by a failed run (never by a bug)."""
+    """Base of every error caused by the user's input or by a failed run (never by a bug).
+
+    `everywhere` is True on an error that every process of a distributed run raises at once, after
+    agreeing on it (a stop request, a non-finite loss): rank 0 alone reports it.
+    """
 
     exit_code = 2
+    everywhere = False
 
 
 class ConfigError(DltoolError):

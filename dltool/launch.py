@@ -82,11 +82,14 @@ def launch_train(nproc: int, config: str | None, overrides: Sequence[str], *, re
     Raises:
         ConfigError, CheckpointError: bad config, overrides or resume target.
     """
+    from pathlib import Path
+
     from dltool.config import load_config
-    from dltool.runs import resume_checkpoint
+    from dltool.runs import never_saved, resume_checkpoint
 
     if resume is not None:
-        resume_checkpoint(resume)
+        if not never_saved(Path(resume)):
+            resume_checkpoint(resume)
         args = ["--resume", str(resume), *overrides]
     elif config is None:
         raise ConfigError("train: give a config file, or --resume RUN_OR_CKPT")

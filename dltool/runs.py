@@ -158,6 +158,12 @@ def run_dir_of(checkpoint: Path) -> Path:
     return folder.parent if folder.name == "checkpoints" else folder
 
 
+def never_saved(target: Path) -> bool:
+    """A run folder (it has its config.yaml) that was stopped before its first checkpoint: `--resume`
+    starts it over."""
+    return target.is_dir() and (target / "config.yaml").is_file() and checkpoint_in(target, ("last.pt",)) is None
+
+
 def resume_checkpoint(path: str | Path) -> Path:
     """The checkpoint `--resume` continues from: a file itself, or a run folder's checkpoints/last.pt.
 

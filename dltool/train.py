@@ -23,7 +23,7 @@ from dltool.callbacks import Callback, Callbacks
 from dltool.engine import FitPlan, LoopState, StepOptions, fit
 from dltool.errors import CheckpointError, ConfigError, Interrupted, RunFailed
 from dltool.optim import build_loss, build_optimizer, build_scheduler, monitor_mode, replay
-from dltool.runs import RunDir, metric_columns, resume_checkpoint, run_dir_of
+from dltool.runs import RunDir, metric_columns, never_saved, resume_checkpoint, run_dir_of
 from dltool.runtime import EMA, StopSignal, configure_backends, resolve_device, rng_state, seed_all, set_rng_state
 from dltool.spec import Marks, located
 
@@ -141,7 +141,7 @@ class Session:
         from dltool.checkpoint import load_checkpoint
         from dltool.data import build_data
 
-        if _never_saved(Path(target)):
+        if never_saved(Path(target)):
             return cls.started_over(Path(target), overrides, callback)
         path = resume_checkpoint(target)
         checkpoint = load_checkpoint(path)
@@ -328,8 +328,10 @@ class Session:
             self.rundir.write_summary(summary)
             if state.interrupted:
                 where = f"epoch {state.epoch + 1}, batch {state.batch}" if state.batch else f"the end of epoch {state.epoch}"
-                raise Interrupted(f"interrupted by {stop.requested} at {where}; saved {self.rundir.last}; "
-                                  f"continue with: dltool train --resume {self.rundir.path}")
+                stopped = Interrupted(f"interrupted by {stop.requested} at {where}; saved {self.rundir.last}; "
+                                      f"continue with: dltool train --resume {self.rundir.path}")
+                stopped.everywhere = distributed.current() is not None  # all ranks stopped together
+                raise stopped
             self._finish_board(summary)
             self.callback.on_fit_end(summary)
             return TrainResult(self.rundir.path, summary, list(state.history))
@@ -414,13 +416,6 @@ class Session:
         world_size = group.world_size if group is not None else 1
         return {"world_size": world_size,
                 "global_batch_size": self.config.data.batch_size * world_size * self.config.train.accumulate}
-
-
-def _never_saved(target: Path) -> bool:
-    """A run folder (it has its config.yaml) that was stopped before its first checkpoint."""
-    from dltool.checkpoint import checkpoint_in
-
-    return target.is_dir() and (target / "config.yaml").is_file() and checkpoint_in(target, ("last.pt",)) is None
 
 
 def _check_resume_override(text: str) -> None:

@@ -209,6 +209,7 @@ def test_sigterm_on_one_rank_stops_all_then_resume_matches_an_uninterrupted_run(
             launcher.kill()
     assert launcher.returncode == 130, stderr
     assert "interrupted by a stop request on another process" in stderr  # rank 0, told by rank 1
+    assert stderr.count("error: ") == 1  # rank 1 stopped too, without saying it again
     assert summary(run)["status"] == "interrupted"
     loop = torch.load(run / "checkpoints" / "last.pt", weights_only=True)["loop"]
     epochs = loop["epoch"] + (2 if loop["batch"] else 1)
@@ -226,7 +227,7 @@ def test_a_non_finite_loss_stops_every_rank_with_exit_1(tmp_path):
     done = dltool("train", str(config), "optimizer.lr=1000000000000", "--nproc", "2", "--runs-dir", "runs",
                   "--name", "nan", cwd=tmp_path)
     assert done.returncode == 1, done.stderr
-    assert done.stderr.count("error: the loss became nan at epoch 1") == 2  # both ranks, the same step
+    assert done.stderr.count("error: the loss became nan at epoch 1") == 1  # both ranks stop; rank 0 says why
     result = summary(tmp_path / "runs" / "nan")
     assert result["status"] == "failed" and "the loss became nan" in result["error"]
 
@@ -242,3 +243,19 @@ def test_accumulated_micro_batches_across_two_processes_match_one_process(tmp_pa
     for key in one_weights:
         torch.testing.assert_close(ddp_weights[key], one_weights[key], atol=1e-5, rtol=0)
     assert summary(tmp_path / "runs" / "ddp")["global_batch_size"] == single.summary["global_batch_size"] == 64
+
+
+def test_an_error_all_ranks_raised_together_is_printed_by_rank_0_only(capsys):
+    import typer
+
+    from dltool.cli import user_errors
+    from dltool.errors import Interrupted, RunFailed
+
+    shared = Interrupted("interrupted by SIGTERM at epoch 2, batch 3")
+    shared.everywhere = True
+    own = RunFailed("cuda:1 ran out of memory at epoch 1, step 1")  # this rank's alone: every rank says its own
+    for error, main_process, printed in [(shared, True, True), (shared, False, False), (own, False, True)]:
+        with pytest.raises(typer.Exit) as exited, user_errors(main_process):
+            raise error
+        assert exited.value.exit_code == error.exit_code
+        assert (str(error) in capsys.readouterr().err) == printed
