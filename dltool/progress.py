@@ -115,6 +115,8 @@ def summary_table(summary: dict, run_dir: Any) -> Table:
              ("throughput", f"{_fmt(summary.get('train_samples_per_second'))} samples/s")]
     if summary.get("compile_seconds"):
         rows.append(("compile time", f"{summary['compile_seconds']:.1f} s"))
+    if summary.get("batch_splits", 1) > 1:
+        rows.append(("batch split", f"in {summary['batch_splits']} parts (out of memory)"))
     if "folds" in summary:
         rows.append((f"{summary['monitor']} over folds", f"{_fmt(summary['mean'])} ± {_fmt(summary['std'])}"))
     for what, value in rows:

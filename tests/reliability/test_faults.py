@@ -91,6 +91,7 @@ def test_out_of_memory_once_splits_each_batch_in_two_and_the_run_goes_on(tmp_pat
     assert sizes[:5] == [16, 16, 16, 8, 8] and max(sizes[5:]) <= 8  # the retried batch in halves, then every batch
     summary = json.loads((tmp_path / "runs" / "tiny" / "summary.json").read_text())
     assert summary["status"] == "finished" and summary["batch_splits"] == 2
+    assert "batch split" in result.stderr and "in 2 parts (out of memory)" in result.stderr  # the end-of-run table
     assert saved(tmp_path)["loop"]["splits"] == 2  # a resumed run starts with the split it needed
     assert finite(saved(tmp_path))
 
