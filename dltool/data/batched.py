@@ -281,13 +281,12 @@ def warp(x: torch.Tensor, theta: Any, mode: str) -> torch.Tensor:
     torchvision's affine does it: its grid, grid_sample, zeros outside. Run on one CPU thread (as the
     in-memory loader does), grid_sample starts no thread pool per small batch."""
     h, w = x.shape[-2:]
-    if isinstance(theta, np.ndarray):  # scaled in numpy: two torch calls fewer per batch, the same float32 values
-        half = np.array([[0.5 * w], [0.5 * h]], dtype=np.float32)
-        scaled = torch.from_numpy(theta.astype(np.float32) / half)
+    if isinstance(theta, np.ndarray) and x.dtype == torch.float32:
+        # scaled in numpy: two torch calls fewer per batch, the same float32 values
+        scaled = torch.from_numpy(theta.astype(np.float32) / np.array([[0.5 * w], [0.5 * h]], dtype=np.float32))
     else:
-        scaled = theta.to(x.dtype) / _centred_coordinates(w, h, x.dtype, x.device)[1]
-    return nnf.grid_sample(x, _affine_grid(scaled.to(x.dtype), w, h), mode=mode, padding_mode="zeros",
-                           align_corners=False)
+        scaled = torch.as_tensor(theta).to(x.dtype) / _centred_coordinates(w, h, x.dtype, x.device)[1]
+    return nnf.grid_sample(x, _affine_grid(scaled, w, h), mode=mode, padding_mode="zeros", align_corners=False)
 
 
 def _affine_grid(scaled: torch.Tensor, w: int, h: int) -> torch.Tensor:

@@ -126,9 +126,9 @@ class MemoryLoader:
                  batch_size: int, drop_last: bool, seed: int, device: torch.device, batch_transform: Any = None,
                  raw_ops: Sequence[Op] = ()):
         self.dataset, self.raw_ops = dataset, list(raw_ops)
-        first = self.raw_ops[0] if self.raw_ops else None
-        # a first crop picks from what it holds: the images, and their mirror images if it flips
-        self.held = first.hold(images.to(device)) if isinstance(first, Crop) else images.to(device)
+        # a first crop picks straight from what it holds: the images, and their mirror images if it flips
+        self.crop = first_crop(self.raw_ops)
+        self.held = self.crop.hold(images.to(device)) if self.crop is not None else images.to(device)
         self.images = self.held[:len(images)]
         self.targets = _targets_tensor(dataset.targets).to(device)
         self.ops, self.sampler = ops, sampler
@@ -172,13 +172,12 @@ class MemoryLoader:
 
     def _augment(self, index: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         """The images at `index` through the batched ops, as float32."""
-        first = self.raw_ops[0] if self.raw_ops else None
         with _one_thread(self.device):
-            if isinstance(first, Crop):  # the images and their crops in one gather
-                x = first.select(self.held, index, generator)
+            if self.crop is not None:  # the images and their crops in one gather
+                x = self.crop.select(self.held, index, generator)
             else:
                 x = self.images.index_select(0, index)  # N, C, H, W uint8
-            for op in self.raw_ops[1:] if isinstance(first, Crop) else self.raw_ops:
+            for op in self.raw_ops[1:] if self.crop is not None else self.raw_ops:
                 x = op(x, generator)
             x = to_unit_float(x)  # in [0, 1], as ToTensor gives
             for op in self.ops:
@@ -201,6 +200,11 @@ def _one_thread(device: torch.device) -> Iterator[None]:
         torch.set_num_threads(threads)
 
 
+def first_crop(raw_ops: Sequence[Op]) -> Crop | None:
+    """The Crop that starts the uint8 ops, if one does (the loader then picks crops from its cache)."""
+    return raw_ops[0] if raw_ops and isinstance(raw_ops[0], Crop) else None
+
+
 def _targets_tensor(targets: Sequence[Any]) -> torch.Tensor:
     if targets and isinstance(targets[0], float):
         return torch.tensor(targets, dtype=torch.float32)
@@ -219,8 +223,8 @@ def memory_loader(dataset: Any, data: Any, sampler: EpochSampler, *, train: bool
         return _refuse(data, f"{planned} has no batched form (batched: {', '.join(t.__name__ for t in BUILDERS)})")
     once, raw_ops, ops = planned
     budget = None if data.cache == "ram" else data.cache_budget_mb * 2**20
-    mirrored = bool(raw_ops) and isinstance(raw_ops[0], Crop) and raw_ops[0].flip_p is not None
-    images = decode_all(dataset, once, budget, copies=2 if mirrored else 1)
+    crop = first_crop(raw_ops)
+    images = decode_all(dataset, once, budget, copies=2 if crop is not None and crop.flip_p is not None else 1)
     if isinstance(images, str):
         return _refuse(data, images)
     batch_size = data.batch_size if train else (data.eval_batch_size or data.batch_size)
