@@ -119,8 +119,9 @@ class Session:
 
     @classmethod
     def fresh(cls, config: Config, runs_dir: str | Path, name: str, callback: Callback,
-              split_state: dict | None = None) -> Session:
-        """A new run: data from the config, a new run folder with config.yaml written first."""
+              split_state: dict | None = None, folder: Path | None = None) -> Session:
+        """A new run: data from the config, a new run folder with config.yaml written first (or,
+        given `folder`, that run folder again: a run started over)."""
         from dltool.data import build_data
         from dltool.models import resolve_input_shape
 
@@ -130,7 +131,12 @@ class Session:
         input_shape = resolve_input_shape(config, data=bundle)
         session = cls(config, bundle, input_shape, None, callback)  # a config that fails to build leaves no folder
         columns = metric_columns(bundle.task, len(bundle.classes))
-        session.rundir = distributed.create_run_dir(lambda: RunDir.create(runs_dir, name, columns))
+        if folder is None:
+            session.rundir = distributed.create_run_dir(lambda: RunDir.create(runs_dir, name, columns))
+        else:
+            session.rundir = distributed.own_run_dir(RunDir(folder, columns))
+            session.rundir.remove_stale_temps()
+            session.rundir.keep_metrics_until(0)
         session.rundir.write_config(config.to_data())
         session.rundir.write_bad_files(bundle.bad_files)
         return session
@@ -164,21 +170,10 @@ class Session:
     def started_over(cls, folder: Path, overrides: Sequence[str], callback: Callback) -> Session:
         """A run killed before its first checkpoint, started again in its own folder from its
         config.yaml (train.* overrides allowed): there is nothing to continue, so epoch 1 again."""
-        from dltool.data import build_data
-        from dltool.models import resolve_input_shape
-
         for text in overrides:
             _check_resume_override(text)
-        config = load_config(folder / "config.yaml", overrides)
-        distributed.join(resolve_device(config.train.device, config.marks))
-        with distributed.main_first():
-            bundle = build_data(config)
-        session = cls(config, bundle, resolve_input_shape(config, data=bundle), None, callback)
-        session.rundir = distributed.own_run_dir(RunDir(folder, metric_columns(bundle.task, len(bundle.classes))))
-        session.rundir.remove_stale_temps()
-        session.rundir.keep_metrics_until(0)
-        session.rundir.write_bad_files(bundle.bad_files)
-        return session
+        return cls.fresh(load_config(folder / "config.yaml", overrides), folder.parent, folder.name, callback,
+                         folder=folder)
 
     def _loaders(self) -> tuple[Any, Any]:
         from dltool.data import make_loader

@@ -107,12 +107,9 @@ class Stack:
         self.flattened: dict[tuple[int, ...], tuple[int, ...]] = {}
         self.built = 0  # layers built so far, against MAX_LAYERS
 
-    def reserve(self, spec: Spec, count: int, *, only_check: bool = False) -> None:
-        """Count `count` more layers for this model (or, `only_check`, see that they would fit);
-        refuse a model past MAX_LAYERS before building them."""
-        if not only_check:
-            self.built += count
-        if self.built + (count if only_check else 0) > MAX_LAYERS:
+    def room_for(self, spec: Spec, count: int) -> None:
+        """Refuse `count` more layers, before building them, if they take the model past MAX_LAYERS."""
+        if self.built + count > MAX_LAYERS:
             raise self.config_error(spec, f"the model would have more than {MAX_LAYERS:,} layers; "
                                           "check Repeat's times and the size of nested lists")
 
@@ -122,7 +119,8 @@ class Stack:
         spec = self.resolve_classes(spec)
         if getattr(target, "composite", False):
             return LAYERS.build(spec).build(self, spec, shape)
-        self.reserve(spec, 1)
+        self.room_for(spec, 1)
+        self.built += 1
         args, extra = self.inferred(target, spec, shape)
         module = LAYERS.build(spec, *args, **extra)
         self.check_kernel(module, spec, shape)

@@ -148,7 +148,7 @@ class RepeatPlan(Plan):
         if isinstance(self.times, bool) or not isinstance(self.times, int) or self.times < 1:
             raise stack.config_error(spec, f"times must be an integer >= 1; got {self.times!r}")
         layers = self.layers if isinstance(self.layers, list) else [self.layers]
-        stack.reserve(spec, self.times * len(layers), only_check=True)  # a huge `times` is refused before building any
+        stack.room_for(spec, self.times * len(layers))  # a huge `times` is refused before building any
         repeats = nn.Sequential()
         for r in range(self.times):
             module, shape = stack.build_list(spec, "layers", layers, shape, repetition=r)
