@@ -70,6 +70,7 @@ class StepOptions:
     scaler: Any = None
     ema: EMA | None = None
     compile_pending: bool = False  # the first step compiles the model: timed apart from training
+    eval_splits: int = 1  # evaluation batches go through the model in this many parts (after OOM)
 
     def autocast(self) -> Any:
         dtype = amp_dtype(self.amp, self.device)
@@ -358,7 +359,7 @@ def evaluate(model: nn.Module, loader: Iterable, loss_fn: nn.Module, opts: StepO
     for x, y in loader:
         x, y = opts.to_device(x, y)
         with opts.autocast():
-            out = model(x)
+            out = _outputs_fitting(model, x, opts, callback)
             loss = loss_fn(out, fit_targets(loss_fn, out, y, opts.task))
         loss = loss.float().mean()
         sums.add(loss, out, y, opts.task)
@@ -378,6 +379,26 @@ def evaluate(model: nn.Module, loader: Iterable, loss_fn: nn.Module, opts: StepO
     if classes >= 5:
         metrics["val_top5_accuracy"] = top5.item() / max(1, sums.count)
     return metrics, collected
+
+
+def _outputs_fitting(model: nn.Module, x: torch.Tensor, opts: StepOptions, callback: Callback) -> torch.Tensor:
+    """model(x) in `opts.eval_splits` parts; when the device runs out of memory, again in twice as
+    many (kept for later evaluations), up to one sample per part."""
+    while True:
+        try:
+            if opts.eval_splits == 1:
+                return model(x)
+            return torch.cat([model(part) for part in x.tensor_split(opts.eval_splits) if part.shape[0]])
+        except torch.OutOfMemoryError:
+            if opts.eval_splits >= x.shape[0]:
+                raise RunFailed(f"{opts.device} ran out of memory in evaluation even one sample at a time; "
+                                "use a smaller model or input size") from None
+        # out of the except block, the failed attempt's tensors are free
+        if opts.device.type == "cuda":
+            torch.cuda.empty_cache()
+        opts.eval_splits = min(opts.eval_splits * 2, x.shape[0])
+        callback.on_message(f"{opts.device} ran out of memory in evaluation: each batch now goes through the model "
+                            f"in {opts.eval_splits} parts")
 
 
 def improved(value: float, best: float | None, mode: str, min_delta: float) -> bool:

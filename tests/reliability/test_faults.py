@@ -1,15 +1,17 @@
-"""NaN and out-of-memory injected into training steps: the run stops within one step, keeps finite
-weights, and says in one line what happened and what to change."""
+"""NaN and out-of-memory injected into training and evaluation steps: a NaN stops the run within one
+step with finite weights; out of memory splits the batch and goes on, or says in one line what to change."""
 
 from __future__ import annotations
 
 import json
 
+import pytest
 import torch
 from typer.testing import CliRunner
 
 import dltool.engine
 from dltool.cli import app
+from dltool.errors import RunFailed
 
 from .tools import TINY, write_config
 
@@ -128,3 +130,43 @@ def test_out_of_memory_that_splitting_cannot_cure_says_to_lower_the_batch_size(t
         "step) (the checkpoints keep the last saved epoch)"]
     assert saved(tmp_path)["epoch"] == 0
     assert '"status": "failed"' in (tmp_path / "runs" / "tiny" / "summary.json").read_text()
+
+
+class SmallBatchesOnly(torch.nn.Module):
+    """A linear model that 'runs out of memory' on more than `limit` samples at once."""
+
+    def __init__(self, limit: int):
+        super().__init__()
+        torch.manual_seed(0)
+        self.linear, self.limit = torch.nn.Linear(6, 5), limit
+
+    def forward(self, x):
+        if x.shape[0] > self.limit:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 1.00 GiB")
+        return self.linear(x)
+
+
+def test_evaluation_out_of_memory_splits_its_batches_and_gives_the_same_metrics():
+    from dltool.callbacks import Callback
+    from dltool.engine import StepOptions, evaluate
+
+    class Messages(Callback):
+        def __init__(self):
+            self.texts = []
+
+        def on_message(self, text):
+            self.texts.append(text)
+
+    torch.manual_seed(1)
+    batches = [(torch.randn(16, 6), torch.randint(0, 5, (16,))) for _ in range(3)] + [(torch.randn(5, 6),
+                                                                                       torch.randint(0, 5, (5,)))]
+    whole, _ = evaluate(SmallBatchesOnly(10 ** 6), batches, torch.nn.CrossEntropyLoss(), StepOptions(torch.device("cpu")))
+    opts, messages = StepOptions(torch.device("cpu")), Messages()
+    split, _ = evaluate(SmallBatchesOnly(4), batches, torch.nn.CrossEntropyLoss(), opts, callback=messages)
+    assert opts.eval_splits == 4 and messages.texts == [
+        "cpu ran out of memory in evaluation: each batch now goes through the model in 2 parts",
+        "cpu ran out of memory in evaluation: each batch now goes through the model in 4 parts"]
+    assert split.keys() == whole.keys() and all(abs(split[k] - whole[k]) < 1e-6 for k in whole)
+    with pytest.raises(RunFailed, match="^cpu ran out of memory in evaluation even one sample at a time; use a "
+                                        "smaller model or input size$"):
+        evaluate(SmallBatchesOnly(0), batches, torch.nn.CrossEntropyLoss(), StepOptions(torch.device("cpu")))
