@@ -151,6 +151,7 @@ def _forward(model: nn.Module, config: Any, data_config: Any, bundle: Any, split
     from dltool.data import make_loader
     from dltool.engine import StepOptions, evaluate
     from dltool.optim import build_loss
+    from dltool.runtime import num_threads
 
     counts = _class_counts(bundle.train, len(bundle.classes)) if _balanced(config) else None
     loss_fn = build_loss(config.loss, counts).to(device)
@@ -159,7 +160,8 @@ def _forward(model: nn.Module, config: Any, data_config: Any, bundle: Any, split
     opts = StepOptions(device=device, task=bundle.task, amp=config.train.amp, channels_last=config.train.channels_last)
     layout = torch.channels_last if config.train.channels_last else torch.preserve_format
     recorder = Recorder(model.to(device, memory_format=layout))
-    metrics, _ = evaluate(recorder, loader, loss_fn, opts)
+    with num_threads(config.train.threads):  # as training measured it: the same sums, the same loss
+        metrics, _ = evaluate(recorder, loader, loss_fn, opts)
     return metrics, torch.cat(recorder.outputs) if recorder.outputs else torch.empty(0)
 
 

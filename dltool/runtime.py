@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import os
 import random
 import signal
 import threading
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 import torch
@@ -48,6 +49,22 @@ def configure_backends(device: torch.device, deterministic: bool) -> None:
         torch.use_deterministic_algorithms(True, warn_only=True)
     torch.backends.cudnn.deterministic = deterministic
     torch.backends.cudnn.benchmark = device.type == "cuda" and not deterministic
+
+
+@contextlib.contextmanager
+def num_threads(threads: int | None) -> Iterator[None]:
+    """Run the block on `threads` CPU threads (None: as the process is), then restore the count.
+
+    Training and evaluation of one run share this: the same thread count gives the same float
+    sums, so evaluating a checkpoint reproduces the loss training recorded for it.
+    """
+    before = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def derived_seed(seed: int, *keys: int) -> int:

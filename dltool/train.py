@@ -24,7 +24,8 @@ from dltool.engine import FitPlan, LoopState, StepOptions, fit
 from dltool.errors import CheckpointError, ConfigError, Interrupted, RunFailed
 from dltool.optim import build_loss, build_optimizer, build_scheduler, monitor_mode, replay
 from dltool.runs import RunDir, metric_columns, never_saved, resume_checkpoint, run_dir_of
-from dltool.runtime import EMA, StopSignal, configure_backends, resolve_device, rng_state, seed_all, set_rng_state
+from dltool.runtime import (EMA, StopSignal, configure_backends, num_threads, resolve_device, rng_state, seed_all,
+                            set_rng_state)
 from dltool.spec import Marks, located
 
 
@@ -301,14 +302,15 @@ class Session:
         Raises:
             RunFailed, Interrupted: see `train`.
         """
+        with num_threads(self.config.train.threads):
+            return self._run()
+
+    def _run(self) -> TrainResult:
         from dltool.board import Board
 
         # a resumed run drops the events written after its checkpoint; a run started over, all of them
         purge = self.state.epoch + 1 if self.state.epoch else (0 if self.rundir.tb.exists() else None)
         self.board = Board(self.rundir.tb, purge_step=purge) if distributed.is_main() else distributed.Silent()
-        threads = torch.get_num_threads()
-        if self.config.train.threads:
-            torch.set_num_threads(self.config.train.threads)
         try:
             if self.resume_rng is None:
                 self._start_board()
@@ -335,7 +337,6 @@ class Session:
                 self.rundir.write_summary({**self._summary("failed"), "error": str(exc)})
             raise
         finally:
-            torch.set_num_threads(threads)
             self.board.close()
             distributed.leave()
 

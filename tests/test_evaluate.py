@@ -36,6 +36,29 @@ def test_best_and_last_give_exactly_the_recorded_accuracy(digits_run, tmp_path):
     assert last["top5_accuracy"] == summary["final"]["val_top5_accuracy"]
 
 
+def test_evaluation_runs_on_the_threads_the_run_trained_on(digits_run, monkeypatch):
+    """The same thread count as training makes the same float sums: eval's loss is the recorded one
+    on any machine, whatever the process's own thread count."""
+    import dltool.engine
+
+    seen = []
+    engine_evaluate = dltool.engine.evaluate
+
+    def counting(*args, **kwargs):
+        seen.append(torch.get_num_threads())
+        return engine_evaluate(*args, **kwargs)
+
+    monkeypatch.setattr(dltool.engine, "evaluate", counting)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        evaluate_checkpoint(digits_run, device="cpu")
+        assert seen == [1]  # the quickstart sets train.threads: 1
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+
+
 def test_report_numbers_agree_with_each_other_and_scikit_learn(evaluated):
     report = evaluated.to_json()
     matrix = torch.tensor(report["confusion_matrix"])
