@@ -291,6 +291,7 @@ class Session:
         self.board.epoch(row, row["epoch"])
         if self.config.train.histograms:
             self.board.histograms(self.model, row["epoch"])
+        self.board.flush()
         self.collected = collected
 
     def on_interrupt(self, state: LoopState) -> None:
@@ -371,6 +372,7 @@ class Session:
         x, _ = next(iter(self.train_loader))
         self.board.images(x)
         problem = self.board.graph(self.model, x[:1].to(self.device))
+        self.board.flush()
         if problem:
             self.callback.on_message(problem)
 
