@@ -9,6 +9,7 @@ from __future__ import annotations
 import collections.abc
 import dataclasses
 import math
+import re
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +23,20 @@ from dltool.spec import Mark, Marks, Spec, located, parse_spec
 
 
 MAX_DEPTH = 50  # levels of nested mappings and lists a config may have
+# Values a config may hold once YAML aliases (*name) are expanded: real configs hold a few hundred,
+# and a nest of aliases ("billion laughs") would otherwise expand to billions in our own walks.
+MAX_VALUES = 100_000
+
+
+class ConfigLoader(yaml.SafeLoader):
+    """The safe loader, reading numbers as YAML 1.2 does: `1e-3`, `3e-4`, `1.0e-3` and `+1e3` are
+    floats (YAML 1.1, PyYAML's default, reads an exponent without a dot or sign as text)."""
+
+
+ConfigLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:\.[0-9]+|[0-9]+(?:\.[0-9]*)?)(?:[eE][-+]?[0-9]+)?$"),
+    list("-+0123456789."))
 
 
 def _f(default: Any = None, *, factory: Any = None, **checks: Any) -> Any:
@@ -167,11 +182,13 @@ def load_yaml_tree(path: Path, _seen: tuple[Path, ...] = ()) -> tuple[dict, Mark
 
 
 def parse_yaml(text: str, file: str) -> tuple[Any, Marks]:
-    """Safe-load one YAML document and record the line/column of every dotted key."""
-    loader = yaml.SafeLoader(text)
+    """Safe-load one YAML document and record the line/column of every dotted key.
+
+    Raises:
+        ConfigError: invalid YAML, a duplicate key, or more than MAX_VALUES values once aliases expand.
+    """
     try:
-        node = loader.get_single_node()
-        data = loader.construct_document(node) if node is not None else None
+        data, node = _load_document(text, file)
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         problem = exc.problem or exc.context or "invalid YAML"
@@ -182,13 +199,74 @@ def parse_yaml(text: str, file: str) -> tuple[Any, Marks]:
         raise ConfigError(f"{file}: invalid YAML: {str(exc).splitlines()[0]}") from None
     except RecursionError:
         raise ConfigError(f"{file}: invalid YAML: nested more than {MAX_DEPTH} levels deep") from None
-    finally:
-        loader.dispose()
     check_depth(data, file)
     marks = Marks({"": Mark(file)})
     if node is not None:
         _record_marks(node, "", file, marks, depth=0)
     return data, marks
+
+
+def _load_document(text: str, file: str, key: str = "") -> tuple[Any, yaml.Node | None]:
+    """(data, node) of one YAML document (the value of `key`), checked by `check_nodes` before it
+    is constructed."""
+    loader = ConfigLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None, None
+        check_nodes(node, file, key)
+        return loader.construct_document(node), node
+    finally:
+        loader.dispose()
+
+
+def check_nodes(root: yaml.Node, file: str, key: str = "") -> None:
+    """Refuse duplicate keys in a mapping, and documents that expand to more than MAX_VALUES values.
+
+    Each node is visited once (an alias is a second reference to the same node), so a nest of
+    aliases costs as much as its text, not as much as its expansion.
+
+    Raises:
+        ConfigError: a key written twice in one mapping (both lines named), or too many values.
+    """
+    sizes: dict[int, int] = {}
+
+    def size(node: yaml.Node, key: str) -> int:
+        known = sizes.get(id(node))
+        if known is not None:
+            return known
+        sizes[id(node)] = 1  # a node that refers to itself counts once
+        if isinstance(node, yaml.MappingNode):
+            _check_duplicates(node, key, file)
+            children = [(v, _child_key(key, k.value)) for k, v in node.value]
+        elif isinstance(node, yaml.SequenceNode):
+            children = [(v, _child_key(key, i)) for i, v in enumerate(node.value)]
+        else:
+            children = []
+        total = 1 + sum(size(child, child_key) for child, child_key in children)
+        if total > MAX_VALUES:
+            raise ConfigError(f"{file}: the YAML expands to more than {MAX_VALUES:,} values through "
+                              "aliases (&/*); a config needs far fewer")
+        sizes[id(node)] = total
+        return total
+
+    size(root, key)
+
+
+def _check_duplicates(node: yaml.MappingNode, key: str, file: str) -> None:
+    seen: dict[Any, yaml.Mark] = {}
+    for key_node, _ in node.value:
+        if not isinstance(key_node, yaml.ScalarNode) or key_node.tag == "tag:yaml.org,2002:merge":
+            continue  # `<<: *base` merges on purpose: its keys may be written again
+        first = seen.setdefault((key_node.tag, key_node.value), key_node.start_mark)
+        if first is not key_node.start_mark:
+            mark = key_node.start_mark
+            raise ConfigError(with_location(f"duplicate key (first at line {first.line + 1})", file,
+                                            _child_key(key, key_node.value), mark.line + 1, mark.column + 1))
+
+
+def _child_key(key: str, part: Any) -> str:
+    return f"{key}.{part}" if key else str(part)
 
 
 def check_depth(data: Any, where: str) -> None:
@@ -251,13 +329,7 @@ def apply_override(data: dict, marks: Marks, text: str) -> None:
     key, sep, raw = text.partition("=")
     if not sep or not key or any(not part for part in key.split(".")):
         raise ConfigError(f"{where}: expected KEY=VALUE with a dotted key, like train.epochs=3")
-    try:
-        value = yaml.safe_load(raw) if raw.strip() else None
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{where}: the value is not valid YAML ({str(exc).splitlines()[0]})") from None
-    except RecursionError:
-        raise ConfigError(f"{where}: the value is nested more than {MAX_DEPTH} levels deep") from None
-    check_depth(value, where)
+    value = _override_value(raw, where, key)
     parts = key.split(".")
     node: Any = data
     for depth, part in enumerate(parts[:-1]):
@@ -274,6 +346,20 @@ def apply_override(data: dict, marks: Marks, text: str) -> None:
         parts_so_far = f"{parts_so_far}.{part}" if parts_so_far else part
         marks.setdefault(parts_so_far, Mark("command line"))
     marks[key] = Mark("command line")
+
+
+def _override_value(raw: str, where: str, key: str) -> Any:
+    """The value of an override, read by the config's own loader (so `1e-3` is a number here too)."""
+    if not raw.strip():
+        return None
+    try:
+        value, _ = _load_document(raw, where, key)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{where}: the value is not valid YAML ({str(exc).splitlines()[0]})") from None
+    except RecursionError:
+        raise ConfigError(f"{where}: the value is nested more than {MAX_DEPTH} levels deep") from None
+    check_depth(value, where)
+    return value
 
 
 def _descend(node: Any, part: str, next_part: str, where: str, key: str) -> Any:
