@@ -50,7 +50,10 @@ def print_json(data) -> None:
     sys.stdout.write(json.dumps(data, indent=2) + "\n")
 
 
-OverridesArg = typer.Argument(None, metavar="[KEY=VALUE]...", help="Dotted overrides, e.g. train.epochs=3")
+OverridesArg = typer.Argument(
+    None, metavar="[KEY=VALUE]...",
+    help="Dotted overrides, e.g. train.epochs=3; list indexes may be negative (model.layers.-1.Dropout=0.3), "
+         "and + appends (model.layers.+=Dropout)")
 
 
 CONFIG_HELP = (

@@ -65,14 +65,16 @@ def test_text_that_is_not_a_number_stays_text(tmp_path, text):
 
 
 def test_a_learning_rate_written_as_3e_4_validates(tmp_path):
-    path = write(tmp_path, "optimizer: {name: Adam, lr: 3e-4}\n")
+    path = write(tmp_path, "model:\n  layers: [Flatten, {Linear: {out_features: num_classes}}]\n"
+                           "optimizer: {name: Adam, lr: 3e-4}\n")
     result = CliRunner().invoke(app, ["config", str(path)])
     assert result.exit_code == 0, result.output
     assert "lr: 0.0003" in result.stdout
 
 
 def test_config_command_reads_an_exponent_on_the_command_line(tmp_path):
-    path = write(tmp_path, "optimizer: {name: Adam, lr: 0.1}\n")
+    path = write(tmp_path, "model:\n  layers: [Flatten, {Linear: {out_features: num_classes}}]\n"
+                           "optimizer: {name: Adam, lr: 0.1}\n")
     result = CliRunner().invoke(app, ["config", str(path), "optimizer.lr=1e-3"])
     assert result.exit_code == 0, result.output
     assert "lr: 0.001" in result.stdout
