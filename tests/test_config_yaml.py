@@ -146,3 +146,14 @@ def test_anchors_and_aliases_that_a_config_needs_still_work(tmp_path):
     config = load_config(path)
     assert config.data.transforms.train == config.data.transforms.eval
     assert [s.name for s in config.data.transforms.eval] == ["ToTensor", "Normalize"]
+
+
+def test_a_run_trains_with_a_learning_rate_written_as_3e_4(tmp_path):
+    path = write(tmp_path, "model:\n  layers: [Flatten, {Linear: {out_features: num_classes}}]\n"
+                           "optimizer: {name: Adam, lr: 3e-4}\ntrain:\n  epochs: 1\n  histograms: false\n")
+    result = CliRunner().invoke(app, ["train", str(path), "--runs-dir", str(tmp_path / "runs"), "--quiet",
+                                      "scheduler={name: StepLR, gamma: 5e-1}"])
+    assert result.exit_code == 0, result.output
+    saved = load_config(tmp_path / "runs" / "cfg" / "config.yaml")
+    assert saved.optimizer.kwargs["lr"] == 0.0003
+    assert saved.scheduler.kwargs["gamma"] == 0.5
