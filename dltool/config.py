@@ -20,7 +20,7 @@ import yaml
 
 from dltool.errors import ConfigError, with_location
 from dltool.registry import suggest
-from dltool.spec import Mark, Marks, Spec, located, parse_spec
+from dltool.spec import COMMAND_LINE, Mark, Marks, Spec, located, parse_spec
 
 
 MAX_DEPTH = 50  # levels of nested mappings and lists a config may have
@@ -404,8 +404,8 @@ def apply_override(data: dict, marks: Marks, text: str) -> None:
     parts_so_far = ""
     for part in path:
         parts_so_far = f"{parts_so_far}.{part}" if parts_so_far else part
-        marks.setdefault(parts_so_far, Mark("command line"))
-    marks[key] = Mark("command line")
+        marks.setdefault(parts_so_far, Mark(COMMAND_LINE))
+    marks[key] = Mark(COMMAND_LINE)
 
 
 def _assign(node: Any, last: str, value: Any, where: str, key: str) -> str:

@@ -12,7 +12,8 @@ from dltool.config import dump_yaml, load_config
 CONFIGS = Path(__file__).parents[1] / "configs"
 HEAD = "model:\n  layers: [Flatten, {Linear: {out_features: num_classes}}]\n"
 FOLDER = "data:\n  dataset: {name: ImageFolder, root: pics}\n"
-ALLOWED_CONV = "(allowed: in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias, padding_mode, device, dtype)"
+ALLOWED_CONV = ("(allowed: in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias, "
+                "padding_mode, device, dtype)")
 
 
 def config_error(tmp_path: Path, text: str) -> str:
@@ -33,14 +34,16 @@ def config_error(tmp_path: Path, text: str) -> str:
     (FOLDER + "model:\n  layers: [{Conv2d: {out_chanels: 4, kernel_size: 3}}, Flatten, {Linear: {out_features: 3}}]\n",
      "cfg.yaml:4:12: model.layers.0: Conv2d: unknown argument 'out_chanels'; did you mean out_channels or "
      f"in_channels? {ALLOWED_CONV}"),
-    (FOLDER + "model:\n  layers:\n    - Residual:\n        body: [{Conv2d: {out_channels: 4, kernel_size: 3, paddin: 1}}]\n"
+    (FOLDER + "model:\n  layers:\n    - Residual:\n"
+     "        body: [{Conv2d: {out_channels: 4, kernel_size: 3, paddin: 1}}]\n"
      "    - Flatten\n    - Linear: {out_features: num_classes}\n",
      "cfg.yaml:6:16: model.layers.0.Residual.body.0: Conv2d: unknown argument 'paddin'; did you mean padding or "
      f"padding_mode? {ALLOWED_CONV}"),
     (HEAD + "optimizer: {name: Adamm, lr: 0.1}\n",
      "cfg.yaml:3:1: optimizer: unknown optimizer 'Adamm'; did you mean Adam or RAdam or NAdam? "
      "(see `dltool list optimizers`)"),
-    (HEAD + "optimizer: {name: SGD, lr: 0.1, momentum: -1}\n", "cfg.yaml:3:1: optimizer: SGD: Invalid momentum value: -1"),
+    (HEAD + "optimizer: {name: SGD, lr: 0.1, momentum: -1}\n",
+     "cfg.yaml:3:1: optimizer: SGD: Invalid momentum value: -1"),
     (HEAD + "scheduler: {name: StepLR, step_sise: 2}\n",
      "cfg.yaml:3:1: scheduler: StepLR: unknown argument 'step_sise'; did you mean step_size? "
      "(allowed: optimizer, step_size, gamma, last_epoch)"),

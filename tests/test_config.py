@@ -238,7 +238,8 @@ def test_a_renamed_component_validates_in_config(tmp_path):
 
 
 def test_negative_indexes_count_from_the_end():
-    config = load_config(QUICKSTART, ["model.layers.-1.Linear.out_features=4", "data.transforms.eval.-1.Normalize.std=[0.3]"])
+    config = load_config(QUICKSTART, ["model.layers.-1.Linear.out_features=4",
+                                      "data.transforms.eval.-1.Normalize.std=[0.3]"])
     assert config.model.layers[-1].kwargs["out_features"] == 4
     assert config.data.transforms.eval[-1].kwargs["std"] == [0.3]
     last = len(config.model.layers) - 1
@@ -248,7 +249,8 @@ def test_negative_indexes_count_from_the_end():
 
 def test_plus_appends_to_a_list():
     before = load_config(QUICKSTART)
-    config = load_config(QUICKSTART, ["model.layers.+=Dropout", "data.transforms.train.+={RandomHorizontalFlip: {p: 0.2}}",
+    config = load_config(QUICKSTART, ["model.layers.+=Dropout",
+                                      "data.transforms.train.+={RandomHorizontalFlip: {p: 0.2}}",
                                       "model.layers.-1.Dropout=0.3"])
     assert len(config.model.layers) == len(before.model.layers) + 1
     assert (config.model.layers[-1].name, config.model.layers[-1].args) == ("Dropout", (0.3,))
@@ -275,3 +277,13 @@ def test_an_override_error_blames_the_override_not_the_base_file(tmp_path):
                                      "empty; choose a val_split that leaves samples in both")
     result = CliRunner().invoke(app, ["config", str(path), "train.epochs=0"])
     assert result.stderr.strip() == "error: command line: train.epochs: must be an integer >= 1; got 0"
+
+
+def test_a_component_error_names_the_arguments_an_override_set(tmp_path):
+    path = write(tmp_path, "model:\n  layers:\n    - Flatten\n    - Linear: {out_features: num_classes}\n")
+    result = CliRunner().invoke(app, ["config", str(path), "model.layers.-1.Linear.out_feature=4"])
+    assert result.exit_code == 2
+    assert result.stderr.strip() == (
+        f"error: {path}:4:7: model.layers.1: Linear: unknown argument 'out_feature'; did you mean out_features or "
+        "in_features? (allowed: in_features, out_features, bias, device, dtype) "
+        "(model.layers.1.Linear.out_feature set on the command line)")
