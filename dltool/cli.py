@@ -50,20 +50,38 @@ def print_json(data) -> None:
     sys.stdout.write(json.dumps(data, indent=2) + "\n")
 
 
-OverridesArg = typer.Argument(None, metavar="[KEY=VALUE]...", help="Dotted overrides, e.g. train.epochs=3")
+OverridesArg = typer.Argument(
+    None, metavar="[KEY=VALUE]...",
+    help="Dotted overrides, e.g. train.epochs=3; list indexes may be negative (model.layers.-1.Dropout=0.3), "
+         "and + appends (model.layers.+=Dropout)")
 
 
-@app.command("config")
+CONFIG_HELP = (
+    "Print the resolved config (after base: and overrides), or the first error that `train` would give "
+    "before its first step.\n\n"
+    "Checks the keys and values, then builds what a run builds, through the same builders: the names and "
+    "arguments of the dataset, the train and eval transforms, batch_transforms, every layer (nested ones too), "
+    "the loss, the optimizer and the scheduler, and the device. Layer shapes are checked when the input shape "
+    "is known without reading data: model.input_shape is set, or the dataset ships with dltool (Digits, "
+    "LinearData)."
+)
+
+
+@app.command("config", help=CONFIG_HELP)
 def config_command(
     config: Path = typer.Argument(..., help="YAML config file"),
     overrides: Optional[List[str]] = OverridesArg,
     as_json: bool = typer.Option(False, "--json", help="Print JSON on stdout"),
 ) -> None:
-    """Print the resolved config (after base: and overrides), or the first error."""
+    """Print the resolved config, or the first error `train` would give before its first step."""
     from dltool.config import dump_yaml, load_config
 
     with user_errors():
-        data = load_config(config, overrides or []).to_data()
+        loaded = load_config(config, overrides or [])
+        from dltool.check import check_config
+
+        check_config(loaded)
+        data = loaded.to_data()
     if as_json:
         print_json(data)
     else:

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import collections.abc
 import dataclasses
+import functools
 import math
+import re
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,10 +20,24 @@ import yaml
 
 from dltool.errors import ConfigError, with_location
 from dltool.registry import suggest
-from dltool.spec import Mark, Marks, Spec, located, parse_spec
+from dltool.spec import COMMAND_LINE, Mark, Marks, Spec, located, parse_spec
 
 
 MAX_DEPTH = 50  # levels of nested mappings and lists a config may have
+# Values a config may hold once YAML aliases (*name) are expanded: real configs hold a few hundred,
+# and a nest of aliases ("billion laughs") would otherwise expand to billions in our own walks.
+MAX_VALUES = 100_000
+
+
+class ConfigLoader(yaml.SafeLoader):
+    """The safe loader, reading numbers as YAML 1.2 does: `1e-3`, `3e-4`, `1.0e-3` and `+1e3` are
+    floats (YAML 1.1, PyYAML's default, reads an exponent without a dot or sign as text)."""
+
+
+ConfigLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:\.[0-9]+|[0-9]+(?:\.[0-9]*)?)(?:[eE][-+]?[0-9]+)?$"),
+    list("-+0123456789."))
 
 
 def _f(default: Any = None, *, factory: Any = None, **checks: Any) -> Any:
@@ -167,11 +183,13 @@ def load_yaml_tree(path: Path, _seen: tuple[Path, ...] = ()) -> tuple[dict, Mark
 
 
 def parse_yaml(text: str, file: str) -> tuple[Any, Marks]:
-    """Safe-load one YAML document and record the line/column of every dotted key."""
-    loader = yaml.SafeLoader(text)
+    """Safe-load one YAML document and record the line/column of every dotted key.
+
+    Raises:
+        ConfigError: invalid YAML, a duplicate key, or more than MAX_VALUES values once aliases expand.
+    """
     try:
-        node = loader.get_single_node()
-        data = loader.construct_document(node) if node is not None else None
+        data, node = _load_document(text, file)
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         problem = exc.problem or exc.context or "invalid YAML"
@@ -182,13 +200,74 @@ def parse_yaml(text: str, file: str) -> tuple[Any, Marks]:
         raise ConfigError(f"{file}: invalid YAML: {str(exc).splitlines()[0]}") from None
     except RecursionError:
         raise ConfigError(f"{file}: invalid YAML: nested more than {MAX_DEPTH} levels deep") from None
-    finally:
-        loader.dispose()
     check_depth(data, file)
     marks = Marks({"": Mark(file)})
     if node is not None:
         _record_marks(node, "", file, marks, depth=0)
     return data, marks
+
+
+def _load_document(text: str, file: str, key: str = "") -> tuple[Any, yaml.Node | None]:
+    """(data, node) of one YAML document (the value of `key`), checked by `check_nodes` before it
+    is constructed."""
+    loader = ConfigLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None, None
+        check_nodes(node, file, key)
+        return loader.construct_document(node), node
+    finally:
+        loader.dispose()
+
+
+def check_nodes(root: yaml.Node, file: str, key: str = "") -> None:
+    """Refuse duplicate keys in a mapping, and documents that expand to more than MAX_VALUES values.
+
+    Each node is visited once (an alias is a second reference to the same node), so a nest of
+    aliases costs as much as its text, not as much as its expansion.
+
+    Raises:
+        ConfigError: a key written twice in one mapping (both lines named), or too many values.
+    """
+    sizes: dict[int, int] = {}
+
+    def size(node: yaml.Node, key: str) -> int:
+        known = sizes.get(id(node))
+        if known is not None:
+            return known
+        sizes[id(node)] = 1  # a node that refers to itself counts once
+        if isinstance(node, yaml.MappingNode):
+            _check_duplicates(node, key, file)
+            children = [(v, _child_key(key, k.value)) for k, v in node.value]
+        elif isinstance(node, yaml.SequenceNode):
+            children = [(v, _child_key(key, i)) for i, v in enumerate(node.value)]
+        else:
+            children = []
+        total = 1 + sum(size(child, child_key) for child, child_key in children)
+        if total > MAX_VALUES:
+            raise ConfigError(f"{file}: the YAML expands to more than {MAX_VALUES:,} values through "
+                              "aliases (&/*); a config needs far fewer")
+        sizes[id(node)] = total
+        return total
+
+    size(root, key)
+
+
+def _check_duplicates(node: yaml.MappingNode, key: str, file: str) -> None:
+    seen: dict[Any, yaml.Mark] = {}
+    for key_node, _ in node.value:
+        if not isinstance(key_node, yaml.ScalarNode) or key_node.tag == "tag:yaml.org,2002:merge":
+            continue  # `<<: *base` merges on purpose: its keys may be written again
+        first = seen.setdefault((key_node.tag, key_node.value), key_node.start_mark)
+        if first is not key_node.start_mark:
+            mark = key_node.start_mark
+            raise ConfigError(with_location(f"duplicate key (first at line {first.line + 1})", file,
+                                            _child_key(key, key_node.value), mark.line + 1, mark.column + 1))
+
+
+def _child_key(key: str, part: Any) -> str:
+    return f"{key}.{part}" if key else str(part)
 
 
 def check_depth(data: Any, where: str) -> None:
@@ -222,15 +301,25 @@ def _record_marks(node: yaml.Node, key: str, file: str, marks: Marks, depth: int
 
 
 def deep_merge(base: dict, over: dict, base_marks: Marks, over_marks: Marks, key: str) -> tuple[dict, Marks]:
-    """`over` on top of `base`: mappings merge key by key, anything else (lists too) is replaced."""
+    """`over` on top of `base`: mappings merge key by key, anything else (lists too) is replaced.
+
+    A component (loss, optimizer, scheduler, data.dataset) merges only with itself: one whose
+    name changes (`{name: RMSprop, alpha: 0.9}` under `{name: Adam, lr: 0.001}`) replaces the
+    base's, whose arguments belong to the old name; arguments alone (`{lr: 0.1}`) over a bare
+    name (`Adam`) are that name's arguments.
+    """
     merged = dict(base)
     marks = Marks(base_marks)
     for name, value in over.items():
         child = f"{key}.{name}" if key else str(name)
-        if isinstance(value, dict) and isinstance(merged.get(name), dict):
-            merged[name], sub = deep_merge(merged[name], value, base_marks, over_marks, child)
+        old = merged.get(name)
+        if isinstance(value, dict) and isinstance(old, dict) and not _replaces(child, old, value):
+            merged[name], sub = deep_merge(old, value, base_marks, over_marks, child)
             marks.update(sub)
         else:
+            if child in component_keys() and isinstance(old, str) and isinstance(value, dict) \
+                    and _component_name(value) is None:
+                value = {"name": old, **value}
             merged[name] = value
             for stale in [k for k in marks if k == child or k.startswith(child + ".")]:
                 del marks[stale]
@@ -238,49 +327,128 @@ def deep_merge(base: dict, over: dict, base_marks: Marks, over_marks: Marks, key
     return merged, marks
 
 
+def _replaces(key: str, old: dict, new: dict) -> bool:
+    """True when component `new` is another component than `old` (another name, or written in the
+    other mapping form), so that merging their arguments would mix two components."""
+    if key not in component_keys():
+        return False
+    old_name, new_name = _component_name(old), _component_name(new)
+    if old_name is None or new_name is None:
+        return False
+    return str(old_name).lower() != str(new_name).lower() or ("name" in old) != ("name" in new)
+
+
+def _component_name(value: Any) -> Any:
+    """The name of a component mapping (`{name: X, ...}` or `{X: ...}`, X capitalised), else None."""
+    if not isinstance(value, dict):
+        return None
+    if "name" in value:
+        return value["name"]
+    if len(value) == 1:
+        (name,) = value
+        if isinstance(name, str) and name[:1].isupper():
+            return name
+    return None
+
+
+@functools.cache
+def component_keys(cls: type | None = None, prefix: str = "") -> frozenset[str]:
+    """The dotted keys of the Config that hold one component (a Spec): loss, data.dataset, ..."""
+    cls = cls or Config
+    hints = typing.get_type_hints(cls)
+    keys: set[str] = set()
+    for f in dataclasses.fields(cls):
+        if f.metadata.get("internal"):
+            continue
+        hint = hints[f.name]
+        kinds = [a for a in typing.get_args(hint) if a is not type(None)] if typing.get_origin(hint) is typing.Union \
+            else [hint]
+        if Spec in kinds:
+            keys.add(prefix + f.name)
+        elif dataclasses.is_dataclass(kinds[0]):
+            keys |= component_keys(kinds[0], f"{prefix}{f.name}.")
+    return frozenset(keys)
+
+
 # Overrides ---------------------------------------------------------------------------------------
+
+
+APPEND = "+"  # the last part of an override key that appends to a list: model.layers.+=Dropout
 
 
 def apply_override(data: dict, marks: Marks, text: str) -> None:
     """Apply one `dotted.key=value` (value parsed as YAML) to `data` in place.
 
     A bare component name on the way (`loss: CrossEntropyLoss`) becomes `{name: ...}` so that its
-    arguments can be set (`loss.label_smoothing=0.1`).
+    arguments can be set (`loss.label_smoothing=0.1`). List indexes may count from the end (`-1`),
+    and `+` as the last part appends (`model.layers.+=Dropout`). `KEY.name=NEW` on a component
+    replaces it: the old one's arguments belong to the old name.
     """
     where = f"override {text!r}"
     key, sep, raw = text.partition("=")
     if not sep or not key or any(not part for part in key.split(".")):
         raise ConfigError(f"{where}: expected KEY=VALUE with a dotted key, like train.epochs=3")
+    value = _override_value(raw, where, key)
+    parts = key.split(".")
+    node: Any = data
+    path: list[str] = []  # the key's parts with list positions as indexes from the start
+    for depth, part in enumerate(parts[:-1]):
+        node, part = _descend(node, part, parts[depth + 1], where, ".".join(parts[: depth + 1]))
+        path.append(part)
+    path.append(_assign(node, parts[-1], value, where, key))
+    key = ".".join(path)
+    if parts[-1] == "name" and isinstance(node, dict) and len(node) == 1:
+        key = ".".join(path[:-1]) or key  # a component replaced: its old arguments' marks go too
+    for stale in [k for k in marks if k == key or k.startswith(key + ".")]:
+        del marks[stale]
+    parts_so_far = ""
+    for part in path:
+        parts_so_far = f"{parts_so_far}.{part}" if parts_so_far else part
+        marks.setdefault(parts_so_far, Mark(COMMAND_LINE))
+    marks[key] = Mark(COMMAND_LINE)
+
+
+def _assign(node: Any, last: str, value: Any, where: str, key: str) -> str:
+    """Set `last` of `node` to `value`; return the part as written into the key (an index from the start)."""
+    if isinstance(node, list):
+        if last == APPEND:
+            node.append(value)
+            return str(len(node) - 1)
+        i = _index(node, last, where, key)
+        node[i] = value
+        return str(i)
+    if last == APPEND:
+        raise ConfigError(f"{where}: {key.rpartition('.')[0] or key} is not a list; {APPEND} appends to a list")
+    if last == "name" and _component_name(node) is not None:
+        old = _component_name(node)
+        if not (isinstance(value, str) and isinstance(old, str) and value.lower() == old.lower()):
+            node.clear()
+        elif "name" not in node:
+            return last  # {Adam: {...}}.name=Adam: it is that already
+    node[last] = value
+    return last
+
+
+def _override_value(raw: str, where: str, key: str) -> Any:
+    """The value of an override, read by the config's own loader (so `1e-3` is a number here too)."""
+    if not raw.strip():
+        return None
     try:
-        value = yaml.safe_load(raw) if raw.strip() else None
+        value, _ = _load_document(raw, where, key)
     except yaml.YAMLError as exc:
         raise ConfigError(f"{where}: the value is not valid YAML ({str(exc).splitlines()[0]})") from None
     except RecursionError:
         raise ConfigError(f"{where}: the value is nested more than {MAX_DEPTH} levels deep") from None
     check_depth(value, where)
-    parts = key.split(".")
-    node: Any = data
-    for depth, part in enumerate(parts[:-1]):
-        node = _descend(node, part, parts[depth + 1], where, ".".join(parts[: depth + 1]))
-    last = parts[-1]
-    if isinstance(node, list):
-        node[_index(node, last, where, key)] = value
-    else:
-        node[last] = value
-    for stale in [k for k in marks if k == key or k.startswith(key + ".")]:
-        del marks[stale]
-    parts_so_far = ""
-    for part in parts:
-        parts_so_far = f"{parts_so_far}.{part}" if parts_so_far else part
-        marks.setdefault(parts_so_far, Mark("command line"))
-    marks[key] = Mark("command line")
+    return value
 
 
-def _descend(node: Any, part: str, next_part: str, where: str, key: str) -> Any:
+def _descend(node: Any, part: str, next_part: str, where: str, key: str) -> tuple[Any, str]:
+    """The child `part` of `node` to go on from, and `part` as an index from the start in a list."""
     if isinstance(node, list):
         i = _index(node, part, where, key)
         node[i] = _as_section(node[i], next_part)
-        return _arguments_of(node[i], next_part)
+        return _arguments_of(node[i], next_part), str(i)
     if not isinstance(node, dict):
         raise ConfigError(f"{where}: {key} is a value, not a section")
     child = node.get(part)
@@ -290,13 +458,13 @@ def _descend(node: Any, part: str, next_part: str, where: str, key: str) -> Any:
         child = node[part] = _as_section(child, next_part)
     elif not isinstance(child, (dict, list)):
         raise ConfigError(f"{where}: {key} is a value ({child!r}), not a section")
-    return _arguments_of(child, next_part)
+    return _arguments_of(child, next_part), part
 
 
 def _arguments_of(node: Any, next_part: str) -> Any:
     """For a one-key component (`{ImageFolder: {root: a}}`), the mapping that holds its arguments,
     so that `data.dataset.root=b` reaches `root` without naming the component."""
-    if not isinstance(node, dict) or len(node) != 1 or "name" in node or next_part in node:
+    if not isinstance(node, dict) or len(node) != 1 or "name" in node or next_part in (*node, "name"):
         return node
     (name, inner), = node.items()
     if not (isinstance(name, str) and name[:1].isupper()) or not isinstance(inner, (dict, type(None))):
@@ -314,13 +482,16 @@ def _as_section(value: Any, next_part: str) -> Any:
 
 
 def _index(node: list, part: str, where: str, key: str) -> int:
+    """A list position (negative ones count from the end) as an index from the start."""
+    n = len(node)
     try:
         i = int(part)
     except ValueError:
-        raise ConfigError(f"{where}: {key} is a list; use an index 0..{len(node) - 1}") from None
-    if not 0 <= i < len(node):
-        raise ConfigError(f"{where}: {key}: index {i} is out of range (the list has {len(node)} items)")
-    return i
+        raise ConfigError(f"{where}: {key} is a list; use an index 0..{n - 1} (-1 for the last item), "
+                          f"or {APPEND} as the last part to append") from None
+    if not -n <= i < n:
+        raise ConfigError(f"{where}: {key}: index {i} is out of range (the list has {n} items)")
+    return i % n
 
 
 # Validation --------------------------------------------------------------------------------------

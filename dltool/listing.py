@@ -25,4 +25,10 @@ def describe(kind: str | None, name: str) -> list[tuple[str, str]]:
     if kind is None:
         raise ConfigError("name a kind first, e.g. `dltool list layers Conv2d`")
     registry = _registry(kind)
-    return registry.parameters(registry.canonical(name))
+    rows = registry.parameters(registry.canonical(name))
+    if registry.kind == "layers":  # sizes the stack builder infers from the incoming shape
+        from dltool.models.builder import CHANNEL_ARGS, LAST_DIM_ARGS
+
+        inferred = (*CHANNEL_ARGS, *LAST_DIM_ARGS)
+        rows = [(arg, "filled in: the input shape" if arg in inferred else default) for arg, default in rows]
+    return rows

@@ -43,7 +43,28 @@ def _register_all() -> None:
             SCHEDULERS.register(name, obj)
 
 
+# What `_defaults` fills in for each scheduler (and dltool for every optimizer and scheduler), as
+# `dltool list` shows it; a test keeps this table and `_defaults` in step.
+FILLED = {
+    "CosineAnnealingLR": {"T_max": "the run's length (train.epochs, or its steps when stepped per step)"},
+    "CosineAnnealingWarmRestarts": {"T_0": "a third of the run"},
+    "OneCycleLR": {"max_lr": "the optimizer's lr", "total_steps": "the run's steps"},
+    "StepLR": {"step_size": "a third of the run"},
+    "MultiStepLR": {"milestones": "1/2 and 3/4 of the run"},
+    "ExponentialLR": {"gamma": "lr / 100 at the end of the run"},
+    "CyclicLR": {"base_lr": "the optimizer's lr / 10", "max_lr": "the optimizer's lr",
+                 "step_size_up": "half the run", "cycle_momentum": "true when the optimizer has momentum"},
+    "LinearLR": {"total_iters": "the run's length"},
+    "PolynomialLR": {"total_iters": "the run's length"},
+    "ReduceLROnPlateau": {"mode": "train.monitor (max for accuracy, min for losses)"},
+}
+
+
 _register_all()
+SCHEDULERS.supply("*", {"optimizer": "the run's optimizer"})
+for _name, _arguments in FILLED.items():
+    SCHEDULERS.supply(_name, _arguments)
+OPTIMIZERS.supply("*", {"params": "the model's parameters"})
 
 
 def build_loss(spec: Spec, class_counts: Sequence[int] | None = None) -> nn.Module:

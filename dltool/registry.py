@@ -18,11 +18,14 @@ from dltool.spec import Spec, located
 class Registry:
     """Names (case-insensitive) -> builders, with close-match suggestions and argument checks."""
 
-    def __init__(self, kind: str, fill: Iterable[str] = ()):
+    def __init__(self, kind: str, fill: Iterable[str] = (), *, noun: str | None = None):
         self.kind = kind
+        self.noun = noun or kind.removesuffix("s")
         self._fill = tuple(fill)
         self._filled = not self._fill
         self._entries: dict[str, tuple[str, Callable]] = {}
+        self._refused: dict[str, tuple[str, str]] = {}
+        self._supplied: dict[str, dict[str, str]] = {}
 
     def register(self, name: str | None = None, obj: Callable | None = None) -> Callable:
         """Register `obj` under `name` (default: its __name__); usable as a decorator.
@@ -39,13 +42,28 @@ class Registry:
 
         return add(obj) if obj is not None else add
 
+    def refuse(self, name: str, reason: str) -> None:
+        """Leave `name` out of the listing and make naming it an error that says `reason` (an entry
+        that needs what YAML cannot hold, such as a Python function)."""
+        self._refused[name.lower()] = (name, reason)
+
+    def supply(self, name: str, arguments: dict[str, str]) -> None:
+        """Record the arguments dltool fills in for entry `name` ("*": every entry), each with what
+        it fills them from, for `dltool list KIND NAME`."""
+        self._supplied.setdefault(name.lower(), {}).update(arguments)
+
+    def supplied(self, name: str) -> dict[str, str]:
+        """Argument -> what dltool fills it from, for entry `name`."""
+        self._ensure_filled()
+        return {**self._supplied.get("*", {}), **self._supplied.get(name.lower(), {})}
+
     def __contains__(self, name: str) -> bool:
         self._ensure_filled()
-        return isinstance(name, str) and name.lower() in self._entries
+        return isinstance(name, str) and name.lower() in self._entries and name.lower() not in self._refused
 
     def names(self) -> list[str]:
         self._ensure_filled()
-        return sorted((entry for entry, _ in self._entries.values()), key=str.lower)
+        return sorted((entry for key, (entry, _) in self._entries.items() if key not in self._refused), key=str.lower)
 
     def canonical(self, name: str, spec: Spec | None = None) -> str:
         """The registered spelling of `name`."""
@@ -61,10 +79,13 @@ class Registry:
 
     def _lookup(self, name: str, spec: Spec | None) -> tuple[str, Callable]:
         self._ensure_filled()
+        refused = self._refused.get(name.lower())
+        if refused is not None:
+            raise RegistryError(spec_error(spec, f"{refused[0]}: {refused[1]}"))
         found = self._entries.get(name.lower())
         if found is not None:
             return found
-        message = f"unknown {self.kind[:-1] if self.kind.endswith('s') else self.kind} {name!r}"
+        message = f"unknown {self.noun} {name!r}"
         message += suggest(name, self.names()) + f" (see `dltool list {self.kind}`)"
         raise RegistryError(spec_error(spec, message))
 
@@ -86,8 +107,9 @@ class Registry:
             raise RegistryError(spec.error(_first_line(exc))) from exc
 
     def parameters(self, name: str) -> list[tuple[str, str]]:
-        """(argument, default or 'required') for `dltool list KIND NAME`."""
+        """(argument, default, 'required' or 'filled in: ...') for `dltool list KIND NAME`."""
         target = self.get(name)
+        supplied = self.supplied(name)
         try:
             params = signature(target).parameters.values()
         except (TypeError, ValueError):
@@ -96,6 +118,8 @@ class Registry:
         for p in params:
             if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
                 rows.append((("*" if p.kind == p.VAR_POSITIONAL else "**") + p.name, ""))
+            elif p.name in supplied:
+                rows.append((p.name, f"filled in: {supplied[p.name]}"))
             else:
                 rows.append((p.name, "required" if p.default is p.empty else repr(p.default)))
         return rows
@@ -159,9 +183,17 @@ def _first_line(exc: BaseException) -> str:
 LAYERS = Registry("layers", fill=["dltool.models.layers"])
 TRANSFORMS = Registry("transforms", fill=["dltool.data.transforms"])
 DATASETS = Registry("datasets", fill=["dltool.data.datasets"])
-LOSSES = Registry("losses", fill=["dltool.optim"])
+LOSSES = Registry("losses", fill=["dltool.optim"], noun="loss")
 OPTIMIZERS = Registry("optimizers", fill=["dltool.optim"])
 SCHEDULERS = Registry("schedulers", fill=["dltool.optim"])
 MODELS = Registry("models", fill=["dltool.models.torchvision"])
 
 REGISTRIES = {r.kind: r for r in (LAYERS, DATASETS, TRANSFORMS, LOSSES, OPTIMIZERS, SCHEDULERS, MODELS)}
+
+# Entries that take a Python function: a config holds data only, so naming them is an error.
+NO_CODE = "which a YAML config cannot hold (nothing in a config runs code)"
+TRANSFORMS.refuse("Lambda", f"takes a Python function (lambd), {NO_CODE}; use the named transforms "
+                            "(`dltool list transforms`)")
+for _name in ("LambdaLR", "MultiplicativeLR"):
+    SCHEDULERS.refuse(_name, f"takes a Python function (lr_lambda), {NO_CODE}; use StepLR, MultiStepLR, "
+                             "ExponentialLR, LinearLR or SequentialLR")

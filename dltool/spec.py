@@ -13,6 +13,9 @@ from typing import Any, Mapping
 from dltool.errors import ConfigError, with_location
 
 
+COMMAND_LINE = "command line"  # the `file` of a Mark that a KEY=VALUE override set
+
+
 @dataclass(frozen=True)
 class Mark:
     """Where a value was written: file, 1-based line and column (None when unknown)."""
@@ -54,8 +57,16 @@ class Spec:
         return self.marks.at(self.key) if self.marks is not None else Mark()
 
     def error(self, message: str) -> str:
-        """`message` located at this spec, naming the component."""
-        return located(f"{self.name}: {message}", self.key, self.marks)
+        """`message` located at this spec, naming the component, and the arguments that overrides
+        set in it (the line of the file is not all there is to blame then)."""
+        return located(f"{self.name}: {message}{self._overridden()}", self.key, self.marks)
+
+    def _overridden(self) -> str:
+        if self.marks is None or not self.key or self.mark.file == COMMAND_LINE:
+            return ""
+        keys = [k for k, m in self.marks.items() if m.file == COMMAND_LINE and k.startswith(self.key + ".")]
+        leaves = sorted(k for k in keys if not any(other.startswith(k + ".") for other in keys))
+        return f" ({', '.join(leaves)} set on the command line)" if leaves else ""
 
     def child(self, value: Any, key: str) -> Spec:
         """Parse a nested component written under this one (e.g. a layer inside `Residual.body`)."""

@@ -180,3 +180,110 @@ def test_override_reaches_the_arguments_of_a_one_key_component(tmp_path):
     assert config.data.dataset.kwargs == {"root": "b"}
     assert config.data.batch_size == 4
     assert config.model.layers[0].kwargs == {"out_features": 5}
+
+
+@pytest.mark.parametrize("base, child, expected", [
+    ("{name: RMSprop, alpha: 0.9}", "{name: Adam, lr: 1e-3}", ("Adam", {"lr": 0.001})),
+    ("{RMSprop: {alpha: 0.9}}", "{Adam: {lr: 1e-3}}", ("Adam", {"lr": 0.001})),
+    ("{RMSprop: {alpha: 0.9}}", "{name: Adam, lr: 1e-3}", ("Adam", {"lr": 0.001})),
+    ("{name: RMSprop, alpha: 0.9}", "{Adam: {lr: 1e-3}}", ("Adam", {"lr": 0.001})),
+    ("RMSprop", "{name: Adam, lr: 1e-3}", ("Adam", {"lr": 0.001})),
+    ("{name: RMSprop, alpha: 0.9}", "SGD", ("SGD", {})),
+    ("{name: Adam, lr: 0.1, eps: 1e-6}", "{name: adam, lr: 1e-3}", ("adam", {"lr": 0.001, "eps": 1e-6})),
+    ("{Adam: {lr: 0.1, eps: 1e-6}}", "{Adam: {lr: 1e-3}}", ("Adam", {"lr": 0.001, "eps": 1e-6})),
+    ("Adam", "{lr: 1e-3}", ("Adam", {"lr": 0.001})),
+    ("{name: Adam, lr: 0.1}", "{lr: 1e-3}", ("Adam", {"lr": 0.001})),
+])
+def test_a_component_whose_name_changes_under_base_replaces_the_base_arguments(tmp_path, base, child, expected):
+    write(tmp_path, f"optimizer: {base}\n", "common.yaml")
+    config = load_config(write(tmp_path, f"base: common.yaml\noptimizer: {child}\n"))
+    assert (config.optimizer.name, dict(config.optimizer.kwargs)) == expected
+
+
+def test_a_renamed_dataset_and_loss_under_base_replace_their_arguments(tmp_path):
+    write(tmp_path, "data:\n  dataset: {name: ImageFolder, root: pics}\n  batch_size: 8\n"
+                    "loss: {name: CrossEntropyLoss, label_smoothing: 0.1}\n", "common.yaml")
+    config = load_config(write(tmp_path, "base: common.yaml\ndata:\n  dataset: Digits\nloss: {name: NLLLoss}\n"))
+    assert (config.data.dataset.name, dict(config.data.dataset.kwargs)) == ("Digits", {})
+    assert (config.loss.name, dict(config.loss.kwargs)) == ("NLLLoss", {})
+    assert config.data.batch_size == 8
+
+
+def test_model_init_still_merges_key_by_key_under_base(tmp_path):
+    write(tmp_path, "model:\n  init: {Conv2d: kaiming_normal}\n", "common.yaml")
+    config = load_config(write(tmp_path, "base: common.yaml\nmodel:\n  init: {Linear: xavier_uniform}\n"))
+    assert config.model.init == {"Conv2d": "kaiming_normal", "Linear": "xavier_uniform"}
+
+
+@pytest.mark.parametrize("text, override, expected", [
+    ("{name: RMSprop, alpha: 0.9}", "optimizer.name=Adam", ("Adam", {})),
+    ("{RMSprop: {alpha: 0.9}}", "optimizer.name=Adam", ("Adam", {})),
+    ("RMSprop", "optimizer.name=Adam", ("Adam", {})),
+    ("{name: RMSprop, alpha: 0.9}", "optimizer=SGD", ("SGD", {})),
+    ("{name: RMSprop, alpha: 0.9}", "optimizer.name=rmsprop", ("rmsprop", {"alpha": 0.9})),
+    ("{RMSprop: {alpha: 0.9}}", "optimizer.name=RMSprop", ("RMSprop", {"alpha": 0.9})),
+])
+def test_a_component_renamed_by_an_override_drops_the_old_arguments(tmp_path, text, override, expected):
+    config = load_config(write(tmp_path, f"optimizer: {text}\n"), [override])
+    assert (config.optimizer.name, dict(config.optimizer.kwargs)) == expected
+
+
+def test_a_renamed_component_validates_in_config(tmp_path):
+    write(tmp_path, "optimizer: {name: RMSprop, alpha: 0.9}\n", "common.yaml")
+    path = write(tmp_path, "base: common.yaml\nmodel:\n  layers: [Flatten, {Linear: {out_features: num_classes}}]\n"
+                           "optimizer: {name: Adam, lr: 1e-3}\n")
+    result = CliRunner().invoke(app, ["config", str(path)])
+    assert result.exit_code == 0, result.output
+    assert "alpha" not in result.stdout
+
+
+def test_negative_indexes_count_from_the_end():
+    config = load_config(QUICKSTART, ["model.layers.-1.Linear.out_features=4",
+                                      "data.transforms.eval.-1.Normalize.std=[0.3]"])
+    assert config.model.layers[-1].kwargs["out_features"] == 4
+    assert config.data.transforms.eval[-1].kwargs["std"] == [0.3]
+    last = len(config.model.layers) - 1
+    assert config.marks[f"model.layers.{last}.Linear.out_features"].file == "command line"
+    assert "model.layers.-1.Linear.out_features" not in config.marks
+
+
+def test_plus_appends_to_a_list():
+    before = load_config(QUICKSTART)
+    config = load_config(QUICKSTART, ["model.layers.+=Dropout",
+                                      "data.transforms.train.+={RandomHorizontalFlip: {p: 0.2}}",
+                                      "model.layers.-1.Dropout=0.3"])
+    assert len(config.model.layers) == len(before.model.layers) + 1
+    assert (config.model.layers[-1].name, config.model.layers[-1].args) == ("Dropout", (0.3,))
+    assert config.data.transforms.train[-1].name == "RandomHorizontalFlip"
+    assert config.data.transforms.train[-1].kwargs == {"p": 0.2}
+
+
+@pytest.mark.parametrize("override, expected", [
+    ("model.layers.-99.x=1", "override 'model.layers.-99.x=1': model.layers.-99: index -99 is out of range"),
+    ("train.+=3", "override 'train.+=3': train is not a list; + appends to a list"),
+    ("model.layers.x.y=1", "override 'model.layers.x.y=1': model.layers.x is a list; use an index 0..12 "
+                           "(-1 for the last item), or + as the last part to append"),
+])
+def test_bad_list_overrides_are_refused(override, expected):
+    assert error_of(QUICKSTART, [override]).startswith(expected)
+
+
+def test_an_override_error_blames_the_override_not_the_base_file(tmp_path):
+    write(tmp_path, "data:\n  val_split: 0.2\ntrain:\n  epochs: 5\n", "common.yaml")
+    path = write(tmp_path, "base: common.yaml\nmodel:\n  layers: [Flatten, {Linear: {out_features: num_classes}}]\n")
+    result = CliRunner().invoke(app, ["config", str(path), "data.val_split=0.0001"])
+    assert result.exit_code == 2
+    assert result.stderr.strip() == ("error: command line: data.val_split: 0.0001 of 1797 samples leaves the val split "
+                                     "empty; choose a val_split that leaves samples in both")
+    result = CliRunner().invoke(app, ["config", str(path), "train.epochs=0"])
+    assert result.stderr.strip() == "error: command line: train.epochs: must be an integer >= 1; got 0"
+
+
+def test_a_component_error_names_the_arguments_an_override_set(tmp_path):
+    path = write(tmp_path, "model:\n  layers:\n    - Flatten\n    - Linear: {out_features: num_classes}\n")
+    result = CliRunner().invoke(app, ["config", str(path), "model.layers.-1.Linear.out_feature=4"])
+    assert result.exit_code == 2
+    assert result.stderr.strip() == (
+        f"error: {path}:4:7: model.layers.1: Linear: unknown argument 'out_feature'; did you mean out_features or "
+        "in_features? (allowed: in_features, out_features, bias, device, dtype) "
+        "(model.layers.1.Linear.out_feature set on the command line)")

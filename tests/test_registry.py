@@ -70,3 +70,82 @@ def test_registry_fills_lazily_on_first_lookup(monkeypatch):
     assert imported == []
     assert reg.names() == []
     assert imported == ["some.module"]
+
+
+@pytest.mark.parametrize("kind, noun", [("layers", "layer"), ("transforms", "transform"), ("datasets", "dataset"),
+                                        ("losses", "loss"), ("optimizers", "optimizer"),
+                                        ("schedulers", "scheduler"), ("models", "model")])
+def test_unknown_name_uses_the_singular_noun_of_every_kind(kind, noun):
+    from dltool.registry import REGISTRIES
+
+    with pytest.raises(RegistryError) as info:
+        REGISTRIES[kind].get("Zzzqqq")
+    assert str(info.value) == f"unknown {noun} 'Zzzqqq' (see `dltool list {kind}`)"
+
+
+def test_unknown_loss_in_a_config_is_one_line_with_a_suggestion(tmp_path):
+    from typer.testing import CliRunner
+
+    from dltool.cli import app
+
+    path = tmp_path / "cfg.yaml"
+    path.write_text("model:\n  layers: [Flatten, {Linear: {out_features: num_classes}}]\nloss: CrossEntropy\n")
+    result = CliRunner().invoke(app, ["config", str(path)])
+    assert result.exit_code == 2
+    line = result.stderr.strip()
+    assert line.startswith(f"error: {path}:3:1: loss: unknown loss 'CrossEntropy'; did you mean CrossEntropyLoss")
+    assert line.endswith("(see `dltool list losses`)") and "\n" not in line
+
+
+def test_listing_says_what_dltool_fills_in():
+    from dltool.listing import describe
+
+    rows = dict(describe("schedulers", "StepLR"))
+    assert rows["step_size"] == "filled in: a third of the run"
+    assert rows["optimizer"] == "filled in: the run's optimizer"
+    assert rows["gamma"] == "0.1"
+    assert dict(describe("optimizers", "SGD"))["params"] == "filled in: the model's parameters"
+    assert dict(describe("layers", "Conv2d"))["in_channels"] == "filled in: the input shape"
+    assert dict(describe("layers", "Conv2d"))["out_channels"] == "required"
+
+
+def test_the_filled_in_table_matches_what_the_scheduler_builder_fills():
+    import torch
+
+    from dltool.optim import FILLED, _defaults
+
+    optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1, momentum=0.9)
+    for name in FILLED:
+        assert set(_defaults(name, optimizer, 12, "min")) == set(FILLED[name]), name
+
+
+@pytest.mark.parametrize("kind, name, argument", [("transforms", "Lambda", "lambd"),
+                                                  ("schedulers", "LambdaLR", "lr_lambda"),
+                                                  ("schedulers", "MultiplicativeLR", "lr_lambda")])
+def test_entries_that_need_a_python_function_are_not_listed_and_are_refused(tmp_path, kind, name, argument):
+    from typer.testing import CliRunner
+
+    from dltool.cli import app
+    from dltool.listing import registry_names
+
+    assert name not in registry_names(kind)
+    assert name not in registry_names(None)[kind]
+    result = CliRunner().invoke(app, ["list", kind, name])
+    assert result.exit_code == 2
+    assert result.stderr.strip().startswith(f"error: {name}: takes a Python function ({argument}), which a YAML "
+                                            "config cannot hold (nothing in a config runs code); use ")
+
+
+def test_a_scheduler_that_needs_a_python_function_is_a_located_error_in_a_config(tmp_path):
+    from typer.testing import CliRunner
+
+    from dltool.cli import app
+
+    path = tmp_path / "cfg.yaml"
+    path.write_text("model:\n  layers: [Flatten, {Linear: {out_features: num_classes}}]\n"
+                    "scheduler: {name: LambdaLR, lr_lambda: 'lambda e: 0.9'}\n")
+    result = CliRunner().invoke(app, ["config", str(path)])
+    assert result.exit_code == 2
+    assert result.stderr.strip() == (
+        f"error: {path}:3:1: scheduler: LambdaLR: takes a Python function (lr_lambda), which a YAML config cannot "
+        "hold (nothing in a config runs code); use StepLR, MultiStepLR, ExponentialLR, LinearLR or SequentialLR")

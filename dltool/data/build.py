@@ -16,7 +16,7 @@ from dltool.data.specs import transform_specs
 from dltool.data.transforms import build_pipeline, to_float_tensor
 from dltool.errors import DataError
 from dltool.registry import DATASETS
-from dltool.spec import Spec
+from dltool.spec import Spec, located
 
 GRAY_MODES = {"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F"}
 MODES = {1: "L", 3: "RGB"}
@@ -83,7 +83,7 @@ def build_data(config: Any, splits: Sequence[str] = ("train", "val"), split_stat
     """
     data = config.data
     source: Source = DATASETS.build(data.dataset)
-    raws, split = _select(source, splits, data, config.seed, split_state)
+    raws, split = _select(source, splits, data, config.seed, split_state, config.marks)
     if source.images:
         channels = _channels(config, raws)
         train_tf, eval_tf = _pipelines(data.transforms)
@@ -104,7 +104,7 @@ def build_data(config: Any, splits: Sequence[str] = ("train", "val"), split_stat
 
 
 def _select(source: Source, splits: Sequence[str], data: Any, seed: int,
-            state: dict | None) -> tuple[dict[str, tuple[RawSplit, list[int]]], dict]:
+            state: dict | None, marks: Any = None) -> tuple[dict[str, tuple[RawSplit, list[int]]], dict]:
     """(raw split, indices) per requested split, and the plain-data record of the split used."""
     spec = data.dataset
     unknown = [s for s in splits if s not in ("train", "val", "test")]
@@ -122,6 +122,9 @@ def _select(source: Source, splits: Sequence[str], data: Any, seed: int,
         base = _whole(source, "train", spec, data.max_image_pixels)[0]
         train_idx, val_idx, split = _val_split(base, data.val_split, seed, state, spec)
         for name, idx in (("train", train_idx), ("val", val_idx)):
+            if name in splits and not idx:  # the fraction is to blame, wherever it was written
+                raise DataError(located(f"{data.val_split} of {len(base)} samples leaves the {name} split empty; "
+                                        "choose a val_split that leaves samples in both", "data.val_split", marks))
             if name in splits:
                 chosen[name] = (base, idx)
     for name, (raw, idx) in chosen.items():
