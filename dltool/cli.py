@@ -193,7 +193,7 @@ def train_command(
             result = train(config, runs_dir=runs_dir, name=name, resume=resume, overrides=overrides,
                            callbacks=[progress, started], folds=folds)
     except KeyboardInterrupt:
-        console.print(f"interrupted: stopped at once; {started.kept(resume)}", soft_wrap=True, markup=False)
+        console.print(f"interrupted: {started.kept(resume)}", soft_wrap=True, markup=False)
         raise typer.Exit(code=130) from None
     finally:
         if hasattr(progress, "close"):
@@ -212,10 +212,10 @@ class _Started(Callback):
 
     def kept(self, resume: Optional[Path]) -> str:
         if self.run_dir is not None:
-            return f"the last saved checkpoint is kept; continue with: dltool train --resume {self.run_dir}"
+            return f"stopped at once; the last saved checkpoint is kept; continue with: dltool train --resume {self.run_dir}"
         if resume is not None:
-            return f"during start-up, before any change to {resume}"
-        return "during start-up, before the first checkpoint; nothing to resume"
+            return f"stopped at once during start-up; {resume} keeps its last checkpoint"
+        return "stopped at once during start-up, before the first checkpoint; nothing to resume"
 
 
 def _launch_train(nproc, config, overrides, resume, name, runs_dir, folds, quiet) -> None:
