@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import os
 import re
 import signal
@@ -35,6 +36,11 @@ def wait_for_rows(run: Path, process: subprocess.Popen, rows: int, timeout: floa
         assert process.poll() is None, process.communicate()[1]
         assert time.monotonic() < deadline, "the run wrote no metrics in time"
         time.sleep(0.05)
+
+
+def finished(process: subprocess.Popen) -> subprocess.CompletedProcess:
+    stdout, stderr = process.communicate(timeout=120)
+    return subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
 
 
 @pytest.fixture
@@ -73,14 +79,17 @@ def test_two_fresh_runs_with_one_name_get_name_and_name_2_while_the_first_is_hel
     assert epochs_in(tmp_path / "runs" / "same-2") == [1]
 
 
-def test_a_second_train_while_one_trains_is_refused_and_the_first_writes_every_epoch_once(tmp_path):
+def test_a_second_train_while_one_trains_is_refused_eval_works_and_the_first_writes_every_epoch_once(tmp_path):
     runs = tmp_path / "runs"
     first = subprocess.Popen(dltool_command("train", str(QUICKSTART), "train.epochs=300", "train.device=cpu",
                                             "--name", "r", "--runs-dir", str(runs), "--quiet"),
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         wait_for_rows(runs / "r", first, 1)
-        second = run_dltool("train", "--resume", str(runs / "r"), "--quiet")
+        others = [subprocess.Popen(dltool_command(*args), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                  for args in (("train", "--resume", str(runs / "r"), "--quiet"),
+                               ("eval", str(runs / "r"), "--json", "--device", "cpu", "--out", str(tmp_path / "eval")))]
+        second, evaluated = (finished(p) for p in others)
         assert first.poll() is None, "the first run ended before the second was refused"
         os.kill(first.pid, signal.SIGTERM)
         _, stderr = first.communicate(timeout=60)
@@ -91,6 +100,8 @@ def test_a_second_train_while_one_trains_is_refused_and_the_first_writes_every_e
     assert re.fullmatch(f"error: {re.escape(str(runs / 'r'))} is being trained by {HOLDER.format(pid=first.pid)}; "
                         "wait for it or stop it", one_line_error(second.stderr))
     assert first.returncode == 130, stderr
+    assert evaluated.returncode == 0, evaluated.stderr  # eval takes no lock and reads whole checkpoints
+    assert 0 <= json.loads(evaluated.stdout)["accuracy"] <= 1
     done = epochs_in(runs / "r")
     assert done == list(range(1, len(done) + 1))
     finish = run_dltool("train", "--resume", str(runs / "r"), f"train.epochs={len(done) + 1}", "--quiet")
