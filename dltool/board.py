@@ -151,8 +151,10 @@ def _watched(method: Any) -> Any:
     return watched
 
 
-for _name in ("__init__", "text", "images", "graph", "epoch", "histograms", "pr_curves", "hparams"):
-    setattr(Board, _name, _watched(getattr(Board, _name)))
+# every method that writes (all but close, which reports a failure once and then closes quietly)
+for _name, _method in list(vars(Board).items()):
+    if callable(_method) and (_name == "__init__" or not _name.startswith("_")) and _name != "close":
+        setattr(Board, _name, _watched(_method))
 
 
 def _quiet_writer_threads() -> None:
