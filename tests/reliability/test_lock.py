@@ -7,6 +7,7 @@ import csv
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import time
@@ -124,3 +125,18 @@ def test_kill_9_frees_the_folder_for_an_immediate_resume(tmp_path):
     assert resumed.returncode == 0, resumed.stderr
     assert epochs_in(runs / "k") == [1, 2, 3]
     assert [p for p in (runs / "k").rglob(".*.tmp")] == []
+
+
+def test_a_run_started_over_takes_the_lock_too(tiny_run):
+    for path in tiny_run.iterdir():
+        if path.name not in ("config.yaml", ".lock"):
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
+    held = RunDir(tiny_run).hold()
+    try:
+        result = CliRunner().invoke(app, ["train", "--resume", str(tiny_run), "--quiet"])
+    finally:
+        held.release()
+    assert result.exit_code == 2, result.output
+    assert re.fullmatch(f"error: {re.escape(str(tiny_run))} is being trained by {HOLDER.format(pid=os.getpid())}; "
+                        "wait for it or stop it", one_line_error(result.stderr))
+    assert sorted(p.name for p in tiny_run.iterdir()) == [".lock", "config.yaml"]
