@@ -274,7 +274,7 @@ def never_saved(target: Path) -> bool:
     if not work:
         return True
     best = checkpoint_in(target, ("best.pt",))
-    new = target.with_name(f"{target.name}-2")
+    new = next(p for p in (target.with_name(f"{target.name}-{i}") for i in range(2, 10_000)) if not p.exists())
     keep = (f"its best weights are in {best} (dltool eval and predict use them); to train on from them in a new "
             f"run: mkdir -p {new}/checkpoints && cp {best} {new}/checkpoints/last.pt && dltool train --resume {new}"
             if best is not None else f"to train again, start a new run: dltool train {target / 'config.yaml'}")
