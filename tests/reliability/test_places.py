@@ -7,7 +7,6 @@ from __future__ import annotations
 import errno
 import json
 import os
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -17,36 +16,10 @@ from typer.testing import CliRunner
 from dltool.cli import app
 from dltool.train import train
 
-from .tools import TINY, one_line_error, write_config
+from .tools import TINY, one_line_error, read_only, write_config
 
 QUICKSTART = Path(__file__).resolve().parents[2] / "configs" / "quickstart.yaml"
 SMALL = ["train.epochs=2", "train.device=cpu", "train.histograms=false"]
-
-
-@pytest.fixture
-def mount(tmp_path):
-    """mount(size, name) -> a fresh tmpfs folder of `size` (unmounted after the test); skips unless root."""
-    mounted = []
-
-    def make(size: str = "312k", name: str = "fs") -> Path:
-        if os.geteuid() != 0:
-            pytest.skip("mounting a tmpfs needs root")
-        folder = tmp_path / name
-        folder.mkdir()
-        done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)],
-                              capture_output=True, text=True)
-        if done.returncode:
-            pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
-        mounted.append(folder)
-        return folder
-
-    yield make
-    for folder in reversed(mounted):
-        subprocess.run(["umount", "-l", str(folder)], check=False)
-
-
-def read_only(folder: Path) -> None:
-    subprocess.run(["mount", "-o", "remount,ro", str(folder)], check=True)
 
 
 def invoke(*args: str):

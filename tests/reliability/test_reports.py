@@ -14,8 +14,7 @@ from typer.testing import CliRunner
 from dltool.cli import app
 from dltool.train import train
 
-from .test_places import mount, read_only  # noqa: F401  (the tmpfs fixture)
-from .tools import TINY, one_line_error, write_config
+from .tools import TINY, one_line_error, read_only, write_config
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +38,7 @@ def test_out_naming_a_file_exits_2_after_printing_the_json_results(run, tmp_path
     assert target.read_text() == "mine\n"
 
 
-def test_a_read_only_report_folder_exits_2_with_one_line(run, mount):  # noqa: F811
+def test_a_read_only_report_folder_exits_2_with_one_line(run, mount):
     fs = mount("64k")
     read_only(fs)
     result = evaluate(str(run), "--out", str(fs / "eval"))
