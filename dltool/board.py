@@ -1,16 +1,24 @@
 """TensorBoard events for a run: scalars, images, graph, histograms, text, PR curves, hparams.
 
-tensorboard is imported only when a Board is made, so nothing else pays for it.
+tensorboard is imported only when a Board is made, so nothing else pays for it. A write the disk
+refuses (full, read-only), in any method or in the writer's own thread, is one Unwritable naming
+the folder: the thread's failure is kept for the next call instead of printed as a traceback.
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import threading
 import warnings
 from pathlib import Path
 from typing import Any, Sequence
 
 import torch
 from torch import nn
+
+from dltool.errors import Unwritable
+from dltool.writing import refusal, refused
 
 SCALARS = {
     "train_loss": "loss/train", "val_loss": "loss/val", "train_accuracy": "accuracy/train",
@@ -26,6 +34,8 @@ class Board:
     def __init__(self, log_dir: str | Path, purge_step: int | None = None):
         from torch.utils.tensorboard import SummaryWriter
 
+        self.log_dir, self.failed, self.closed = Path(log_dir), False, False
+        _quiet_writer_threads()
         self.writer = SummaryWriter(log_dir=str(log_dir), purge_step=purge_step)
         self._bins: torch.Tensor | None = None
 
@@ -102,7 +112,25 @@ class Board:
             self.writer.add_scalar(key, value)
 
     def close(self) -> None:
-        self.writer.close()
+        """Flush and close the event file, once; after a failure already reported, quietly.
+
+        Raises:
+            Unwritable: the last events could not be written (and nothing had failed before).
+        """
+        if self.closed:
+            return
+        self.closed = True
+        try:
+            self.writer.close()
+        except OSError as exc:
+            for writer in (self.writer.all_writers or {}).values():
+                with contextlib.suppress(OSError, AttributeError):
+                    writer.event_writer._general_file_writer.close()
+            self.writer.all_writers = self.writer.file_writer = None
+            if not refused(exc):
+                raise
+            if not self.failed:
+                raise Unwritable(refusal(self.log_dir, exc)) from None
 
 
 def flatten(data: Any, prefix: str = "") -> dict[str, Any]:
@@ -138,3 +166,36 @@ def histogram(values: torch.Tensor, bins: torch.Tensor) -> dict | None:
             "sum_squares": float(v.dot(v)), "bucket_limits": bins[first: last + 2].tolist(),
             "bucket_counts": counts.tolist()}
 
+def _watched(method: Any) -> Any:
+    """`method` with a refused write (here or in the writer thread) turned into one Unwritable line."""
+    @functools.wraps(method)
+    def watched(self: Board, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return method(self, *args, **kwargs)
+        except OSError as exc:
+            if not refused(exc):
+                raise
+            self.failed = True
+            raise Unwritable(refusal(self.log_dir, exc)) from None
+    return watched
+
+
+# every method that writes (all but close, which reports a failure once and then closes quietly)
+for _name, _method in list(vars(Board).items()):
+    if callable(_method) and (_name == "__init__" or not _name.startswith("_")) and _name != "close":
+        setattr(Board, _name, _watched(_method))
+
+
+def _quiet_writer_threads() -> None:
+    """Keep the event writer thread's OSError from printing "Exception in thread ..." with its
+    traceback: the writer raises the same error again on the next call, where Board reports it."""
+    previous = threading.excepthook
+    if getattr(previous, "dltool_quiet", False):
+        return
+
+    def hook(args: Any) -> None:
+        if not (type(args.thread).__name__ == "_AsyncWriterThread" and issubclass(args.exc_type, OSError)):
+            previous(args)
+
+    hook.dltool_quiet = True
+    threading.excepthook = hook

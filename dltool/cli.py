@@ -14,6 +14,7 @@ from typing import Iterator, List, Optional
 
 import typer
 
+from dltool.callbacks import Callback
 from dltool.errors import DltoolError
 
 app = typer.Typer(
@@ -35,14 +36,18 @@ def stderr_console():
 @contextlib.contextmanager
 def user_errors(main_process: bool = True) -> Iterator[None]:
     """Turn a DltoolError into one red line on stderr and its exit code; bugs keep their traceback.
+    An interruption is no error: its line ("interrupted by SIGINT ...") has no "error:" prefix.
     Outside the main process, an error every process raised together exits without its line."""
     try:
         yield
     except DltoolError as exc:
         from rich.markup import escape
 
+        from dltool.errors import Interrupted
+
         if main_process or not exc.everywhere:
-            stderr_console().print(f"[red]error:[/red] {escape(str(exc))}", soft_wrap=True)
+            prefix = "" if isinstance(exc, Interrupted) else "[red]error:[/red] "
+            stderr_console().print(f"{prefix}{escape(str(exc))}", soft_wrap=True)
         raise typer.Exit(code=exc.exit_code) from None
 
 
@@ -200,18 +205,35 @@ def train_command(
     main_process = os.environ.get("RANK", "0") == "0"  # under torchrun only rank 0 shows the run
     console = stderr_console()
     progress = make_progress(console, quiet or not main_process)
+    started = _Started()
     try:
         with user_errors(main_process):
             result = train(config, runs_dir=runs_dir, name=name, resume=resume, overrides=overrides,
-                           callbacks=[progress], folds=folds)
+                           callbacks=[progress, started], folds=folds)
     except KeyboardInterrupt:
-        console.print("[red]interrupted:[/red] stopped at once; the last saved checkpoint is kept")
+        console.print(f"interrupted: {started.kept(resume)}", soft_wrap=True, markup=False)
         raise typer.Exit(code=130) from None
     finally:
         if hasattr(progress, "close"):
             progress.close()
     if not quiet and main_process:
         console.print(summary_table(result.summary, result.run_dir))
+
+
+class _Started(Callback):
+    """Whether training started (its first checkpoint is saved by then): what a hard stop keeps."""
+
+    run_dir: Optional[str] = None
+
+    def on_fit_start(self, info: dict) -> None:
+        self.run_dir = info["run_dir"]
+
+    def kept(self, resume: Optional[Path]) -> str:
+        if self.run_dir is not None:
+            return f"stopped at once; the last saved checkpoint is kept; continue with: dltool train --resume {self.run_dir}"
+        if resume is not None:
+            return f"stopped at once during start-up; {resume} keeps its last checkpoint"
+        return "stopped at once during start-up, before the first checkpoint; nothing to resume"
 
 
 def _launch_train(nproc, config, overrides, resume, name, runs_dir, folds, quiet) -> None:
@@ -243,14 +265,17 @@ def eval_command(
 
     with user_errors():
         result = evaluate_checkpoint(target, overrides or [], split=split, batch_size=batch_size, device=device)
-    written = write_outputs(result, out or default_out_dir(result.checkpoint))
+    # the results are shown first: a report folder that refuses the files does not hide them
+    console = stderr_console()
     if as_json:
         print_json(result.to_json())
-        return
-    console = stderr_console()
-    for part in render(result):
-        console.print(part)
-    console.print(f"wrote {', '.join(str(p) for p in written)}")
+    else:
+        for part in render(result):
+            console.print(part)
+    with user_errors():
+        written = write_outputs(result, out or default_out_dir(result.checkpoint))
+    if not as_json:
+        console.print(f"wrote {', '.join(str(p) for p in written)}")
 
 
 @app.command("predict")

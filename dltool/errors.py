@@ -22,6 +22,16 @@ class RegistryError(ConfigError):
     """A component name or one of its arguments is unknown or invalid."""
 
 
+class Unwritable(ConfigError):
+    """A place dltool must write (a run folder, a report folder, a file in them) refuses writes:
+    read-only, full, no permission, or a name too long. A run that meets it once started says so as
+    a RunFailed instead."""
+
+
+class RunBusy(ConfigError):
+    """Another live process is training this run folder."""
+
+
 class ShapeError(DltoolError):
     """A layer cannot take the shape that arrives at it.
 

@@ -4,11 +4,14 @@ metrics.json. Collecting the numbers is dltool.evaluate's job; this module only 
 from __future__ import annotations
 
 import csv
+import io
 import json
 from pathlib import Path
 from typing import Any
 
+from dltool.errors import Unwritable
 from dltool.evaluate import EvalResult
+from dltool.writing import write_atomic, writing
 
 # Wider confusion matrices are left to the CSV and PNG; a terminal cannot show them.
 TABLE_CLASSES = 20
@@ -16,9 +19,19 @@ SHOWN_MISTAKES = 10
 
 
 def write_outputs(result: EvalResult, out_dir: str | Path) -> list[Path]:
-    """Write the report files into `out_dir` (created); return their paths."""
+    """Write the report files into `out_dir` (created), each atomically; return their paths.
+
+    Raises:
+        Unwritable: `out_dir` is a file, or refuses writes (read-only, full, no permission).
+    """
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    if out.exists() and not out.is_dir():
+        raise Unwritable(f"cannot write the report into {out}: it is a file; give --out a folder")
+    try:
+        with writing(out, "give --out a folder you can write to"):
+            out.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        raise Unwritable(f"cannot write the report into {out}: a part of that path is a file; give --out a folder") from None
     written = [_write_json(out / "metrics.json", result.to_json())]
     if result.task == "classification":
         written.append(_write_csv(out / "confusion_matrix.csv", ["true \\ predicted", *result.classes],
@@ -33,16 +46,15 @@ def write_outputs(result: EvalResult, out_dir: str | Path) -> list[Path]:
 
 
 def _write_json(path: Path, data: Any) -> Path:
-    path.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
-    return path
+    return write_atomic(path, json.dumps(data, indent=2) + "\n")
 
 
 def _write_csv(path: Path, header: list, rows: list[list]) -> Path:
-    with open(path, "w", newline="", encoding="utf-8") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(header)
-        writer.writerows(rows)
-    return path
+    text = io.StringIO()
+    writer = csv.writer(text)
+    writer.writerow(header)
+    writer.writerows(rows)
+    return write_atomic(path, text.getvalue())
 
 
 def draw_confusion(confusion: list[list[int]], classes: list[str], path: Path) -> Path:
@@ -69,8 +81,9 @@ def draw_confusion(confusion: list[list[int]], classes: list[str], path: Path) -
             if count and cell >= 24:
                 draw.text((x + 3, y + cell // 3), str(count), fill="white" if share > 0.6 else "black", font=font)
         draw.text((label + i * cell + 3, label - 14), classes[i][: max(1, cell // 7)], fill="black", font=font)
-    image.save(path)
-    return path
+    png = io.BytesIO()
+    image.save(png, format="PNG")
+    return write_atomic(path, png.getvalue())
 
 
 def render(result: EvalResult) -> list[Any]:

@@ -138,13 +138,14 @@ class EMA:
 
 
 class StopSignal:
-    """SIGINT/SIGTERM ask the loop to stop after the current step; a second SIGINT stops at once.
+    """SIGINT/SIGTERM/SIGHUP ask the loop to stop after the current step; a second SIGINT stops at once.
+    SIGHUP (a closed terminal or SSH session) is one too, so the run saves instead of vanishing.
 
     The handler only sets a flag: saving happens in the loop, never inside the handler. Outside the
     main thread (where Python refuses signal handlers) this does nothing.
     """
 
-    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+    SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
     def __init__(self) -> None:
         self.requested: str | None = None

@@ -21,7 +21,7 @@ from dltool import distributed
 from dltool.config import Config, apply_override, config_from_data, load_config
 from dltool.callbacks import Callback, Callbacks
 from dltool.engine import FitPlan, LoopState, StepOptions, fit
-from dltool.errors import CheckpointError, ConfigError, Interrupted, RunFailed
+from dltool.errors import CheckpointError, ConfigError, DltoolError, Interrupted, RunFailed, Unwritable
 from dltool.optim import build_loss, build_optimizer, build_scheduler, monitor_mode, replay
 from dltool.runs import RunDir, metric_columns, never_saved, resume_checkpoint, run_dir_of
 from dltool.runtime import (EMA, StopSignal, configure_backends, num_threads, resolve_device, rng_state, seed_all,
@@ -133,13 +133,19 @@ class Session:
         session = cls(config, bundle, input_shape, None, callback)  # a config that fails to build leaves no folder
         columns = metric_columns(bundle.task, len(bundle.classes))
         if folder is None:
-            session.rundir = distributed.create_run_dir(lambda: RunDir.create(runs_dir, name, columns))
+            session.rundir = distributed.create_run_dir(lambda: RunDir.take(runs_dir, name, columns))
         else:
-            session.rundir = distributed.own_run_dir(RunDir(folder, columns))
-            session.rundir.remove_stale_temps()
-            session.rundir.keep_metrics_until(0)
-        session.rundir.write_config(config.to_data())
-        session.rundir.write_bad_files(bundle.bad_files)
+            session.rundir = distributed.own_run_dir(RunDir(folder, columns)).hold()
+        try:
+            if folder is not None:
+                session.rundir.remove_stale_temps()
+                session.rundir.keep_metrics_until(0)
+            session.rundir.write_config(config.to_data())
+            session.rundir.write_bad_files(bundle.bad_files)
+        except BaseException:
+            # a new folder whose first file could not be written goes (the place was unusable from the start)
+            session.rundir.abandon() if folder is None else session.rundir.release()
+            raise
         return session
 
     @classmethod
@@ -148,7 +154,7 @@ class Session:
         from dltool.checkpoint import load_checkpoint
         from dltool.data import build_data
 
-        if never_saved(Path(target)):
+        if never_saved(Path(target)):  # refuses a folder whose last.pt is gone but whose work is there
             return cls.started_over(Path(target), overrides, callback)
         path = resume_checkpoint(target)
         checkpoint = load_checkpoint(path)
@@ -161,10 +167,15 @@ class Session:
         with distributed.main_first():
             bundle = build_data(config, split_state=checkpoint["split"])
         columns = metric_columns(checkpoint["task"], len(checkpoint["classes"]))
-        run = distributed.own_run_dir(RunDir(run_dir_of(path), columns))
-        run.remove_stale_temps()
-        session = cls(config, bundle, checkpoint["input_shape"], run, callback, split_state=checkpoint["split"])
-        session.restore(checkpoint)
+        run = distributed.own_run_dir(RunDir(run_dir_of(path), columns)).hold()
+        try:
+            run.remove_stale_temps()
+            session = cls(config, bundle, checkpoint["input_shape"], run, callback, split_state=checkpoint["split"])
+            session.restore(checkpoint)
+            run.write_config(config.to_data())  # what the run now is (train.* overrides applied)
+        except BaseException:
+            run.release()
+            raise
         return session
 
     @classmethod
@@ -249,6 +260,7 @@ class Session:
                 group["lr"] = lr
         self.resume_rng = distributed.own_rng(checkpoint)  # each rank's dropout continues as it would have
         set_rng_state(self.resume_rng)
+        self.rundir.saved["last"] = checkpoint["loop"]
         self.rundir.keep_metrics_until(self.state.epoch)
 
     def checkpoint(self) -> dict:
@@ -298,48 +310,76 @@ class Session:
         self.save(best=False)
 
     def run(self) -> TrainResult:
-        """Fit to the configured epochs and finish the run folder.
+        """Fit to the configured epochs and finish the run folder; the folder is released at the end.
 
         Raises:
-            RunFailed, Interrupted: see `train`.
+            RunFailed, Interrupted: see `train`; a write the disk refused during the run is a RunFailed
+            too, after summary.json says what the checkpoints hold.
         """
         with num_threads(self.config.train.threads):
-            return self._run()
+            try:
+                try:
+                    return self._run()
+                except Unwritable as exc:
+                    raise RunFailed(f"{exc}; {self._kept()}") from None
+            except RunFailed as exc:
+                self._write_failed_summary(exc)
+                raise
+            finally:
+                if self.board is not None:
+                    with contextlib.suppress(DltoolError):  # a failure closing it was reported first
+                        self.board.close()
+                self.rundir.release()
+                distributed.leave()
 
     def _run(self) -> TrainResult:
         from dltool.board import Board
 
+        if self.resume_rng is None:
+            self.save(best=False)  # first of all: a folder without last.pt is one that never trained
         # a resumed run drops the events written after its checkpoint; a run started over, all of them
         purge = self.state.epoch + 1 if self.state.epoch else (0 if self.rundir.tb.exists() else None)
         self.board = Board(self.rundir.tb, purge_step=purge) if distributed.is_main() else distributed.Silent()
-        try:
-            if self.resume_rng is None:
-                self._start_board()
-                self.save(best=False)
-            self.callback.on_fit_start(self._info())
-            with StopSignal() as signalled:
-                stop = distributed.shared_stop(signalled, self.config.train.log_every)
-                state = self._fit(stop)
-            summary = self._summary("interrupted" if state.interrupted else "finished")
-            if distributed.current() is not None:
-                summary["replica_sha256"] = distributed.replica_digests(self.model)
-            self.rundir.write_summary(summary)
-            if state.interrupted:
-                where = f"epoch {state.epoch + 1}, batch {state.batch}" if state.batch else f"the end of epoch {state.epoch}"
-                stopped = Interrupted(f"interrupted by {stop.requested} at {where}; saved {self.rundir.last}; "
-                                      f"continue with: dltool train --resume {self.rundir.path}")
-                stopped.everywhere = distributed.current() is not None  # all ranks stopped together
-                raise stopped
-            self._finish_board(summary)
-            self.callback.on_fit_end(summary)
-            return TrainResult(self.rundir.path, summary, list(state.history))
-        except RunFailed as exc:
-            with contextlib.suppress(OSError):  # the full disk that failed a save may refuse the summary too
-                self.rundir.write_summary({**self._summary("failed"), "error": str(exc)})
-            raise
-        finally:
+        if self.resume_rng is None:
+            self._start_board()
+        self.callback.on_fit_start(self._info())
+        with StopSignal() as signalled:
+            stop = distributed.shared_stop(signalled, self.config.train.log_every)
+            state = self._fit(stop)
+        summary = self._summary("interrupted" if state.interrupted else "finished")
+        if distributed.current() is not None:
+            summary["replica_sha256"] = distributed.replica_digests(self.model)
+        if state.interrupted:
             self.board.close()
-            distributed.leave()
+            self.rundir.write_summary(summary)
+            where = f"epoch {state.epoch + 1}, batch {state.batch}" if state.batch else f"the end of epoch {state.epoch}"
+            stopped = Interrupted(f"interrupted by {stop.requested} at {where}; saved {self.rundir.last}; "
+                                  f"continue with: dltool train --resume {self.rundir.path}")
+            stopped.everywhere = distributed.current() is not None  # all ranks stopped together
+            if stop.requested == "SIGHUP":
+                stopped.exit_code = 129  # as a shell reports a process its hangup ended
+            raise stopped
+        self._finish_board(summary)
+        self.board.close()
+        self.rundir.write_summary(summary)
+        self.callback.on_fit_end(summary)
+        return TrainResult(self.rundir.path, summary, list(state.history))
+
+    def _kept(self) -> str:
+        saved = self.rundir.saved.get("last")
+        kept = f"last.pt holds epoch {saved['epoch']}" if saved else "no checkpoint was saved"
+        return f"{kept}; continue with: dltool train --resume {self.rundir.path}"
+
+    def _write_failed_summary(self, exc: RunFailed) -> None:
+        """summary.json as the checkpoints are after a failure (never the epochs they do not hold)."""
+        last = LoopState.from_data(self.rundir.saved["last"]) if self.rundir.saved.get("last") else LoopState()
+        best = self.rundir.saved.get("best")
+        best = LoopState.from_data(best) if best and best["epoch"] > last.epoch else last
+        try:
+            self.rundir.write_summary({**self._summary("failed", last, best), "error": str(exc)})
+        except (DltoolError, OSError):  # the full disk that failed a save may refuse the summary too
+            with contextlib.suppress(OSError):
+                (self.rundir.path / "summary.json").unlink()  # no summary rather than a wrong one
 
     def _fit(self, stop: StopSignal) -> LoopState:
         cfg = self.config.train
@@ -389,17 +429,21 @@ class Session:
                 "train_samples": len(self.bundle.train), "val_samples": len(self.bundle.val) if self.bundle.val else 0,
                 "params": sum(p.numel() for p in self.model.parameters()), "monitor": self.monitor}
 
-    def _summary(self, status: str) -> dict:
-        state, history = self.state, self.state.history
-        best_row = next((r for r in history if r["epoch"] == state.best_epoch), {})
+    def _summary(self, status: str, state: LoopState | None = None, best: LoopState | None = None) -> dict:
+        """summary.json's content for `state` (default: where the run stands), its best epoch from
+        `best` (default: the same state)."""
+        state = state or self.state
+        best = best or state
+        history = state.history
+        best_row = next((r for r in best.history if r["epoch"] == best.best_epoch), {})
         last = history[-1] if history else {}
         final_keys = ("val_loss", "val_accuracy", "val_top5_accuracy", "val_mae")
         return {
-            "status": status, "best_epoch": state.best_epoch, "best_val_accuracy": best_row.get("val_accuracy"),
+            "status": status, "best_epoch": best.best_epoch, "best_val_accuracy": best_row.get("val_accuracy"),
             "epochs_done": state.epoch, "train_seconds": round(state.train_seconds, 4),
             "train_samples_per_second": round(state.train_samples / state.train_seconds, 1) if state.train_seconds else None,
             "final": {k: last.get(k) for k in final_keys if k in last or k in ("val_loss", "val_accuracy")},
-            "monitor": self.monitor, "mode": self.mode, "best_value": state.best,
+            "monitor": self.monitor, "mode": self.mode, "best_value": best.best,
             "stopped_early": state.stopped_early, "compile_seconds": round(state.compile_seconds, 3),
             "batch_splits": state.splits,
             "device": str(self.device), "task": self.task, "classes": len(self.classes),
@@ -432,6 +476,9 @@ def _resumed_config(checkpoint: dict, overrides: Sequence[str], path: Path) -> C
     loop = checkpoint["loop"]
     done, planned = loop["epoch"], checkpoint["config"]["train"]["epochs"]
     stopped_early = loop.get("stopped_early") and config.train.epochs == planned
+    if config.train.epochs <= done and loop["batch"]:
+        raise ConfigError(f"--resume: {path} has done {done} epochs and part of epoch {done + 1}; "
+                          f"train.epochs={config.train.epochs} would end before it; give train.epochs={done + 1} or more")
     if (config.train.epochs <= done and not loop["batch"]) or stopped_early:
         how = f"stopped early after {done} epochs" if stopped_early else f"has finished its {done} epochs"
         raise ConfigError(f"--resume: {path} {how}; to train on, extend it: "

@@ -68,3 +68,8 @@ def one_line_error(stderr: str) -> str:
     assert len(lines) == 1, stderr
     assert lines[0].startswith("error: "), stderr
     return lines[0]
+
+
+def read_only(folder: Path) -> None:
+    """Remount the tmpfs at `folder` read-only (the `mount` fixture unmounts it after the test)."""
+    subprocess.run(["mount", "-o", "remount,ro", str(folder)], check=True)
