@@ -59,7 +59,8 @@ class RichProgress(PlainProgress):
         super().__init__(console)
         self.progress = Progress(
             TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-            TextColumn("{task.fields[stats]}"), TimeRemainingColumn(), console=console, transient=True)
+            TextColumn("{task.fields[stats]}"), TimeRemainingColumn(), console=console, transient=True,
+            auto_refresh=False)  # redrawn on each update: no refresh thread taking a core from the steps
         self.task: Any = None
 
     def on_fit_start(self, info: dict) -> None:
@@ -69,14 +70,15 @@ class RichProgress(PlainProgress):
     def on_epoch_start(self, epoch: int, epochs: int, batches: int) -> None:
         self._drop_task()
         self.task = self.progress.add_task(f"epoch {epoch}/{epochs}", total=batches, stats="")
+        self.progress.refresh()
 
     def on_step(self, epoch: int, batch: int, batches: int, metrics: dict) -> None:
         score = (f"acc {100 * metrics['accuracy']:.1f}%" if "accuracy" in metrics else f"mae {metrics['mae']:.4g}")
         stats = f"loss {metrics['loss']:.4f}  {score}  {metrics['samples_per_second']:.0f} samples/s"
-        self.progress.update(self.task, completed=batch, stats=stats)
+        self.progress.update(self.task, completed=batch, stats=stats, refresh=True)
 
     def on_eval_start(self, epoch: int, batches: int) -> None:
-        self.progress.update(self.task, description=f"epoch {epoch}/{self.epochs} validating")
+        self.progress.update(self.task, description=f"epoch {epoch}/{self.epochs} validating", refresh=True)
 
     def on_epoch_end(self, epoch: int, row: dict, improved: bool) -> None:
         self._drop_task()
