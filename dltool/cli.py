@@ -113,7 +113,7 @@ def shapes_command(
     config: Path = typer.Argument(..., help="YAML config file, or a run directory or checkpoint"),
     overrides: Optional[List[str]] = OverridesArg,
     batch_size: int = typer.Option(1, "--batch-size", min=1, help="Batch dimension of the shapes"),
-    input_shape: Optional[str] = typer.Option(None, "--input-shape", help="C,H,W when the config has no model.input_shape"),
+    input_shape: Optional[str] = typer.Option(None, "--input-shape", help="C,H,W (instead of model.input_shape or the data's)"),
     depth: int = typer.Option(3, "--depth", min=1, help="Levels of nested layers to list"),
     num_classes: Optional[int] = typer.Option(None, "--num-classes", min=1, help="Classes, instead of reading the dataset"),
     as_json: bool = typer.Option(False, "--json", help="Print JSON on stdout"),

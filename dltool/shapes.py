@@ -103,10 +103,34 @@ def shapes_for_config(path: str, overrides: Sequence[str] = (), *, batch_size: i
     data = None
     if not (config.model.input_shape or cli_shape) or (num_classes is None and needs_classes(config.model.layers)):
         data = _load_data(config)
-    shape = resolve_input_shape(config, cli_shape, data)
+    shape = cli_shape or resolve_input_shape(config, None, data)  # --input-shape wins over model.input_shape
     if num_classes is None and data is not None and data.classes:
         num_classes = len(data.classes)
+    if data is not None and not cli_shape and tuple(data.input_shape) != shape:
+        _check_takes_data(config, shape, tuple(data.input_shape), num_classes)
     return collect_shapes(config, shape, batch_size, depth, num_classes)
+
+
+def _check_takes_data(config: Any, declared: tuple, sample: tuple, num_classes: int | None) -> None:
+    """A model built for model.input_shape must still take the data's samples (a global pooling
+    layer lets it); one zero batch of the data's shape tells.
+
+    Raises:
+        ConfigError: the model cannot take the data's samples.
+    """
+    from dltool.firststep import declared_shape_error
+    from dltool.models.builder import build_model
+
+    try:
+        model = build_model(config.model, declared, num_classes, pretrained=False).eval()
+    except ShapeError:
+        return  # collect_shapes reports it, with the table up to the failing layer
+    try:
+        with torch.no_grad():
+            model(torch.zeros(1, *sample))
+    except Exception:  # noqa: BLE001 - any failure means the declared shape does not fit the data
+        raise ConfigError(declared_shape_error(list(declared), list(sample), "data.transforms.eval",
+                                               config.marks)) from None
 
 
 def _from_run(path: str, overrides: Sequence[str]) -> tuple[Any, tuple[int, ...], int | None]:

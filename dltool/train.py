@@ -22,6 +22,7 @@ from dltool.config import Config, apply_override, config_from_data, load_config
 from dltool.callbacks import Callback, Callbacks
 from dltool.engine import FitPlan, LoopState, StepOptions, fit
 from dltool.errors import CheckpointError, ConfigError, Interrupted, RunFailed
+from dltool.firststep import check_first_step
 from dltool.optim import build_loss, build_optimizer, build_scheduler, monitor_mode, replay
 from dltool.runs import RunDir, metric_columns, never_saved, resume_checkpoint, run_dir_of
 from dltool.runtime import EMA, StopSignal, configure_backends, resolve_device, rng_state, seed_all, set_rng_state
@@ -130,6 +131,7 @@ class Session:
             bundle = build_data(config, split_state=split_state)
         input_shape = resolve_input_shape(config, data=bundle)
         session = cls(config, bundle, input_shape, None, callback)  # a config that fails to build leaves no folder
+        check_first_step(session)  # one batch through copies: a config that cannot train leaves no folder either
         columns = metric_columns(bundle.task, len(bundle.classes))
         if folder is None:
             session.rundir = distributed.create_run_dir(lambda: RunDir.create(runs_dir, name, columns))

@@ -87,6 +87,41 @@ def test_input_shape_option_and_its_errors(tmp_path):
     assert result.stderr.strip() == "error: --input-shape: expected positive integers like 3,32,32; got '3,x8'"
 
 
+def test_input_shape_option_wins_over_model_input_shape(tmp_path):
+    path = write(tmp_path, "model:\n  input_shape: [1, 28, 28]\n  layers: [Flatten, {Linear: {out_features: 4}}]\n")
+    result = CliRunner().invoke(app, ["shapes", str(path), "--input-shape", "3,8,8", "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["input_shape"] == [1, 3, 8, 8]
+
+
+def test_declared_input_shape_the_data_does_not_fit(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    write(tmp_path, """\
+        data: {dataset: Digits}
+        model:
+          input_shape: [1, 28, 28]
+          layers: [Flatten, {Linear: {out_features: 256}}, ReLU, {Linear: {out_features: num_classes}}]
+        """)
+    result = CliRunner().invoke(app, ["shapes", "cfg.yaml"])
+    assert result.exit_code == 2
+    assert result.stderr == ("error: cfg.yaml:3:3: model.input_shape: [1, 28, 28], but the data's samples are "
+                             "[1, 8, 8] (after data.transforms.eval); leave model.input_shape out to take the data's "
+                             "shape, or resize the images to it\n")
+
+
+def test_declared_input_shape_that_a_global_pool_makes_fit_is_kept(tmp_path):
+    path = write(tmp_path, """\
+        data: {dataset: Digits}
+        model:
+          input_shape: [1, 28, 28]
+          layers: [{Conv2d: {out_channels: 4, kernel_size: 3}}, {AdaptiveAvgPool2d: 1}, Flatten,
+                   {Linear: {out_features: num_classes}}]
+        """)
+    result = CliRunner().invoke(app, ["shapes", str(path), "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["input_shape"] == [1, 1, 28, 28]
+
+
 def test_num_classes_option_avoids_reading_a_missing_dataset(tmp_path):
     path = write(tmp_path, f"""\
         data:
