@@ -1,7 +1,8 @@
 """Checkpoints: atomic writes, safe loads (weights_only=True, always), run-directory resolution.
 
 A checkpoint is a plain dict of tensors, numbers, strings, lists and dicts (DESIGN.md section 4):
-`model`, `optimizer`, `scheduler`, `epoch`, `step`, `config`, `classes`, `metrics`, `rng`, `versions`.
+`model`, `optimizer`, `scheduler`, `epoch`, `step`, `config`, `classes`, `metrics`, `rng`, `versions`,
+and `output`: what a classifier's outputs are (dltool.outputs; absent in older checkpoints: softmax).
 """
 
 from __future__ import annotations

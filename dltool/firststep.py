@@ -163,6 +163,7 @@ def _one_step(session: Any) -> None:
         raise
     except Exception as exc:  # noqa: BLE001
         raise ConfigError(_forward_error(session, x, exc)) from None
+    _check_single_output(session, out, loss_fn)
     try:
         with opts.autocast():
             loss = loss_fn(out, fit_targets(loss_fn, out, y, opts.task))
@@ -184,6 +185,17 @@ def _one_step(session: Any) -> None:
         spec = session.config.optimizer
         raise ConfigError(located(f"{spec.name} cannot take a step: {_first_line(exc)}", spec.key,
                                   session.config.marks)) from None
+
+
+def _check_single_output(session: Any, out: torch.Tensor, loss_fn: nn.Module) -> None:
+    """One output per sample is a binary classifier's: only a loss on probabilities of class 1 fits it."""
+    if session.task != "classification" or out.dim() != 2 or out.shape[1] != 1:
+        return
+    if not isinstance(loss_fn, (nn.BCEWithLogitsLoss, nn.BCELoss)):
+        config = session.config
+        raise ConfigError(located(
+            f"{type(loss_fn).__name__} needs one output per class ({len(session.classes)}); a single output "
+            "(Linear: {out_features: 1}) goes with BCEWithLogitsLoss", config.loss.key, config.marks))
 
 
 def _first_batch(session: Any) -> tuple[torch.Tensor, torch.Tensor]:

@@ -24,6 +24,7 @@ from dltool.engine import FitPlan, LoopState, StepOptions, fit
 from dltool.errors import CheckpointError, ConfigError, Interrupted, RunFailed
 from dltool.firststep import check_first_step
 from dltool.optim import build_loss, build_optimizer, build_scheduler, monitor_mode, replay
+from dltool.outputs import output_kind
 from dltool.runs import RunDir, metric_columns, never_saved, resume_checkpoint, run_dir_of
 from dltool.runtime import EMA, StopSignal, configure_backends, resolve_device, rng_state, seed_all, set_rng_state
 from dltool.spec import Marks, located
@@ -220,7 +221,7 @@ class Session:
             device=self.device, task=self.task, accumulate=cfg.accumulate, clip_grad_norm=cfg.clip_grad_norm,
             clip_grad_value=cfg.clip_grad_value, amp=cfg.amp, channels_last=cfg.channels_last,
             log_every=cfg.log_every, scaler=scaler, ema=EMA(self.model, cfg.ema) if cfg.ema else None,
-            compile_pending=cfg.compile)
+            compile_pending=cfg.compile, output=output_kind(self.config))
 
     def restore(self, checkpoint: dict) -> None:
         """Load every saved state; a changed train.epochs re-plans the schedule from where the run is."""
@@ -262,7 +263,7 @@ class Session:
             "classes": self.classes, "metrics": self.state.history[-1] if self.state.history else {},
             "rng": rng_state(), "versions": {"dltool": dltool.__version__, "torch": str(torch.__version__)},
             "split": self.split, "input_shape": list(self.input_shape), "task": self.task,
-            "loop": self.state.to_data(), "monitor": self.monitor,
+            "loop": self.state.to_data(), "monitor": self.monitor, "output": self.opts.output,
         }
         if ema is not None:
             state["train_model"] = self.model.state_dict()

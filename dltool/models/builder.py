@@ -84,8 +84,9 @@ def with_rows(exc: ShapeError, partial: nn.Module, input_shape: tuple[int, ...])
 
 
 def check_output(spec: Spec, shape: tuple[int, ...], num_classes: int | None, net, input_shape) -> None:
-    """A classifier must end in one score per class."""
-    if num_classes is None or shape == (num_classes,):
+    """A classifier must end in one score per class, or in one for class 1 of two (a binary
+    classifier with BCEWithLogitsLoss, or Sigmoid and BCELoss)."""
+    if num_classes is None or shape == (num_classes,) or (num_classes == 2 and shape == (1,)):
         return
     hint = "add Flatten and " if len(shape) > 1 else ""
     message = (f"the model's output is {fmt(shape)} per sample but the dataset has {num_classes} classes; "
