@@ -171,12 +171,14 @@ def train_command(
 ) -> None:
     """Train a model from a YAML config; writes a run folder (config, metrics, checkpoints, TensorBoard)."""
     from dltool.progress import make_progress, summary_table
-    from dltool.train import train
+    from dltool.train import check_config_or_resume, train
 
     overrides = list(overrides or [])
     if resume is not None and config is not None and "=" in config:
         overrides.insert(0, config)  # `--resume runs/x train.epochs=30`: the first override lands in CONFIG
         config = None
+    with user_errors():
+        check_config_or_resume(config, resume)
     if nproc is not None:
         _launch_train(nproc, config, overrides, resume, name, runs_dir, folds, quiet)
     main_process = os.environ.get("RANK", "0") == "0"  # under torchrun only rank 0 shows the run

@@ -67,6 +67,7 @@ def train(config: Config | str | Path | None = None, *, runs_dir: str | Path = "
         Interrupted: SIGINT/SIGTERM; last.pt was saved and the message says how to resume.
     """
     callback = Callbacks(callbacks or ())
+    check_config_or_resume(config, resume)
     if resume is not None:
         return Session.resumed(resume, overrides, callback).run()
     if config is None:
@@ -82,6 +83,19 @@ def train(config: Config | str | Path | None = None, *, runs_dir: str | Path = "
 
         return cross_validate(config, folds, runs_dir=runs_dir, name=name or config.stem, callback=callback)
     return Session.fresh(config, runs_dir, name or config.stem, callback).run()
+
+
+def check_config_or_resume(config: Any, resume: Any) -> None:
+    """A config given with --resume would be silently unused: refuse the pair.
+
+    Raises:
+        ConfigError: both are given.
+    """
+    if resume is not None and config is not None:
+        shown = config.path if isinstance(config, Config) and getattr(config, "path", None) else config
+        raise ConfigError(f"train: give either a config or --resume, not both: a resumed run keeps the config it was "
+                          f"trained with, so {shown} would not be used; to change train.* keys, put them after "
+                          f"--resume: dltool train --resume {resume} train.epochs=30")
 
 
 class Session:
