@@ -24,6 +24,8 @@ from dltool.outputs import DEFAULT as DEFAULT_OUTPUT, to_probabilities
 SPLITS = ("val", "test", "train")
 # Overrides that choose other data than the run's: its stored split no longer applies.
 NEW_DATA_KEYS = ("data.dataset", "data.val_split")
+# Overrides that re-split the run's own data: alone, they mix trained-on images into the validation set.
+SPLIT_KEYS = ("data.val_split",)
 
 
 @dataclass
@@ -134,6 +136,7 @@ def _load_split(checkpoint: dict, config: Any, overrides: Sequence[str], split: 
     other data; the train split too when the loss weighs classes by their training counts."""
     from dltool.data import build_data
 
+    _check_split_overrides(overrides, split)
     data_config = _with_overrides(checkpoint, overrides)
     if batch_size is not None:
         data = dataclasses.replace(data_config.data, eval_batch_size=batch_size)
@@ -143,6 +146,21 @@ def _load_split(checkpoint: dict, config: Any, overrides: Sequence[str], split: 
     bundle = build_data(data_config, splits=splits, split_state=checkpoint.get("split") if same_data else None)
     _check_fits(bundle, checkpoint)
     return data_config, bundle
+
+
+def _check_split_overrides(overrides: Sequence[str], split: str) -> None:
+    """A new validation split of the run's own data would hold images the model trained on.
+
+    Raises:
+        ConfigError: a split-changing override without other data and without --split test/train.
+    """
+    keys = [text.split("=", 1)[0] for text in overrides]
+    other_data = any(key.startswith("data.dataset") for key in keys)
+    resplit = next((text for text, key in zip(overrides, keys) if key in SPLIT_KEYS), None)
+    if resplit is not None and not other_data and split == "val":
+        raise ConfigError(f"override {resplit!r}: a new split of the run's own data would put images the model "
+                          "trained on into the validation set; eval keeps the run's split unless other data is "
+                          "given (e.g. data.dataset.root=other/folder) or --split test or train is asked")
 
 
 def _balanced(config: Any) -> bool:

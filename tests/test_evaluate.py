@@ -98,6 +98,9 @@ def test_checkpoint_copied_elsewhere_writes_next_to_itself(digits_run, tmp_path)
     (["data.transforms.eval=[ToTensor]"], "the data gives inputs of shape [1, 8, 8] after its eval transforms, "
      "but the model takes [1, 16, 16]"),
     (["--device", "cuda:7"], "--device: cuda:7: "),
+    (["data.val_split=0.5"], "override 'data.val_split=0.5': a new split of the run's own data would put images the "
+     "model trained on into the validation set; eval keeps the run's split unless other data is given (e.g. "
+     "data.dataset.root=other/folder) or --split test or train is asked"),
 ])
 def test_bad_requests_are_one_line(digits_run, tmp_path, args, message):
     if args[0] == "--device" and torch.cuda.device_count() > 7:
@@ -113,6 +116,11 @@ def test_train_split_and_data_overrides(digits_run, tmp_path):
     report = _eval_json(digits_run, "--split", "train", "data.eval_batch_size=100", "--out", tmp_path)
     assert report["samples"] == 1797 - 359
     assert report["split"] == "train"
+
+
+def test_a_resplit_is_allowed_when_the_train_split_is_asked(digits_run, tmp_path):
+    report = _eval_json(digits_run, "--split", "train", "data.val_split=0.5", "--out", tmp_path)
+    assert report["samples"] == 899  # a new half-and-half split of the 1797 images
 
 
 REGRESSION = """\
