@@ -331,6 +331,9 @@ class Session:
                 self._start_board()
                 self.save(best=False)
             self.callback.on_fit_start(self._info())
+            if self.bundle.val is None and self.resume_rng is None and self.config.train.monitor == "auto":
+                self.callback.on_message("no validation split (data.val_split: 0): the best checkpoint follows "
+                                         "train_loss")
             with StopSignal() as signalled:
                 stop = distributed.shared_stop(signalled, self.config.train.log_every)
                 state = self._fit(stop)
