@@ -8,6 +8,7 @@ without parameters cost nothing.
 
 from __future__ import annotations
 
+import inspect
 import math
 from pathlib import Path
 from dataclasses import asdict, dataclass, field
@@ -31,6 +32,7 @@ class ShapeRow:
     trainable_params: int
     mult_adds: int
     depth: int = field(default=1, repr=False)
+    arguments: str = ""  # what the layer was built with, defaults left out, e.g. "1, 6, kernel_size=5"
 
 
 @dataclass
@@ -44,7 +46,7 @@ class ShapeReport:
 
     def to_json(self) -> dict:
         """The `shapes --json` document (DESIGN.md section 5)."""
-        layers = [{k: v for k, v in asdict(row).items() if k != "depth"} for row in self.rows]
+        layers = [{k: v for k, v in asdict(row).items() if k != "depth"} for row in self.rows]  # arguments last
         return {"input_shape": self.input_shape, "layers": layers, "total_params": self.total_params,
                 "trainable_params": self.trainable_params, "total_mult_adds": self.total_mult_adds}
 
@@ -222,7 +224,45 @@ def _row(index: int, name: str, module: nn.Module, shape: list[int], macs: dict[
         params=sum(p.numel() for p in params),
         trainable_params=sum(p.numel() for p in params if p.requires_grad),
         mult_adds=sum(v for k, v in macs.items() if k == name or k.startswith(prefix)),
-        depth=name.count(".") + 1)
+        depth=name.count(".") + 1, arguments=built_arguments(module))
+
+
+def built_arguments(module: nn.Module) -> str:
+    """The constructor arguments a layer holds, as torch's own repr writes them: the sizes that
+    lead the call positionally, the others by name where they differ from their default
+    (`1, 6, kernel_size=5`), so what a positional shorthand meant is visible."""
+    try:
+        params = list(inspect.signature(type(module).__init__).parameters.values())[1:]
+    except (TypeError, ValueError):
+        return ""
+    parts, positional = [], True
+    for param in params:
+        positional = positional and param.name in SIZE_ARGS
+        if param.kind not in (param.POSITIONAL_OR_KEYWORD, param.KEYWORD_ONLY) or not hasattr(module, param.name):
+            continue
+        value = _plain_value(getattr(module, param.name), param.default)
+        if value is _SKIP or (param.default is not param.empty and value == param.default):
+            continue
+        parts.append(repr(value) if positional else f"{param.name}={value!r}")
+    return ", ".join(parts)
+
+
+# The sizes torch's repr writes positionally (Conv2d(1, 6, kernel_size=...), Linear(96, 10), BatchNorm2d(16)).
+SIZE_ARGS = {"in_channels", "out_channels", "in_features", "out_features", "num_features"}
+
+
+_SKIP = object()
+
+
+def _plain_value(value: Any, default: Any) -> Any:
+    """A held argument as it was most likely written: (5, 5) as 5; a bias parameter as True/False."""
+    if isinstance(default, bool) and (value is None or isinstance(value, torch.Tensor)):
+        return value is not None
+    if isinstance(value, (torch.Tensor, nn.Module)) or callable(value):
+        return _SKIP
+    if isinstance(value, tuple) and value and all(v == value[0] for v in value) and not isinstance(default, tuple):
+        return value[0]
+    return value
 
 
 def leaf_mult_adds(module: nn.Module, output_shape: list[int]) -> int:
@@ -263,18 +303,28 @@ def render_table(report: ShapeReport | None, rows: Sequence[ShapeRow] | None = N
     columns = [("#", "right"), ("layer", "left"), ("type", "left"), ("output shape", "left"),
                ("params", "right"), ("trainable", "right"), ("mult-adds", "right")]
     cells = [("", "input", "", _shape(report.input_shape), "", "", "")] if report is not None else []
-    cells += [(str(row.index), "  " * (row.depth - 1) + row.name, row.type, _shape(row.output_shape),
+    cells += [(str(row.index), "  " * (row.depth - 1) + row.name, _built(row), _shape(row.output_shape),
                f"{row.params:,}", f"{row.trainable_params:,}", human(row.mult_adds)) for row in rows]
+    types = max([4, *(len(row.type) for row in rows)])
     for i, ((header, justify), footer) in enumerate(zip(columns, footers)):
-        # Only the layer names may shrink on a narrow terminal: numbers and shapes are never cut.
+        # On a narrow terminal the layer names may shrink and the build arguments wrap under their
+        # type: numbers and shapes are never cut.
         widest = max([len(header), len(footer), *(len(c[i]) for c in cells)])
-        table.add_column(header, justify=justify, footer=footer, no_wrap=True,
-                         min_width=None if header == "layer" else widest)
+        if header == "type":
+            table.add_column(header, justify=justify, footer=footer, no_wrap=False, min_width=types)
+        else:
+            table.add_column(header, justify=justify, footer=footer, no_wrap=True,
+                             min_width=min(widest, 12) if header == "layer" else widest)
     for cell in cells:
         table.add_row(*cell)
     if all(row.params == row.trainable_params for row in rows):
         table.columns.pop(5)  # every parameter trains: a trainable column would only repeat params
     return table
+
+
+def _built(row: ShapeRow) -> str:
+    """`Conv2d(1, 6, kernel_size=(5, 5), stride=(1, 1))`: what a positional shorthand meant, made visible."""
+    return f"{row.type}({row.arguments})" if row.arguments else row.type
 
 
 def _totals(report: ShapeReport) -> list[str]:
