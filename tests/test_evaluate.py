@@ -218,3 +218,17 @@ def test_render_shows_tables_and_worst_mistakes():
     assert "│ macro avg    │     0.556 │  0.500 │ 0.489 │       5 │" in text
     assert "│ c.png  │ bee  │ ant       │      0.965 │" in text
     assert "2 of 2; all in misclassified.csv" in text and "│ cat │   0 │   1 │   1 │" in text
+
+
+def test_eval_of_a_cross_validation_run_names_its_fold_folders(tmp_path, monkeypatch):
+    from dltool.train import train
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "kfold.yaml").write_text(
+        "data:\n  dataset: {name: FakeData, size: 40, image_size: [1, 4, 4], num_classes: 2}\n  batch_size: 8\n"
+        "model:\n  layers: [Flatten, {Linear: {out_features: num_classes}}]\ntrain: {epochs: 1, device: cpu}\n")
+    train("kfold.yaml", runs_dir="runs", folds=2)
+    result = CliRunner().invoke(app, ["eval", "runs/kfold", "--device", "cpu"])
+    assert result.exit_code == 2
+    assert result.stderr == ("error: runs/kfold: a cross-validation run: each fold is a run of its own; give one of "
+                             "runs/kfold/fold-1, runs/kfold/fold-2\n")
