@@ -88,7 +88,7 @@ def _walk(image: Any, specs: Any, steps: list, marks: Any) -> None:
     for spec, step in zip(specs, steps):
         channels = _channels_of(image, F)
         means = spec.kwargs.get("mean", spec.args[0] if spec.args else None)
-        if spec.name.lower() == "normalize" and isinstance(means, list) and channels and len(means) != channels:
+        if spec.name.lower() == "normalize" and isinstance(means, list) and channels and len(means) not in (1, channels):
             shape = list(to_float_tensor(image).shape)
             raise ConfigError(located(
                 f"Normalize has {len(means)} means for images with {channels} channel{'s' if channels > 1 else ''} "

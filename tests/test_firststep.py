@@ -68,6 +68,13 @@ def test_three_channel_normalize_on_one_channel_images(tmp_path, monkeypatch, ca
                    "data.channels")
 
 
+def test_one_value_normalize_fits_any_channels_and_three_fit_three(tmp_path, monkeypatch):
+    text = HEAD + "  channels: 3\n  transforms:\n    train: [ToTensor, {Normalize: {mean: [0.5], std: [0.5]}}, " \
+        "{Normalize: {mean: [0.1, 0.2, 0.3], std: [1, 1, 1]}}]\n    eval: [ToTensor]\n" + MODEL + TAIL
+    result = train_cli(tmp_path, monkeypatch, text)
+    assert result.exit_code == 0, result.output
+
+
 def test_class_weights_for_another_number_of_classes(tmp_path, monkeypatch):
     text = HEAD + MODEL + "loss: {name: CrossEntropyLoss, weight: [1, 2]}\n" + TAIL
     assert_refused(train_cli(tmp_path, monkeypatch, text), tmp_path,
