@@ -164,6 +164,7 @@ def _one_step(session: Any) -> None:
     except Exception as exc:  # noqa: BLE001
         raise ConfigError(_forward_error(session, x, exc)) from None
     _check_single_output(session, out, loss_fn)
+    _check_pos_weight(session, out, loss_fn)
     try:
         with opts.autocast():
             loss = loss_fn(out, fit_targets(loss_fn, out, y, opts.task))
@@ -196,6 +197,16 @@ def _check_single_output(session: Any, out: torch.Tensor, loss_fn: nn.Module) ->
         raise ConfigError(located(
             f"{type(loss_fn).__name__} needs one output per class ({len(session.classes)}); a single output "
             "(Linear: {out_features: 1}) goes with BCEWithLogitsLoss", config.loss.key, config.marks))
+
+
+def _check_pos_weight(session: Any, out: torch.Tensor, loss_fn: nn.Module) -> None:
+    """BCEWithLogitsLoss's pos_weight: one value, or one per output."""
+    weight = getattr(loss_fn, "pos_weight", None)
+    if weight is None or out.dim() != 2 or weight.numel() in (1, out.shape[1]):
+        return
+    config = session.config
+    raise ConfigError(located(f"{weight.numel()} values for {out.shape[1]} outputs per sample; give one, or one per "
+                              "output", f"{config.loss.key}.pos_weight", config.marks))
 
 
 def _first_batch(session: Any) -> tuple[torch.Tensor, torch.Tensor]:
@@ -249,7 +260,7 @@ def _check_plan(session: Any) -> None:
         for _ in range(min(steps, MAX_PLAN_STEPS)):
             scheduler.step()
     except Exception as exc:  # noqa: BLE001
-        unit = "optimizer steps" if schedule.interval == "step" else "epochs"
-        raise ConfigError(located(f"{spec.name} cannot follow this run's {steps} {unit} ({epochs} epochs): "
-                                  f"{_first_line(exc)}", spec.key, session.config.marks)) from None
+        run = f"{steps} optimizer steps ({epochs} epochs)" if schedule.interval == "step" else f"{epochs} epochs"
+        raise ConfigError(located(f"{spec.name} cannot follow this run's {run}: {_first_line(exc)}", spec.key,
+                                  session.config.marks)) from None
 

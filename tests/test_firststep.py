@@ -105,6 +105,25 @@ def test_a_schedule_shorter_than_the_run(tmp_path, monkeypatch):
                    "Tried to step 11 times. The specified number of total steps is 10")
 
 
+def test_a_schedule_argument_that_breaks_an_epoch_schedule(tmp_path, monkeypatch):
+    text = HEAD + MODEL + "scheduler: {name: StepLR, step_size: 0}\n" + TAIL
+    assert_refused(train_cli(tmp_path, monkeypatch, text), tmp_path,
+                   "cfg.yaml:11:1: scheduler: StepLR cannot follow this run's 1 epochs: integer modulo by zero")
+
+
+def test_pos_weight_of_another_length_than_the_outputs(tmp_path, monkeypatch):
+    text = HEAD + MODEL + "loss: {name: BCEWithLogitsLoss, pos_weight: [1, 2, 3]}\n" + TAIL
+    assert_refused(train_cli(tmp_path, monkeypatch, text), tmp_path,
+                   "cfg.yaml:11:33: loss.pos_weight: 3 values for 10 outputs per sample; give one, or one per output")
+
+
+def test_any_other_loss_failure_is_one_line_naming_the_loss(tmp_path, monkeypatch):
+    text = HEAD + MODEL + "loss: {name: CrossEntropyLoss, label_smoothing: 2}\n" + TAIL
+    assert_refused(train_cli(tmp_path, monkeypatch, text), tmp_path,
+                   "cfg.yaml:11:1: loss: CrossEntropyLoss cannot take the model's outputs of shape [32, 10] with "
+                   "targets of shape [32] (torch.int64): label_smoothing must be between 0.0 and 1.0. Got: 2")
+
+
 def test_every_parameter_frozen(tmp_path, monkeypatch):
     text = HEAD + MODEL + '  freeze: ["*"]\n' + TAIL
     assert_refused(train_cli(tmp_path, monkeypatch, text), tmp_path,
