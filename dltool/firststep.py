@@ -42,7 +42,7 @@ def check_first_step(session: Any) -> None:
         ConfigError: one located line naming the config key the failure comes from.
     """
     config = session.config
-    _check_transforms(config, session.bundle)
+    check_transforms(config, session.bundle)
     _check_loss_fits(config, session.task, len(session.classes), session.loss_fn)
     _check_trainable(config, session.model)
     _check_batches(config, session.bundle, session.train_loader)
@@ -62,9 +62,14 @@ def _first_line(exc: BaseException) -> str:
     return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
 
 
-def _check_transforms(config: Any, bundle: Any) -> None:
+def check_transforms(config: Any, bundle: Any) -> None:
     """Each listed transform on the first sample, one at a time: a Normalize with other channels
-    than the image has there, or a transform that fails, is named by its own key."""
+    than the image has there, or a transform that fails, is named by its own key (the lists of
+    the splits `bundle` holds).
+
+    Raises:
+        ConfigError: located at the transform's key.
+    """
     from dltool.data.specs import transform_specs
 
     datasets = [d for d in (bundle.train, bundle.val, bundle.test) if d is not None and len(d)]

@@ -108,6 +108,10 @@ def shapes_for_config(path: str, overrides: Sequence[str] = (), *, batch_size: i
     shape = cli_shape or resolve_input_shape(config, None, data)  # --input-shape wins over model.input_shape
     if num_classes is None and data is not None and data.classes:
         num_classes = len(data.classes)
+    if data is not None:
+        from dltool.firststep import check_transforms
+
+        check_transforms(config, data)
     if data is not None and not cli_shape and tuple(data.input_shape) != shape:
         _check_takes_data(config, shape, tuple(data.input_shape), num_classes)
     return collect_shapes(config, shape, batch_size, depth, num_classes)

@@ -219,3 +219,20 @@ def test_a_positional_list_whose_reading_is_ambiguous_is_refused(tmp_path):
         f"error: {path}:4:7: model.layers.0: Conv2d: [1, 6] is ambiguous: it reads as out_channels=1, kernel_size=6 "
         "with in_channels inferred (1), but in_channels=1, out_channels=6 with kernel_size left out looks the same; "
         "name them, e.g. {out_channels: 6, kernel_size: 3}, or give all three: [1, 6, 3]\n")
+
+
+def test_shapes_names_a_normalize_with_more_channels_than_the_images(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    write(tmp_path, """\
+        data:
+          dataset: Digits
+          transforms:
+            eval: [ToTensor, {Normalize: {mean: [0.5, 0.5, 0.5], std: [0.5, 0.5, 0.5]}}]
+        model:
+          layers: [Flatten, {Linear: {out_features: num_classes}}]
+        """)
+    result = CliRunner().invoke(app, ["shapes", "cfg.yaml"])
+    assert result.exit_code == 2
+    assert result.stderr == ("error: cfg.yaml:4:22: data.transforms.eval.1: Normalize has 3 means for images with 1 "
+                             "channel (shape [1, 8, 8] there); give 1 value each to mean and std (dltool data --stats "
+                             "prints them), or set data.channels\n")
