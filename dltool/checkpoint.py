@@ -1,7 +1,8 @@
 """Checkpoints: atomic writes, safe loads (weights_only=True, always), run-directory resolution.
 
 A checkpoint is a plain dict of tensors, numbers, strings, lists and dicts (DESIGN.md section 4):
-`model`, `optimizer`, `scheduler`, `epoch`, `step`, `config`, `classes`, `metrics`, `rng`, `versions`.
+`model`, `optimizer`, `scheduler`, `epoch`, `step`, `config`, `classes`, `metrics`, `rng`, `versions`,
+and `output`: what a classifier's outputs are (dltool.outputs; absent in older checkpoints: softmax).
 """
 
 from __future__ import annotations
@@ -120,6 +121,11 @@ def resolve_checkpoint(path: str | Path) -> Path:
     if path.is_dir():
         found = checkpoint_in(path, ("best.pt", "last.pt"))
         if found is None:
+            folds = sorted((d for d in path.glob("fold-*") if checkpoint_in(d, ("best.pt", "last.pt"))),
+                           key=lambda d: (len(d.name), d.name))
+            if folds:
+                raise CheckpointError(f"{path}: a cross-validation run: each fold is a run of its own; give one of "
+                                      f"{', '.join(str(d) for d in folds)}")
             raise CheckpointError(f"{path}: no checkpoints/best.pt or checkpoints/last.pt in this folder")
         return found
     if not path.exists():

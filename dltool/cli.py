@@ -136,7 +136,7 @@ def shapes_command(
     config: Path = typer.Argument(..., help="YAML config file, or a run directory or checkpoint"),
     overrides: Optional[List[str]] = OverridesArg,
     batch_size: int = typer.Option(1, "--batch-size", min=1, help="Batch dimension of the shapes"),
-    input_shape: Optional[str] = typer.Option(None, "--input-shape", help="C,H,W when the config has no model.input_shape"),
+    input_shape: Optional[str] = typer.Option(None, "--input-shape", help="C,H,W (instead of model.input_shape or the data's)"),
     depth: int = typer.Option(3, "--depth", min=1, help="Levels of nested layers to list"),
     num_classes: Optional[int] = typer.Option(None, "--num-classes", min=1, help="Classes, instead of reading the dataset"),
     as_json: bool = typer.Option(False, "--json", help="Print JSON on stdout"),
@@ -194,12 +194,14 @@ def train_command(
 ) -> None:
     """Train a model from a YAML config; writes a run folder (config, metrics, checkpoints, TensorBoard)."""
     from dltool.progress import make_progress, summary_table
-    from dltool.train import train
+    from dltool.train import check_config_or_resume, train
 
     overrides = list(overrides or [])
     if resume is not None and config is not None and "=" in config:
         overrides.insert(0, config)  # `--resume runs/x train.epochs=30`: the first override lands in CONFIG
         config = None
+    with user_errors():
+        check_config_or_resume(config, resume)
     if nproc is not None:
         _launch_train(nproc, config, overrides, resume, name, runs_dir, folds, quiet)
     main_process = os.environ.get("RANK", "0") == "0"  # under torchrun only rank 0 shows the run

@@ -56,7 +56,7 @@ class TransformsConfig:
 @dataclass(frozen=True)
 class DataConfig:
     dataset: Spec = _f(factory=lambda: Spec("Digits"))
-    val_split: float = _f(0.2, gt=0, lt=1)
+    val_split: float = _f(0.2, min=0, lt=1)  # 0: train on everything, no validation
     batch_size: int = _f(64, min=1)
     eval_batch_size: Optional[int] = _f(None, min=1)
     num_workers: int = _f(0, min=0)

@@ -22,6 +22,7 @@ from dltool import distributed
 from dltool.callbacks import Callback
 from dltool.errors import RunFailed
 from dltool.optim import Schedule, current_lr
+from dltool.outputs import single_threshold, to_probabilities
 from dltool.runtime import EMA, seed_epoch
 
 MONITORS = ("val_loss", "val_accuracy", "val_top5_accuracy", "val_mae", "train_loss", "train_accuracy", "train_mae")
@@ -71,6 +72,7 @@ class StepOptions:
     ema: EMA | None = None
     compile_pending: bool = False  # the first step compiles the model: timed apart from training
     eval_splits: int = 1  # evaluation batches go through the model in this many parts (after OOM)
+    output: str = "softmax"  # what the outputs are (dltool.outputs): how they become probabilities
 
     def autocast(self) -> Any:
         dtype = amp_dtype(self.amp, self.device)
@@ -104,6 +106,8 @@ def fit_targets(loss_fn: nn.Module, out: torch.Tensor, y: torch.Tensor, task: st
     one-hot for BCE-style losses given class indices."""
     if task == "regression":
         return y.to(out.dtype).reshape(out.shape) if y.numel() == out.numel() else y.to(out.dtype)
+    if out.dim() == 2 and out.shape[1] == 1:  # one output, class 1's: the target is 1 for class 1
+        return (y[:, 1:] if y.is_floating_point() and y.dim() == 2 else y.reshape(-1, 1)).to(out.dtype)
     if isinstance(loss_fn, SOFT_TARGET_LOSSES) and not y.is_floating_point():
         return nn.functional.one_hot(y, out.shape[-1]).to(out.dtype)
     return y
@@ -112,8 +116,9 @@ def fit_targets(loss_fn: nn.Module, out: torch.Tensor, y: torch.Tensor, task: st
 class _Sums:
     """Running sums of loss, correct predictions (or absolute error) and samples, kept on the device."""
 
-    def __init__(self, device: torch.device, start: dict | None = None):
+    def __init__(self, device: torch.device, start: dict | None = None, threshold: float = 0.0):
         start = start or {}
+        self.threshold = threshold  # where a single output separates class 0 from class 1
         self.loss = torch.tensor(start.get("loss", 0.0), dtype=torch.float64, device=device)
         self.score = torch.tensor(start.get("score", 0.0), dtype=torch.float64, device=device)
         self.count = int(start.get("count", 0))
@@ -125,7 +130,9 @@ class _Sums:
             self.score += (out.detach().double().reshape(y.shape) - y.double()).abs().sum() / max(1, y[0].numel())
         else:
             labels = y.argmax(1) if y.is_floating_point() and y.dim() == 2 else y
-            self.score.add_((out.detach().argmax(1) == labels).sum())
+            single = out.dim() == 2 and out.shape[1] == 1
+            predicted = (out.detach()[:, 0] > self.threshold).long() if single else out.detach().argmax(1)
+            self.score.add_((predicted == labels).sum())
         self.count += n
 
     def read(self, task: str, prefix: str) -> dict:
@@ -175,7 +182,7 @@ def train_one_epoch(model: nn.Module, loader: Iterable, loss_fn: nn.Module, opti
     forward = forward or model
     model.train()
     batches = len(loader)
-    sums = _Sums(opts.device, state.sums)
+    sums = _Sums(opts.device, state.sums, single_threshold(opts.output))
     # reading a CPU scalar costs nothing; on CUDA it stalls; in a process group all must stop together
     check_each_step = opts.device.type == "cpu" and distributed.current() is None
     first_bad = torch.full((), -1, dtype=torch.long, device=opts.device)
@@ -346,7 +353,7 @@ def evaluate(model: nn.Module, loader: Iterable, loss_fn: nn.Module, opts: StepO
     """Loss and accuracy (top-1, top-5 with >= 5 classes) or MAE of `model` over `loader`.
 
     Args:
-        collect: also return the softmax probabilities and targets (for PR curves).
+        collect: also return the class probabilities and targets (for PR curves).
 
     Returns:
         (metrics with keys val_loss, val_accuracy[, val_top5_accuracy] or val_mae;
@@ -354,7 +361,7 @@ def evaluate(model: nn.Module, loader: Iterable, loss_fn: nn.Module, opts: StepO
     """
     model.eval()
     callback.on_eval_start(epoch, len(loader))
-    sums, top5 = _Sums(opts.device), torch.zeros((), dtype=torch.long, device=opts.device)
+    sums, top5 = _Sums(opts.device, threshold=single_threshold(opts.output)), torch.zeros((), dtype=torch.long, device=opts.device)
     probs, targets, classes = [], [], 0
     for x, y in loader:
         x, y = opts.to_device(x, y)
@@ -368,7 +375,7 @@ def evaluate(model: nn.Module, loader: Iterable, loss_fn: nn.Module, opts: StepO
             if classes >= 5:
                 top5 += (out.topk(5, dim=1).indices == y[:, None]).any(1).sum()
             if collect:
-                probs.append(out.float().softmax(1))
+                probs.append(to_probabilities(out, opts.output))
                 targets.append(y)
     # each process saw its own shard of the validation set: the sums cover all of it once
     sums.all_reduce()

@@ -19,10 +19,13 @@ from torch import nn
 
 from dltool.checkpoint import load_checkpoint, rebuild_model
 from dltool.errors import ConfigError, DataError
+from dltool.outputs import DEFAULT as DEFAULT_OUTPUT, to_probabilities
 
 SPLITS = ("val", "test", "train")
 # Overrides that choose other data than the run's: its stored split no longer applies.
 NEW_DATA_KEYS = ("data.dataset", "data.val_split")
+# Overrides that re-split the run's own data: alone, they mix trained-on images into the validation set.
+SPLIT_KEYS = ("data.val_split",)
 
 
 @dataclass
@@ -40,10 +43,12 @@ class EvalResult:
     outputs: torch.Tensor
     per_class: list[dict] = field(default_factory=list)
     confusion: list[list[int]] = field(default_factory=list)
+    output: str = DEFAULT_OUTPUT  # what the outputs are (dltool.outputs)
 
     @property
     def probabilities(self) -> torch.Tensor:
-        return self.outputs.float().softmax(1)
+        """(N, classes) class probabilities, as the run's loss implies (a single output: [1 - p, p])."""
+        return to_probabilities(self.outputs, self.output)
 
     def averages(self) -> dict[str, dict]:
         """Macro (unweighted mean over classes) and weighted (by support) precision, recall, F1."""
@@ -111,15 +116,16 @@ def evaluate_checkpoint(target: str | Path, overrides: Sequence[str] = (), *, sp
     checkpoint = load_checkpoint(target)
     model, config = rebuild_model(checkpoint)
     data_config, bundle = _load_split(checkpoint, config, overrides, split, batch_size)
-    metrics, outputs = _forward(model, config, data_config, bundle, split, _device(device))
+    kind = checkpoint.get("output", DEFAULT_OUTPUT)  # older checkpoints: softmax, as always
+    metrics, outputs = _forward(model, config, data_config, bundle, split, _device(device), kind)
     targets = _targets(bundle.dataset(split), bundle.task)
     result = EvalResult(checkpoint=checkpoint["path"], split=split, task=bundle.task, classes=list(bundle.classes),
-                        metrics={}, ids=bundle.sample_ids(split), targets=targets, outputs=outputs)
+                        metrics={}, ids=bundle.sample_ids(split), targets=targets, outputs=outputs, output=kind)
     if bundle.task == "regression":
         result.metrics = regression_metrics(metrics["val_loss"], outputs, targets)
     else:
         result.metrics = classification_metrics(metrics, outputs, targets)
-        result.confusion = confusion_matrix(outputs.argmax(1), targets, len(bundle.classes))
+        result.confusion = confusion_matrix(result.probabilities.argmax(1), targets, len(bundle.classes))
         result.per_class = per_class(result.confusion, bundle.classes)
     return result
 
@@ -130,6 +136,7 @@ def _load_split(checkpoint: dict, config: Any, overrides: Sequence[str], split: 
     other data; the train split too when the loss weighs classes by their training counts."""
     from dltool.data import build_data
 
+    _check_split_overrides(overrides, split)
     data_config = _with_overrides(checkpoint, overrides)
     if batch_size is not None:
         data = dataclasses.replace(data_config.data, eval_batch_size=batch_size)
@@ -141,12 +148,27 @@ def _load_split(checkpoint: dict, config: Any, overrides: Sequence[str], split: 
     return data_config, bundle
 
 
+def _check_split_overrides(overrides: Sequence[str], split: str) -> None:
+    """A new validation split of the run's own data would hold images the model trained on.
+
+    Raises:
+        ConfigError: a split-changing override without other data and without --split test/train.
+    """
+    keys = [text.split("=", 1)[0] for text in overrides]
+    other_data = any(key.startswith("data.dataset") for key in keys)
+    resplit = next((text for text, key in zip(overrides, keys) if key in SPLIT_KEYS), None)
+    if resplit is not None and not other_data and split == "val":
+        raise ConfigError(f"override {resplit!r}: a new split of the run's own data would put images the model "
+                          "trained on into the validation set; eval keeps the run's split unless other data is "
+                          "given (e.g. data.dataset.root=other/folder) or --split test or train is asked")
+
+
 def _balanced(config: Any) -> bool:
     return config.loss.kwargs.get("weight") == "balanced"
 
 
 def _forward(model: nn.Module, config: Any, data_config: Any, bundle: Any, split: str,
-             device: torch.device) -> tuple[dict, torch.Tensor]:
+             device: torch.device, output: str) -> tuple[dict, torch.Tensor]:
     """The engine's evaluate over the split, set up as training set it up: (metrics, outputs)."""
     from dltool.data import make_loader
     from dltool.engine import StepOptions, evaluate
@@ -157,7 +179,8 @@ def _forward(model: nn.Module, config: Any, data_config: Any, bundle: Any, split
     loss_fn = build_loss(config.loss, counts).to(device)
     loader = make_loader(bundle.dataset(split), data_config.data, train=False, seed=data_config.seed,
                          device=str(device))
-    opts = StepOptions(device=device, task=bundle.task, amp=config.train.amp, channels_last=config.train.channels_last)
+    opts = StepOptions(device=device, task=bundle.task, amp=config.train.amp, channels_last=config.train.channels_last,
+                       output=output)
     layout = torch.channels_last if config.train.channels_last else torch.preserve_format
     recorder = Recorder(model.to(device, memory_format=layout))
     with num_threads(config.train.threads):  # as training measured it: the same sums, the same loss
@@ -219,12 +242,12 @@ def _targets(dataset: Any, task: str) -> torch.Tensor:
 
 
 def classification_metrics(engine_metrics: dict, outputs: torch.Tensor, targets: torch.Tensor) -> dict:
-    """loss, accuracy and top5_accuracy as the engine measured them; top-5 over fewer than five
-    classes counts every sample (the true class is always among the top k = classes)."""
-    top5 = engine_metrics.get("val_top5_accuracy")
-    if top5 is None:
-        top5 = 1.0 if len(targets) else 0.0
-    return {"loss": engine_metrics["val_loss"], "accuracy": engine_metrics["val_accuracy"], "top5_accuracy": top5}
+    """loss, accuracy and top5_accuracy as the engine measured them; below five classes top-5 is
+    left out, as training leaves it out (every class is among the top five: it would always be 1)."""
+    metrics = {"loss": engine_metrics["val_loss"], "accuracy": engine_metrics["val_accuracy"]}
+    if "val_top5_accuracy" in engine_metrics:
+        metrics["top5_accuracy"] = engine_metrics["val_top5_accuracy"]
+    return metrics
 
 
 def regression_metrics(loss: float, outputs: torch.Tensor, targets: torch.Tensor) -> dict:

@@ -17,6 +17,7 @@ import torch
 
 from dltool.checkpoint import load_checkpoint, rebuild_model
 from dltool.errors import ConfigError, ImageError
+from dltool.outputs import DEFAULT as DEFAULT_OUTPUT, to_probabilities
 from dltool.preprocess import ImageReader
 
 
@@ -86,6 +87,7 @@ class Predictor:
         self.model = model.to(self.device)
         self.classes = list(checkpoint.get("classes") or [])
         self.task = checkpoint.get("task", "classification")
+        self.output = checkpoint.get("output", DEFAULT_OUTPUT)  # older checkpoints: softmax, as always
         self.input_shape = tuple(checkpoint["input_shape"])
         self.read = ImageReader(config, self.input_shape)
         self.path = checkpoint["path"]
@@ -108,7 +110,7 @@ class Predictor:
         out = self.model(batch.to(self.device)).float().cpu()
         if self.task == "regression":
             return [(None, row.flatten().tolist()) for row in out]
-        probs = out.softmax(1)
+        probs = to_probabilities(out, self.output)
         values, indices = probs.topk(min(topk, probs.shape[1]), dim=1)
         return [([{"class": self.classes[int(i)], "index": int(i), "probability": float(p)}
                   for p, i in zip(vs, ix)], None) for vs, ix in zip(values, indices)]

@@ -8,6 +8,7 @@ without parameters cost nothing.
 
 from __future__ import annotations
 
+import inspect
 import math
 from pathlib import Path
 from dataclasses import asdict, dataclass, field
@@ -31,6 +32,7 @@ class ShapeRow:
     trainable_params: int
     mult_adds: int
     depth: int = field(default=1, repr=False)
+    arguments: str = ""  # what the layer was built with, defaults left out, e.g. "1, 6, kernel_size=5"
 
 
 @dataclass
@@ -44,7 +46,7 @@ class ShapeReport:
 
     def to_json(self) -> dict:
         """The `shapes --json` document (DESIGN.md section 5)."""
-        layers = [{k: v for k, v in asdict(row).items() if k != "depth"} for row in self.rows]
+        layers = [{k: v for k, v in asdict(row).items() if k != "depth"} for row in self.rows]  # arguments last
         return {"input_shape": self.input_shape, "layers": layers, "total_params": self.total_params,
                 "trainable_params": self.trainable_params, "total_mult_adds": self.total_mult_adds}
 
@@ -103,10 +105,38 @@ def shapes_for_config(path: str, overrides: Sequence[str] = (), *, batch_size: i
     data = None
     if not (config.model.input_shape or cli_shape) or (num_classes is None and needs_classes(config.model.layers)):
         data = _load_data(config)
-    shape = resolve_input_shape(config, cli_shape, data)
+    shape = cli_shape or resolve_input_shape(config, None, data)  # --input-shape wins over model.input_shape
     if num_classes is None and data is not None and data.classes:
         num_classes = len(data.classes)
+    if data is not None:
+        from dltool.firststep import check_transforms
+
+        check_transforms(config, data)
+    if data is not None and not cli_shape and tuple(data.input_shape) != shape:
+        _check_takes_data(config, shape, tuple(data.input_shape), num_classes)
     return collect_shapes(config, shape, batch_size, depth, num_classes)
+
+
+def _check_takes_data(config: Any, declared: tuple, sample: tuple, num_classes: int | None) -> None:
+    """A model built for model.input_shape must still take the data's samples (a global pooling
+    layer lets it); one zero batch of the data's shape tells.
+
+    Raises:
+        ConfigError: the model cannot take the data's samples.
+    """
+    from dltool.firststep import declared_shape_error
+    from dltool.models.builder import build_model
+
+    try:
+        model = build_model(config.model, declared, num_classes, pretrained=False).eval()
+    except ShapeError:
+        return  # collect_shapes reports it, with the table up to the failing layer
+    try:
+        with torch.no_grad():
+            model(torch.zeros(1, *sample))
+    except Exception:  # noqa: BLE001 - any failure means the declared shape does not fit the data
+        raise ConfigError(declared_shape_error(list(declared), list(sample), "data.transforms.eval",
+                                               config.marks)) from None
 
 
 def _from_run(path: str, overrides: Sequence[str]) -> tuple[Any, tuple[int, ...], int | None]:
@@ -198,7 +228,45 @@ def _row(index: int, name: str, module: nn.Module, shape: list[int], macs: dict[
         params=sum(p.numel() for p in params),
         trainable_params=sum(p.numel() for p in params if p.requires_grad),
         mult_adds=sum(v for k, v in macs.items() if k == name or k.startswith(prefix)),
-        depth=name.count(".") + 1)
+        depth=name.count(".") + 1, arguments=built_arguments(module))
+
+
+def built_arguments(module: nn.Module) -> str:
+    """The constructor arguments a layer holds, as torch's own repr writes them: the sizes that
+    lead the call positionally, the others by name where they differ from their default
+    (`1, 6, kernel_size=5`), so what a positional shorthand meant is visible."""
+    try:
+        params = list(inspect.signature(type(module).__init__).parameters.values())[1:]
+    except (TypeError, ValueError):
+        return ""
+    parts, positional = [], True
+    for param in params:
+        positional = positional and param.name in SIZE_ARGS
+        if param.kind not in (param.POSITIONAL_OR_KEYWORD, param.KEYWORD_ONLY) or not hasattr(module, param.name):
+            continue
+        value = _plain_value(getattr(module, param.name), param.default)
+        if value is _SKIP or (param.default is not param.empty and value == param.default):
+            continue
+        parts.append(repr(value) if positional else f"{param.name}={value!r}")
+    return ", ".join(parts)
+
+
+# The sizes torch's repr writes positionally (Conv2d(1, 6, kernel_size=...), Linear(96, 10), BatchNorm2d(16)).
+SIZE_ARGS = {"in_channels", "out_channels", "in_features", "out_features", "num_features"}
+
+
+_SKIP = object()
+
+
+def _plain_value(value: Any, default: Any) -> Any:
+    """A held argument as it was most likely written: (5, 5) as 5; a bias parameter as True/False."""
+    if isinstance(default, bool) and (value is None or isinstance(value, torch.Tensor)):
+        return value is not None
+    if isinstance(value, (torch.Tensor, nn.Module)) or callable(value):
+        return _SKIP
+    if isinstance(value, tuple) and value and all(v == value[0] for v in value) and not isinstance(default, tuple):
+        return value[0]
+    return value
 
 
 def leaf_mult_adds(module: nn.Module, output_shape: list[int]) -> int:
@@ -239,18 +307,28 @@ def render_table(report: ShapeReport | None, rows: Sequence[ShapeRow] | None = N
     columns = [("#", "right"), ("layer", "left"), ("type", "left"), ("output shape", "left"),
                ("params", "right"), ("trainable", "right"), ("mult-adds", "right")]
     cells = [("", "input", "", _shape(report.input_shape), "", "", "")] if report is not None else []
-    cells += [(str(row.index), "  " * (row.depth - 1) + row.name, row.type, _shape(row.output_shape),
+    cells += [(str(row.index), "  " * (row.depth - 1) + row.name, _built(row), _shape(row.output_shape),
                f"{row.params:,}", f"{row.trainable_params:,}", human(row.mult_adds)) for row in rows]
+    types = max([4, *(len(row.type) for row in rows)])
     for i, ((header, justify), footer) in enumerate(zip(columns, footers)):
-        # Only the layer names may shrink on a narrow terminal: numbers and shapes are never cut.
+        # On a narrow terminal the layer names may shrink and the build arguments wrap under their
+        # type: numbers and shapes are never cut.
         widest = max([len(header), len(footer), *(len(c[i]) for c in cells)])
-        table.add_column(header, justify=justify, footer=footer, no_wrap=True,
-                         min_width=None if header == "layer" else widest)
+        if header == "type":
+            table.add_column(header, justify=justify, footer=footer, no_wrap=False, min_width=types)
+        else:
+            table.add_column(header, justify=justify, footer=footer, no_wrap=True,
+                             min_width=min(widest, 12) if header == "layer" else widest)
     for cell in cells:
         table.add_row(*cell)
     if all(row.params == row.trainable_params for row in rows):
         table.columns.pop(5)  # every parameter trains: a trainable column would only repeat params
     return table
+
+
+def _built(row: ShapeRow) -> str:
+    """`Conv2d(1, 6, kernel_size=(5, 5), stride=(1, 1))`: what a positional shorthand meant, made visible."""
+    return f"{row.type}({row.arguments})" if row.arguments else row.type
 
 
 def _totals(report: ShapeReport) -> list[str]:

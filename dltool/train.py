@@ -22,7 +22,9 @@ from dltool.config import Config, apply_override, config_from_data, load_config
 from dltool.callbacks import Callback, Callbacks
 from dltool.engine import FitPlan, LoopState, StepOptions, fit
 from dltool.errors import CheckpointError, ConfigError, DltoolError, Interrupted, RunFailed, Unwritable
+from dltool.firststep import check_first_step
 from dltool.optim import build_loss, build_optimizer, build_scheduler, monitor_mode, replay
+from dltool.outputs import output_kind
 from dltool.runs import RunDir, metric_columns, never_saved, resume_checkpoint, run_dir_of
 from dltool.runtime import (EMA, StopSignal, configure_backends, num_threads, resolve_device, rng_state, seed_all,
                             set_rng_state)
@@ -66,6 +68,7 @@ def train(config: Config | str | Path | None = None, *, runs_dir: str | Path = "
         Interrupted: SIGINT/SIGTERM; last.pt was saved and the message says how to resume.
     """
     callback = Callbacks(callbacks or ())
+    check_config_or_resume(config, resume)
     if resume is not None:
         return Session.resumed(resume, overrides, callback).run()
     if config is None:
@@ -81,6 +84,19 @@ def train(config: Config | str | Path | None = None, *, runs_dir: str | Path = "
 
         return cross_validate(config, folds, runs_dir=runs_dir, name=name or config.stem, callback=callback)
     return Session.fresh(config, runs_dir, name or config.stem, callback).run()
+
+
+def check_config_or_resume(config: Any, resume: Any) -> None:
+    """A config given with --resume would be silently unused: refuse the pair.
+
+    Raises:
+        ConfigError: both are given.
+    """
+    if resume is not None and config is not None:
+        shown = config.path if isinstance(config, Config) and getattr(config, "path", None) else config
+        raise ConfigError(f"train: give either a config or --resume, not both: a resumed run keeps the config it was "
+                          f"trained with, so {shown} would not be used; to change train.* keys, put them after "
+                          f"--resume: dltool train --resume {resume} train.epochs=30")
 
 
 class Session:
@@ -131,6 +147,7 @@ class Session:
             bundle = build_data(config, split_state=split_state)
         input_shape = resolve_input_shape(config, data=bundle)
         session = cls(config, bundle, input_shape, None, callback)  # a config that fails to build leaves no folder
+        check_first_step(session)  # one batch through copies: a config that cannot train leaves no folder either
         columns = metric_columns(bundle.task, len(bundle.classes))
         if folder is None:
             session.rundir = distributed.create_run_dir(lambda: RunDir.take(runs_dir, name, columns))
@@ -230,7 +247,7 @@ class Session:
             device=self.device, task=self.task, accumulate=cfg.accumulate, clip_grad_norm=cfg.clip_grad_norm,
             clip_grad_value=cfg.clip_grad_value, amp=cfg.amp, channels_last=cfg.channels_last,
             log_every=cfg.log_every, scaler=scaler, ema=EMA(self.model, cfg.ema) if cfg.ema else None,
-            compile_pending=cfg.compile)
+            compile_pending=cfg.compile, output=output_kind(self.config))
 
     def restore(self, checkpoint: dict) -> None:
         """Load every saved state; a changed train.epochs re-plans the schedule from where the run is."""
@@ -273,7 +290,7 @@ class Session:
             "classes": self.classes, "metrics": self.state.history[-1] if self.state.history else {},
             "rng": rng_state(), "versions": {"dltool": dltool.__version__, "torch": str(torch.__version__)},
             "split": self.split, "input_shape": list(self.input_shape), "task": self.task,
-            "loop": self.state.to_data(), "monitor": self.monitor,
+            "loop": self.state.to_data(), "monitor": self.monitor, "output": self.opts.output,
         }
         if ema is not None:
             state["train_model"] = self.model.state_dict()
@@ -343,6 +360,9 @@ class Session:
         if self.resume_rng is None:
             self._start_board()
         self.callback.on_fit_start(self._info())
+        if self.bundle.val is None and self.resume_rng is None and self.config.train.monitor == "auto":
+            self.callback.on_message("no validation split (data.val_split: 0): the best checkpoint follows "
+                                     "train_loss")
         with StopSignal() as signalled:
             stop = distributed.shared_stop(signalled, self.config.train.log_every)
             state = self._fit(stop)

@@ -77,7 +77,7 @@ def test_yaml_syntax_error_gives_line_and_column(tmp_path):
     ("train:\n  epochs: 2.5\n", "train.epochs", "must be an integer >= 1; got 2.5"),
     ("train:\n  epochs: 0\n", "train.epochs", "must be an integer >= 1; got 0"),
     ("train:\n  epochs: true\n", "train.epochs", "must be an integer >= 1; got True"),
-    ("data:\n  val_split: 1.0\n", "data.val_split", "must be a number > 0 and < 1; got 1.0"),
+    ("data:\n  val_split: 1.0\n", "data.val_split", "must be a number >= 0 and < 1; got 1.0"),
     ("data:\n  batch_size: 0\n", "data.batch_size", "must be an integer >= 1; got 0"),
     ("train:\n  amp: fp8\n", "train.amp", "must be one of none | auto | bf16 | fp16; got 'fp8'"),
     ("data:\n  shuffle: 'yes'\n", "data.shuffle", "must be true or false; got 'yes'"),

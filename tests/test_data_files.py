@@ -201,3 +201,13 @@ def test_own_split_folders_record_and_reuse_their_paths(tmp_path):
     again = build_data(folder_config(tmp_path), split_state=first.split)
     assert again.split == first.split and len(again.val) == 6
     assert len(build_data(folder_config(tmp_path)).val) == 7
+
+
+def test_a_relative_root_that_is_not_there_shows_the_absolute_path_tried(tmp_path, monkeypatch):
+    (tmp_path / "project" / "configs").mkdir(parents=True)
+    monkeypatch.chdir(tmp_path / "project")
+    config = config_from_data({"data": {"dataset": {"name": "ImageFolder", "root": "../folder"}}})
+    with pytest.raises(DataError) as caught:
+        build_data(config)
+    assert str(caught.value) == (f"ImageFolder: root folder not found: ../folder (looked for {tmp_path / 'folder'}: "
+                                 "a relative root is taken from the working directory)")

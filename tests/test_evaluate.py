@@ -121,6 +121,9 @@ def test_checkpoint_copied_elsewhere_writes_next_to_itself(digits_run, tmp_path)
     (["data.transforms.eval=[ToTensor]"], "the data gives inputs of shape [1, 8, 8] after its eval transforms, "
      "but the model takes [1, 16, 16]"),
     (["--device", "cuda:7"], "--device: cuda:7: "),
+    (["data.val_split=0.5"], "override 'data.val_split=0.5': a new split of the run's own data would put images the "
+     "model trained on into the validation set; eval keeps the run's split unless other data is given (e.g. "
+     "data.dataset.root=other/folder) or --split test or train is asked"),
 ])
 def test_bad_requests_are_one_line(digits_run, tmp_path, args, message):
     if args[0] == "--device" and torch.cuda.device_count() > 7:
@@ -136,6 +139,11 @@ def test_train_split_and_data_overrides(digits_run, tmp_path):
     report = _eval_json(digits_run, "--split", "train", "data.eval_batch_size=100", "--out", tmp_path)
     assert report["samples"] == 1797 - 359
     assert report["split"] == "train"
+
+
+def test_a_resplit_is_allowed_when_the_train_split_is_asked(digits_run, tmp_path):
+    report = _eval_json(digits_run, "--split", "train", "data.val_split=0.5", "--out", tmp_path)
+    assert report["samples"] == 899  # a new half-and-half split of the 1797 images
 
 
 REGRESSION = """\
@@ -233,3 +241,17 @@ def test_render_shows_tables_and_worst_mistakes():
     assert "│ macro avg    │     0.556 │  0.500 │ 0.489 │       5 │" in text
     assert "│ c.png  │ bee  │ ant       │      0.965 │" in text
     assert "2 of 2; all in misclassified.csv" in text and "│ cat │   0 │   1 │   1 │" in text
+
+
+def test_eval_of_a_cross_validation_run_names_its_fold_folders(tmp_path, monkeypatch):
+    from dltool.train import train
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "kfold.yaml").write_text(
+        "data:\n  dataset: {name: FakeData, size: 40, image_size: [1, 4, 4], num_classes: 2}\n  batch_size: 8\n"
+        "model:\n  layers: [Flatten, {Linear: {out_features: num_classes}}]\ntrain: {epochs: 1, device: cpu}\n")
+    train("kfold.yaml", runs_dir="runs", folds=2)
+    result = CliRunner().invoke(app, ["eval", "runs/kfold", "--device", "cpu"])
+    assert result.exit_code == 2
+    assert result.stderr == ("error: runs/kfold: a cross-validation run: each fold is a run of its own; give one of "
+                             "runs/kfold/fold-1, runs/kfold/fold-2\n")

@@ -63,9 +63,10 @@ def test_shapes_json_is_exactly_the_documented_document(tmp_path):
     data = json.loads(result.stdout)
     assert list(data) == ["input_shape", "layers", "total_params", "trainable_params", "total_mult_adds"]
     assert data["input_shape"] == [2, 1, 6, 6]
-    assert list(data["layers"][0]) == ["index", "name", "type", "output_shape", "params", "trainable_params", "mult_adds"]
+    assert list(data["layers"][0]) == ["index", "name", "type", "output_shape", "params", "trainable_params",
+                                       "mult_adds", "arguments"]
     assert data["layers"][-1] == {"index": 8, "name": "4", "type": "Linear", "output_shape": [2, 3], "params": 99,
-                                  "trainable_params": 99, "mult_adds": 198}
+                                  "trainable_params": 99, "mult_adds": 198, "arguments": "32, 3"}
     assert data["total_params"] == 129
     assert result.stderr == ""
 
@@ -85,6 +86,41 @@ def test_input_shape_option_and_its_errors(tmp_path):
     result = CliRunner().invoke(app, ["shapes", str(path), "--input-shape", "3,x8"])
     assert result.exit_code == 2
     assert result.stderr.strip() == "error: --input-shape: expected positive integers like 3,32,32; got '3,x8'"
+
+
+def test_input_shape_option_wins_over_model_input_shape(tmp_path):
+    path = write(tmp_path, "model:\n  input_shape: [1, 28, 28]\n  layers: [Flatten, {Linear: {out_features: 4}}]\n")
+    result = CliRunner().invoke(app, ["shapes", str(path), "--input-shape", "3,8,8", "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["input_shape"] == [1, 3, 8, 8]
+
+
+def test_declared_input_shape_the_data_does_not_fit(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    write(tmp_path, """\
+        data: {dataset: Digits}
+        model:
+          input_shape: [1, 28, 28]
+          layers: [Flatten, {Linear: {out_features: 256}}, ReLU, {Linear: {out_features: num_classes}}]
+        """)
+    result = CliRunner().invoke(app, ["shapes", "cfg.yaml"])
+    assert result.exit_code == 2
+    assert result.stderr == ("error: cfg.yaml:3:3: model.input_shape: [1, 28, 28], but the data's samples are "
+                             "[1, 8, 8] (after data.transforms.eval); leave model.input_shape out to take the data's "
+                             "shape, or resize the images to it\n")
+
+
+def test_declared_input_shape_that_a_global_pool_makes_fit_is_kept(tmp_path):
+    path = write(tmp_path, """\
+        data: {dataset: Digits}
+        model:
+          input_shape: [1, 28, 28]
+          layers: [{Conv2d: {out_channels: 4, kernel_size: 3}}, {AdaptiveAvgPool2d: 1}, Flatten,
+                   {Linear: {out_features: num_classes}}]
+        """)
+    result = CliRunner().invoke(app, ["shapes", str(path), "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["input_shape"] == [1, 1, 28, 28]
 
 
 def test_num_classes_option_avoids_reading_a_missing_dataset(tmp_path):
@@ -130,18 +166,18 @@ def test_shapes_of_a_run_use_its_stored_config_shape_and_classes(tmp_path):
 
 
 GOLDEN = """\
-                       dltool shapes
+                                 dltool shapes
 
-  #   layer   type      output shape   params   mult-adds
- ─────────────────────────────────────────────────────────
-      input             [1, 1, 6, 6]
-  0   0       Conv2d    [1, 2, 4, 4]       20         320
-  1   1       Flatten   [1, 32]             0           0
-  2   2       Linear    [1, 3]             99          99
+  #   layer   type                          output shape   params   mult-adds
+ ─────────────────────────────────────────────────────────────────────────────
+      input                                 [1, 1, 6, 6]
+  0   0       Conv2d(1, 2, kernel_size=3)   [1, 2, 4, 4]       20         320
+  1   1       Flatten                       [1, 32]             0           0
+  2   2       Linear(32, 3)                 [1, 3]             99          99
 
-      total                               119         419
+      total                                                   119         419
 
-                  parameter memory 476 B
+                            parameter memory 476 B
 """
 
 
@@ -158,3 +194,45 @@ def test_table_render(tmp_path):
 def test_depth_must_be_positive(tmp_path, depth):
     result = CliRunner().invoke(app, ["shapes", str(write(tmp_path, TINY)), "--depth", depth])
     assert result.exit_code == 2
+
+
+@pytest.mark.parametrize("written, shown", [
+    ("{Conv2d: [6, 5]}", "Conv2d(1, 6, kernel_size=5)"),
+    ("{Conv2d: [1, 6, 5]}", "Conv2d(1, 6, kernel_size=5)"),
+    ("{Conv2d: {out_channels: 6, kernel_size: 3, padding: 1}}", "Conv2d(1, 6, kernel_size=3, padding=1)"),
+    ("{MaxPool2d: 2}", "MaxPool2d(kernel_size=2, stride=2)"),
+    ("Flatten, {Linear: {out_features: 4, bias: false}}", "Linear(64, 4, bias=False)"),
+    ("{BatchNorm2d: {}}", "BatchNorm2d(1)"),
+    ("{Dropout: 0.25}", "Dropout(p=0.25)"),
+])
+def test_each_layer_shows_the_arguments_it_was_built_with(tmp_path, written, shown):
+    path = write(tmp_path, f"model:\n  input_shape: [1, 8, 8]\n  layers: [{written}]\n")
+    row = collect_shapes(load_config(path), (1, 8, 8)).rows[-1]
+    assert (f"{row.type}({row.arguments})" if row.arguments else row.type) == shown
+
+
+def test_a_positional_list_whose_reading_is_ambiguous_is_refused(tmp_path):
+    path = write(tmp_path, "model:\n  input_shape: [1, 8, 8]\n  layers:\n    - Conv2d: [1, 6]\n    - Flatten\n")
+    result = CliRunner().invoke(app, ["shapes", str(path)])
+    assert result.exit_code == 2
+    assert result.stderr == (
+        f"error: {path}:4:7: model.layers.0: Conv2d: [1, 6] is ambiguous: it reads as out_channels=1, kernel_size=6 "
+        "with in_channels inferred (1), but in_channels=1, out_channels=6 with kernel_size left out looks the same; "
+        "name them, e.g. {out_channels: 6, kernel_size: 3}, or give all three: [1, 6, 3]\n")
+
+
+def test_shapes_names_a_normalize_with_more_channels_than_the_images(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    write(tmp_path, """\
+        data:
+          dataset: Digits
+          transforms:
+            eval: [ToTensor, {Normalize: {mean: [0.5, 0.5, 0.5], std: [0.5, 0.5, 0.5]}}]
+        model:
+          layers: [Flatten, {Linear: {out_features: num_classes}}]
+        """)
+    result = CliRunner().invoke(app, ["shapes", "cfg.yaml"])
+    assert result.exit_code == 2
+    assert result.stderr == ("error: cfg.yaml:4:22: data.transforms.eval.1: Normalize has 3 means for images with 1 "
+                             "channel (shape [1, 8, 8] there); give 1 value each to mean and std (dltool data --stats "
+                             "prints them), or set data.channels\n")

@@ -276,3 +276,32 @@ def test_ema_can_be_switched_on_when_resuming(tmp_path):
     state = torch.load(resumed.run_dir / "checkpoints" / "last.pt", weights_only=True)
     assert state["ema"]["updates"] == 5 and state["ema"]["decay"] == 0.5
     assert not torch.equal(state["model"]["5.weight"], state["train_model"]["5.weight"])
+
+
+def test_cli_config_with_resume_is_refused_and_overrides_after_resume_work(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    short = train(write_config(tmp_path, train__epochs=1), runs_dir="runs")
+    write_config(tmp_path, name="other", train__epochs=5)
+    result = CliRunner().invoke(app, ["train", "other.yaml", "--resume", "runs/tiny", "-q"])
+    assert result.exit_code == 2
+    assert result.stderr == ("error: train: give either a config or --resume, not both: a resumed run keeps the "
+                             "config it was trained with, so other.yaml would not be used; to change train.* keys, "
+                             "put them after --resume: dltool train --resume runs/tiny train.epochs=30\n")
+    assert [p.name for p in (tmp_path / "runs").iterdir()] == ["tiny"]
+    result = CliRunner().invoke(app, ["train", "--resume", "runs/tiny", "train.epochs=2", "-q"])
+    assert result.exit_code == 0, result.output
+    assert (short.run_dir / "metrics.csv").read_text().splitlines()[-1].startswith("2,")
+
+
+def test_val_split_zero_trains_on_everything_and_says_so_once(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    write_config(tmp_path, data__val_split=0, train__epochs=2)
+    result = CliRunner().invoke(app, ["train", "tiny.yaml"])
+    assert result.exit_code == 0, result.output
+    assert result.stderr.count("no validation split (data.val_split: 0): the best checkpoint follows train_loss\n") == 1
+    summary = yaml.safe_load((tmp_path / "runs" / "tiny" / "summary.json").read_text())
+    assert summary["monitor"] == "train_loss" and summary["val_samples"] == 0 and summary["train_samples"] == 96
+    result = CliRunner().invoke(app, ["eval", "runs/tiny", "--device", "cpu"])
+    assert result.exit_code == 2
+    assert result.stderr == ("error: data.val_split: 0: every sample is for training, there is no validation split; "
+                             "use --split train, or other data (e.g. data.dataset.root=other/folder)\n")

@@ -9,7 +9,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 from torchvision.transforms import v2
 
-from dltool.data.bundle import DataBundle
+from dltool.data.bundle import NO_VAL, DataBundle
 from dltool.data.sources import RawSplit, Source, stratified_split
 from dltool.data.scan import scan_split
 from dltool.data.specs import transform_specs
@@ -122,6 +122,8 @@ def _select(source: Source, splits: Sequence[str], data: Any, seed: int,
         base = _whole(source, "train", spec, data.max_image_pixels)[0]
         train_idx, val_idx, split = _val_split(base, data.val_split, seed, state, spec)
         for name, idx in (("train", train_idx), ("val", val_idx)):
+            if name == "val" and data.val_split == 0:  # val_split 0: no validation
+                continue
             if name in splits and not idx:  # the fraction is to blame, wherever it was written
                 raise DataError(located(f"{data.val_split} of {len(base)} samples leaves the {name} split empty; "
                                         "choose a val_split that leaves samples in both", "data.val_split", marks))
@@ -129,7 +131,9 @@ def _select(source: Source, splits: Sequence[str], data: Any, seed: int,
                 chosen[name] = (base, idx)
     for name, (raw, idx) in chosen.items():
         _check_usable(name, raw, idx, spec)
-    return {name: chosen[name] for name in splits}, split
+    if not any(name in chosen for name in splits):
+        raise DataError(NO_VAL)
+    return {name: chosen[name] for name in splits if name in chosen}, split
 
 
 def _whole(source: Source, name: str, spec: Spec, max_pixels: int) -> tuple[RawSplit, list[int]]:

@@ -8,6 +8,10 @@ from typing import Any
 from dltool.errors import DataError
 
 
+NO_VAL = ("data.val_split: 0: every sample is for training, there is no validation split; use --split train, "
+          "or other data (e.g. data.dataset.root=other/folder)")
+
+
 @dataclass
 class DataBundle:
     """Train/val/test datasets (items: (float image tensor C,H,W after transforms, target)) and facts.
@@ -41,6 +45,8 @@ class DataBundle:
         if split_name not in ("train", "val", "test"):
             raise DataError(f"unknown split {split_name!r}; allowed: train, val, test")
         found = getattr(self, split_name)
+        if found is None and split_name == "val" and self.split.get("val_split") == 0:
+            raise DataError(NO_VAL)
         if found is None:
             raise DataError(f"{self.dataset_name or 'dataset'}: the {split_name} split was not built")
         return found

@@ -246,7 +246,8 @@ def _missing_message(cls: type, kwargs: dict, exc: BaseException) -> str:
         how, then = "the download failed", "or run again where there is network"
     else:
         how, then = "download is off", "or set download: true where there is network"
-    return f"{name}: dataset files not found under {root!r} and {how} ({reason}); {_file_hint(cls, root)}, {then}"
+    where = "" if os.path.isabs(root) else f" (that is {os.path.abspath(root)})"
+    return f"{name}: dataset files not found under {root!r}{where} and {how} ({reason}); {_file_hint(cls, root)}, {then}"
 
 
 def _file_hint(cls: type, root: str) -> str:

@@ -26,7 +26,7 @@ def ImageFolder(root: str, train: str = "train", val: str | None = None, test: s
     and `test/` when present, else `root/<class>/...` split by data.val_split."""
     base = Path(root)
     if not base.is_dir():
-        raise DataError(f"ImageFolder: root folder not found: {root}")
+        raise DataError(f"ImageFolder: root folder not found: {root}{_absolute(base)}")
     exts = tuple(e.lower() if e.startswith(".") else f".{e.lower()}" for e in (extensions or IMG_EXTENSIONS))
     train_dir = base / train
     if not train_dir.is_dir():
@@ -36,12 +36,19 @@ def ImageFolder(root: str, train: str = "train", val: str | None = None, test: s
     loaders = {"train": _folder_loader(base, train_dir, classes, exts)}
     val_dir = base / val if val else next((base / a for a in VAL_ALIASES if (base / a).is_dir()), None)
     if val and not val_dir.is_dir():
-        raise DataError(f"ImageFolder: val folder not found: {val_dir}")
+        raise DataError(f"ImageFolder: val folder not found: {val_dir}{_absolute(val_dir)}")
     if val_dir is not None:
         loaders["val"] = _folder_loader(base, val_dir, classes, exts)
     if (base / test).is_dir():
         loaders["test"] = _folder_loader(base, base / test, classes, exts)
     return Source("ImageFolder", loaders, root=str(base))
+
+
+def _absolute(path: Path) -> str:
+    """Where a relative path was looked for: the working directory, not the config file's folder."""
+    if path.is_absolute():
+        return ""
+    return f" (looked for {path.resolve()}: a relative root is taken from the working directory)"
 
 
 def _class_names(folder: Path) -> list[str]:

@@ -16,7 +16,9 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Sampler
 
+from dltool.errors import RegistryError
 from dltool.registry import TRANSFORMS, signature
+from dltool.spec import Spec
 
 
 def epoch_seed(seed: int, epoch: int, stream: int = 0, rank: int = 0) -> int:
@@ -174,16 +176,35 @@ def make_loader(dataset: Any, data: Any, *, train: bool, seed: int, device: str 
 
 
 def build_batch_transform(specs: Sequence[Any], num_classes: int) -> Any:
-    """MixUp/CutMix (or any batch transform) with num_classes filled in; several: one per batch."""
+    """MixUp/CutMix (or any batch transform) with num_classes filled in; several: one per batch.
+    Containers nest as torchvision's own recipe writes them (`RandomChoice: {transforms: [CutMix,
+    MixUp]}`): each child is built here too, with num_classes filled in."""
     if not specs:
         return None
-    built = []
-    for spec in specs:
-        target = TRANSFORMS.get(spec.name, spec)
-        extra = {"num_classes": num_classes} if "num_classes" in signature(target).parameters else {}
-        built.append(TRANSFORMS.build(spec, **extra))
+    built = [_batch_transform(spec, num_classes) for spec in specs]
     if len(built) == 1:
         return built[0]
     from torchvision.transforms import v2
 
     return v2.RandomChoice(built)
+
+
+def _batch_transform(spec: Any, num_classes: int) -> Any:
+    from dltool.data.transforms import CONTAINERS
+
+    if TRANSFORMS.canonical(spec.name, spec) in CONTAINERS:
+        args, kwargs = list(spec.args), dict(spec.kwargs)
+        if "transforms" in kwargs:
+            kwargs["transforms"] = _batch_children(spec, kwargs["transforms"], "transforms", num_classes)
+        elif args:
+            args[0] = _batch_children(spec, args[0], "0", num_classes)
+        return TRANSFORMS.build(Spec(spec.name, tuple(args), kwargs, key=spec.key, marks=spec.marks))
+    target = TRANSFORMS.get(spec.name, spec)
+    extra = {"num_classes": num_classes} if "num_classes" in signature(target).parameters else {}
+    return TRANSFORMS.build(spec, **extra)
+
+
+def _batch_children(spec: Any, value: Any, key: str, num_classes: int) -> list:
+    if not isinstance(value, list):
+        raise RegistryError(spec.error(f"{key} must be a list of batch transforms, like [CutMix, MixUp]"))
+    return [_batch_transform(spec.child(item, f"{key}.{i}"), num_classes) for i, item in enumerate(value)]

@@ -84,8 +84,9 @@ def with_rows(exc: ShapeError, partial: nn.Module, input_shape: tuple[int, ...])
 
 
 def check_output(spec: Spec, shape: tuple[int, ...], num_classes: int | None, net, input_shape) -> None:
-    """A classifier must end in one score per class."""
-    if num_classes is None or shape == (num_classes,):
+    """A classifier must end in one score per class, or in one for class 1 of two (a binary
+    classifier with BCEWithLogitsLoss, or Sigmoid and BCELoss)."""
+    if num_classes is None or shape == (num_classes,) or (num_classes == 2 and shape == (1,)):
         return
     hint = "add Flatten and " if len(shape) > 1 else ""
     message = (f"the model's output is {fmt(shape)} per sample but the dataset has {num_classes} classes; "
@@ -176,6 +177,7 @@ class Stack:
         shift = bool(spec.args) and bool(positional) and positional[0] in (*CHANNEL_ARGS, *LAST_DIM_ARGS) \
             and positional[0] not in spec.kwargs and len(spec.args) < len(required)
         if shift:
+            self.check_unambiguous(target, spec, shape, positional)
             given = dict(zip(positional[1:], spec.args))
         args, extra = (), {}
         for name in (p.name for p in params):
@@ -189,6 +191,22 @@ class Stack:
             else:
                 extra[name] = value
         return args, extra
+
+    def check_unambiguous(self, target: Callable, spec: Spec, shape: tuple[int, ...], positional: list) -> None:
+        """`Conv2d: [1, 6]` on 1-channel input reads as out 1, kernel 6 (in_channels inferred), but
+        was as likely meant as in 1, out 6 with the kernel left out: such a list must name its values."""
+        if len(spec.args) < 2 or positional[0] not in CHANNEL_ARGS or len(positional) <= len(spec.args):
+            return
+        inferred = self.size_for(positional[0], target, spec, shape)
+        if spec.args[0] != inferred:
+            return
+        first, second, third = positional[:3]
+        values = list(spec.args)
+        raise self.config_error(spec, (
+            f"{values} is ambiguous: it reads as {second}={values[0]}, {third}={values[1]} with {first} inferred "
+            f"({inferred}), but {first}={values[0]}, {second}={values[1]} with {third} left out looks the same; "
+            f"name them, e.g. {{{second}: {values[1]}, {third}: 3}}, or give all three: "
+            f"[{inferred}, {values[1]}, 3]"))
 
     def size_for(self, name: str, target: Callable, spec: Spec, shape: tuple[int, ...]) -> int:
         if name in CHANNEL_ARGS:
