@@ -21,7 +21,7 @@ CONFIG = {
     "model": {"layers": [{"Conv2d": {"out_channels": 2, "kernel_size": 3}}, "ReLU", "Flatten",
                          {"Linear": {"out_features": "num_classes"}}]},
     "optimizer": {"name": "Adam", "lr": 0.01},
-    "train": {"epochs": 2, "device": "cpu", "threads": 1},
+    "train": {"epochs": 2, "device": "cpu", "threads": 1, "histograms": True},
 }
 
 
