@@ -1,8 +1,8 @@
 """`dltool config`'s check: build every part that `train` builds before its first step, through the
 same builders, so that a config `config` passes fails no sooner than training itself.
 
-Data is read only where it comes with dltool (Digits, LinearData): there the model is built for
-the real sample shape and classes, as `train` builds it. Elsewhere the model is built for
+Data is read only where it comes with dltool (Digits, LinearData): there the check is train's own
+first-step check (every part built, one batch through copies of them). Elsewhere the model is built for
 `model.input_shape` when the config gives one; without it only the names and arguments of the
 layers are checked (the sizes a shape would infer are taken as given).
 """
@@ -10,7 +10,6 @@ layers are checked (the sizes a shape would infer are taken as given).
 from __future__ import annotations
 
 import dataclasses
-import math
 from typing import Any
 
 from torch import nn
@@ -39,12 +38,12 @@ def check_config(config: Any) -> None:
 
     resolve_device(config.train.device, config.marks)
     data = _embedded_data(config)
-    if data is None:
-        _check_dataset(config.data.dataset)
-        _check_transforms(config.data.transforms)
-    classes = len(data.classes) if data is not None and data.classes else None
-    model = _check_model(config, data, classes)
-    _check_training(config, model, data, classes)
+    if data is not None:
+        _first_step(config, data)
+        return
+    _check_dataset(config.data.dataset)
+    _check_transforms(config.data.transforms)
+    _check_training(config, _check_model(config))
 
 
 def _embedded_data(config: Any) -> Any:
@@ -54,6 +53,17 @@ def _embedded_data(config: Any) -> Any:
     if config.data.dataset.name.lower() not in EMBEDDED:
         return None
     return build_data(config)
+
+
+def _first_step(config: Any, data: Any) -> None:
+    """With the data at hand, exactly what `train` does before its run folder exists: every part
+    built and one batch taken through copies of them (dltool.firststep)."""
+    from dltool.callbacks import Callback
+    from dltool.firststep import check_first_step
+    from dltool.models import resolve_input_shape
+    from dltool.train import Session
+
+    check_first_step(Session(config, data, resolve_input_shape(config, data=data), None, Callback()))
 
 
 def _check_dataset(spec: Spec) -> None:
@@ -70,29 +80,26 @@ def _check_transforms(transforms: Any) -> None:
         build_pipeline(specs)
 
 
-def _check_model(config: Any, data: Any, classes: int | None) -> nn.Module | None:
-    """The model as `train` builds it when the input shape is known (returned); else the layers'
-    names and arguments only (None)."""
+def _check_model(config: Any) -> nn.Module | None:
+    """The model as `train` builds it when `model.input_shape` is given (returned, with a stand-in
+    class count); else the layers' names and arguments only (None)."""
     from dltool.models import build_model, resolve_input_shape
 
     model_config = config.model
-    if model_config.input_shape or data is not None:
-        shape = resolve_input_shape(config, data=data)
-        if classes is None:
-            model_config = dataclasses.replace(model_config, layers=tuple(
-                _without_class_word(spec) for spec in model_config.layers))
-        return build_model(model_config, shape, classes, pretrained=False)
-    ArgumentsOnly(classes or STAND_IN_CLASSES, pretrained=False).check(model_config.layers)
+    if model_config.input_shape:
+        layers = tuple(_without_class_word(spec) for spec in model_config.layers)
+        return build_model(dataclasses.replace(model_config, layers=layers), resolve_input_shape(config), None,
+                           pretrained=False)
+    ArgumentsOnly(STAND_IN_CLASSES, pretrained=False).check(model_config.layers)
     return None
 
 
-def _check_training(config: Any, model: nn.Module | None, data: Any, classes: int | None) -> None:
+def _check_training(config: Any, model: nn.Module | None) -> None:
     """Loss, optimizer, batch transforms and schedule, built as `train` builds them."""
     from dltool.data.loaders import build_batch_transform
     from dltool.optim import build_loss, build_optimizer, build_scheduler, monitor_mode
 
-    counts = [1] * (classes or STAND_IN_CLASSES)
-    build_loss(config.loss, counts)
+    build_loss(config.loss, [1] * STAND_IN_CLASSES)
     optimizer_spec = config.optimizer
     if model is None:
         # a stand-in model: its parameters cannot match the real model's parameter-group patterns
@@ -100,13 +107,10 @@ def _check_training(config: Any, model: nn.Module | None, data: Any, classes: in
         optimizer_spec = dataclasses.replace(optimizer_spec, kwargs=kwargs)
         model = nn.Linear(1, 1)
     optimizer = build_optimizer(optimizer_spec, model)
-    build_batch_transform(config.data.batch_transforms, classes or STAND_IN_CLASSES)
+    build_batch_transform(config.data.batch_transforms, STAND_IN_CLASSES)
     train = config.train
-    steps = 1
-    if data is not None and data.train is not None:
-        steps = max(1, math.ceil(math.ceil(len(data.train) / config.data.batch_size) / train.accumulate))
     monitor = train.monitor if train.monitor != "auto" else "val_loss"
-    build_scheduler(config.scheduler, optimizer, train.epochs, steps, interval=train.scheduler_interval,
+    build_scheduler(config.scheduler, optimizer, train.epochs, 1, interval=train.scheduler_interval,
                     warmup_epochs=train.warmup_epochs, mode=monitor_mode(monitor, train.mode))
 
 

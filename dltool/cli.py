@@ -68,7 +68,8 @@ CONFIG_HELP = (
     "arguments of the dataset, the train and eval transforms, batch_transforms, every layer (nested ones too), "
     "the loss, the optimizer and the scheduler, and the device. Layer shapes are checked when the input shape "
     "is known without reading data: model.input_shape is set, or the dataset ships with dltool (Digits, "
-    "LinearData)."
+    "LinearData); for those, one real batch also goes through forward, loss, backward and an optimizer step, "
+    "as train does before it creates its run folder."
 )
 
 

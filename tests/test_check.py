@@ -114,3 +114,27 @@ def test_shipped_configs_pass_and_print_the_resolved_config_unchanged(name):
     result = CliRunner().invoke(app, ["config", str(path)])
     assert result.exit_code == 0, result.output
     assert result.stdout == dump_yaml(load_config(path).to_data())
+
+
+DIGITS = "seed: 0\ndata:\n  dataset: Digits\n  batch_size: 32\n"
+SMALL_CNN = ("model:\n  layers:\n    - Conv2d: {out_channels: 4, kernel_size: 3, padding: 1}\n    - ReLU\n"
+             "    - Flatten\n    - Linear: {out_features: num_classes}\n")
+
+
+@pytest.mark.parametrize("text, expected", [
+    (DIGITS + "  transforms:\n    train: [ToTensor, {Normalize: {mean: [0.5, 0.5, 0.5], std: [0.5, 0.5, 0.5]}}]\n"
+     "    eval: [ToTensor]\n" + SMALL_CNN,
+     "cfg.yaml:6:23: data.transforms.train.1: Normalize has 3 means for images with 1 channel (shape [1, 8, 8] "
+     "there); give 1 value each to mean and std (dltool data --stats prints them), or set data.channels"),
+    (DIGITS + "  transforms:\n    train: [ToTensor]\n    eval: [{Resize: [16, 16]}, ToTensor]\n" + SMALL_CNN,
+     "cfg.yaml:7:5: data.transforms.eval: gives samples of shape [1, 16, 16] but data.transforms.train gives "
+     "[1, 8, 8], and the model is built for one of them; make both lists end in the same size (e.g. the same "
+     "Resize)"),
+], ids=["normalize-channels", "eval-size"])
+def test_config_takes_trains_first_step_on_an_embedded_dataset(tmp_path, monkeypatch, text, expected):
+    """What only one real batch reveals: `config` says it in the very line `train` would."""
+    assert config_error(tmp_path, text) == f"error: {expected}"
+    monkeypatch.chdir(tmp_path)
+    trained = CliRunner().invoke(app, ["train", "cfg.yaml", "-q", "train.device=cpu"])
+    assert trained.exit_code == 2 and trained.stderr == f"error: {expected}\n"
+
