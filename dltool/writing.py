@@ -21,6 +21,8 @@ ADVICE = {
     errno.EACCES: "write to a folder you have write permission on",
     errno.EPERM: "write to a folder you have write permission on",
     errno.ENAMETOOLONG: "choose a shorter name",
+    errno.ENOTDIR: "a part of that path is a file, not a folder; choose another path",
+    errno.EISDIR: "give a file name, not a folder",
 }
 
 

@@ -111,6 +111,16 @@ def test_data_command_table_stats_and_grid(tmp_path):
         assert image.size == (8 * 96, 2 * 110)
 
 
+def test_data_grid_into_a_place_that_refuses_it_is_one_line(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    grid = blocker / "grid.png"  # a folder that cannot be made: its parent is a file
+    result = CliRunner().invoke(app, ["data", "configs/quickstart.yaml", "--show", "4", "--out", str(grid)])
+    assert result.exit_code == 2, result.output
+    assert result.stderr.startswith(f"error: cannot write {grid}: ") and result.stderr.count("\n") == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]
+
+
 def test_fakedata_gives_torchvisions_images_without_touching_the_global_rng():
     import torch
     import torchvision.datasets as tvd

@@ -3,6 +3,7 @@ per-channel statistics for Normalize, and a PNG grid of augmented training sampl
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,7 @@ from dltool.data.sources import class_counts
 from dltool.data.transforms import build_pipeline, to_float_tensor
 from dltool.errors import DataError
 from dltool.registry import DATASETS, TRANSFORMS
+from dltool.writing import write_atomic, writing
 
 TILE = 96
 
@@ -100,8 +102,12 @@ def save_grid(bundle: DataBundle, count: int, path: Path, seed: int) -> None:
             left, top = (n % columns) * TILE, (n // columns) * (TILE + 14)
             sheet.paste(_tile(x), (left, top))
             draw.text((left + 3, top + TILE), _label(bundle, target), fill="black")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    sheet.save(path)
+    png = io.BytesIO()
+    sheet.save(png, format="PNG")
+    if not path.parent.exists():
+        with writing(path):
+            path.parent.mkdir(parents=True)
+    write_atomic(path, png.getvalue())
 
 
 def _tile(x: torch.Tensor) -> Image.Image:
