@@ -8,7 +8,7 @@ import torch
 from torch.utils.tensorboard import SummaryWriter
 from torch.utils.tensorboard.summary import make_histogram
 
-from dltool.board import histogram
+from dltool.training.board import histogram
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +43,7 @@ def test_nothing_to_bin_gives_no_histogram(bins):
 def test_a_runs_histograms_count_every_weight(tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    from dltool.train import train
+    from dltool.training.train import train
 
     config = tmp_path / "tiny.yaml"
     config.write_text(

@@ -7,7 +7,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from dltool.checkpoint import load_checkpoint, rebuild_model, resolve_checkpoint, save_checkpoint
+from dltool.store.checkpoint import load_checkpoint, rebuild_model, resolve_checkpoint, save_checkpoint
 from dltool.cli import app
 from dltool.errors import CheckpointError
 

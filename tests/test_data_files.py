@@ -11,7 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
-from dltool.config import config_from_data
+from dltool.config.load import config_from_data
 from dltool.data import build_data, make_loader
 from dltool.data.decode import load_image, to_8bit
 from dltool.errors import DataError, ImageError

@@ -13,7 +13,7 @@ import pytest
 from typer.testing import CliRunner
 
 from dltool.cli import app
-from dltool.config import config_from_data
+from dltool.config.load import config_from_data
 from dltool.data import build_data
 from dltool.errors import DataError
 

@@ -22,7 +22,7 @@ from dltool.data import folders  # noqa: F401  (registers ImageFolder and ImageL
 from dltool.data.idx import GZIP_AWARE
 from dltool.data.sources import RawSplit, Source
 from dltool.errors import DataError
-from dltool.registry import DATASETS
+from dltool.config.registry import DATASETS
 
 # Datasets that take `train: bool`; the others below take `split:` with these values per split.
 TRAIN_FLAG = ("MNIST", "FashionMNIST", "KMNIST", "EMNIST", "QMNIST", "CIFAR10", "CIFAR100", "USPS")

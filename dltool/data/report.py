@@ -15,7 +15,7 @@ from dltool.data.bundle import DataBundle
 from dltool.data.sources import class_counts
 from dltool.data.transforms import build_pipeline, to_float_tensor
 from dltool.errors import DataError
-from dltool.registry import DATASETS, TRANSFORMS
+from dltool.config.registry import DATASETS, TRANSFORMS
 
 TILE = 96
 

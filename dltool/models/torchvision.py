@@ -19,8 +19,8 @@ from torch import nn
 
 from dltool.errors import CheckpointError, ShapeError
 from dltool.models.init import apply_freeze
-from dltool.models.layers import Plan, fmt
-from dltool.registry import MODELS
+from dltool.models.plan import Plan, fmt
+from dltool.config.registry import MODELS
 
 IMAGENET_CLASSES = 1000
 AUX_HEADS = ("aux1.", "aux2.", "AuxLogits.")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dltool.errors import ConfigError
-from dltool.registry import REGISTRIES, suggest
+from dltool.config.registry import REGISTRIES, suggest
 
 
 def _registry(kind: str):

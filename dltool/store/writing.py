@@ -10,7 +10,7 @@ import os
 from pathlib import Path
 from typing import Iterator
 
-from dltool.checkpoint import fsync_folder
+from dltool.store.checkpoint import fsync_folder
 from dltool.errors import Unwritable
 
 # what to do about each way a place can refuse a write

@@ -19,8 +19,8 @@ from typing import Any, Literal, Mapping, Optional
 import yaml
 
 from dltool.errors import ConfigError, with_location
-from dltool.registry import suggest
-from dltool.spec import COMMAND_LINE, Mark, Marks, Spec, located, parse_spec
+from dltool.config.registry import suggest
+from dltool.config.spec import COMMAND_LINE, Mark, Marks, Spec, located, parse_spec
 
 
 MAX_DEPTH = 50  # levels of nested mappings and lists a config may have

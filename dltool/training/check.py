@@ -17,8 +17,8 @@ from torch import nn
 
 from dltool.errors import ShapeError
 from dltool.models.builder import Stack
-from dltool.registry import DATASETS, LAYERS, check_arguments
-from dltool.spec import Spec
+from dltool.config.registry import DATASETS, LAYERS, check_arguments
+from dltool.config.spec import Spec
 
 # Datasets that ship with dltool: building them reads nothing from disk or network.
 EMBEDDED = {"digits", "lineardata"}
@@ -35,7 +35,7 @@ def check_config(config: Any) -> None:
         ShapeError: a layer cannot take the shape arriving at it (when the input shape is known).
         DataError: an embedded dataset cannot give a sample through the transforms.
     """
-    from dltool.runtime import resolve_device
+    from dltool.training.runtime import resolve_device
 
     resolve_device(config.train.device, config.marks)
     data = _embedded_data(config)
@@ -89,7 +89,7 @@ def _check_model(config: Any, data: Any, classes: int | None) -> nn.Module | Non
 def _check_training(config: Any, model: nn.Module | None, data: Any, classes: int | None) -> None:
     """Loss, optimizer, batch transforms and schedule, built as `train` builds them."""
     from dltool.data.loaders import build_batch_transform
-    from dltool.optim import build_loss, build_optimizer, build_scheduler, monitor_mode
+    from dltool.training.optim import build_loss, build_optimizer, build_scheduler, monitor_mode
 
     counts = [1] * (classes or STAND_IN_CLASSES)
     build_loss(config.loss, counts)

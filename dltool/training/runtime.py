@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from dltool.errors import ConfigError
-from dltool.spec import Marks, located
+from dltool.config.spec import Marks, located
 
 
 def resolve_device(name: str, marks: Marks | None = None) -> torch.device:

@@ -243,7 +243,7 @@ def checkpoint_config(checkpoint: dict) -> Any:
     Raises:
         CheckpointError: the stored config is missing or not valid.
     """
-    from dltool.config import config_from_data
+    from dltool.config.load import config_from_data
 
     path = checkpoint.get("path", "checkpoint")
     data = checkpoint.get("config")

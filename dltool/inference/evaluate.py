@@ -17,7 +17,7 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
-from dltool.checkpoint import load_checkpoint, rebuild_model
+from dltool.store.checkpoint import load_checkpoint, rebuild_model
 from dltool.errors import ConfigError, DataError
 
 SPLITS = ("val", "test", "train")
@@ -149,9 +149,9 @@ def _forward(model: nn.Module, config: Any, data_config: Any, bundle: Any, split
              device: torch.device) -> tuple[dict, torch.Tensor]:
     """The engine's evaluate over the split, set up as training set it up: (metrics, outputs)."""
     from dltool.data import make_loader
-    from dltool.engine import StepOptions, evaluate
-    from dltool.optim import build_loss
-    from dltool.runtime import num_threads
+    from dltool.training.engine import StepOptions, evaluate
+    from dltool.training.optim import build_loss
+    from dltool.training.runtime import num_threads
 
     counts = _class_counts(bundle.train, len(bundle.classes)) if _balanced(config) else None
     loss_fn = build_loss(config.loss, counts).to(device)
@@ -167,8 +167,8 @@ def _forward(model: nn.Module, config: Any, data_config: Any, bundle: Any, split
 
 def _with_overrides(checkpoint: dict, overrides: Sequence[str]) -> Any:
     """The checkpoint's config with `data.*` overrides applied (the model and training stay fixed)."""
-    from dltool.config import apply_override, validate
-    from dltool.spec import Mark, Marks
+    from dltool.config.load import apply_override, validate
+    from dltool.config.spec import Mark, Marks
 
     data = copy.deepcopy(checkpoint["config"])
     marks = Marks({"": Mark(f"{checkpoint['path']} (stored config)")})
@@ -197,7 +197,7 @@ def _few(names: Sequence[str]) -> str:
 
 
 def _device(name: str) -> torch.device:
-    from dltool.runtime import resolve_device
+    from dltool.training.runtime import resolve_device
 
     try:
         return resolve_device(name)
@@ -260,6 +260,6 @@ def per_class(confusion: list[list[int]], classes: Sequence[str]) -> list[dict]:
 
 def default_out_dir(checkpoint: str | Path) -> Path:
     """The run folder's eval/ (a checkpoint outside a run: eval/ next to it)."""
-    from dltool.runs import run_dir_of
+    from dltool.training.runs import run_dir_of
 
     return run_dir_of(Path(checkpoint)) / "eval"
