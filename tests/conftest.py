@@ -27,9 +27,9 @@ def make_checkpoint(tmp_path):
     """
     import torch
 
-    from dltool.store.checkpoint import save_checkpoint
     from dltool.config.load import config_from_data
     from dltool.models import build_model
+    from dltool.store.checkpoint import save_checkpoint
 
     def make(layers, input_shape=(1, 8, 8), classes=tuple("0123456789"), transforms=None, name="model.pt",
              task="classification", dataset="Digits"):

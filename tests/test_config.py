@@ -5,8 +5,8 @@ from typer.testing import CliRunner
 
 from dltool.cli import app
 from dltool.config.load import config_from_data, load_config
-from dltool.errors import ConfigError
 from dltool.config.spec import Spec, parse_spec
+from dltool.errors import ConfigError
 
 QUICKSTART = Path(__file__).parents[1] / "configs" / "quickstart.yaml"
 

@@ -119,7 +119,6 @@ def test_fakedata_gives_torchvisions_images_without_touching_the_global_rng():
 
     theirs = tvd.FakeData(12, (3, 5, 4), num_classes=6, random_offset=7)
     ours = FakeData(12, (3, 5, 4), num_classes=6, random_offset=7)
-    before = torch.get_rng_state()
     for i in range(12):
         (a, t), (b, u) = theirs[i], ours[i]
         assert t == u and np.array_equal(np.asarray(a), np.asarray(b))

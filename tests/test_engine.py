@@ -9,13 +9,13 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
+from dltool.config.registry import LOSSES, OPTIMIZERS, SCHEDULERS
+from dltool.config.spec import parse_spec
+from dltool.errors import RegistryError, RunFailed
 from dltool.training.callbacks import Callback
 from dltool.training.engine import FitPlan, LoopState, StepOptions, evaluate, fit, train_one_epoch
-from dltool.errors import RegistryError, RunFailed
 from dltool.training.optim import build_loss, build_optimizer, build_scheduler, replay
-from dltool.config.registry import LOSSES, OPTIMIZERS, SCHEDULERS
 from dltool.training.runtime import EMA, rng_state, seed_all, set_rng_state
-from dltool.config.spec import parse_spec
 
 CPU = torch.device("cpu")
 

@@ -7,12 +7,12 @@ import torch
 from PIL import Image
 
 from dltool.config.load import config_from_data
+from dltool.config.spec import parse_spec
 from dltool.data import build_data
 from dltool.data import transforms as tv
 from dltool.data.build import _pipelines
 from dltool.data.specs import transform_specs
 from dltool.inference.preprocess import Preprocess, image_mode
-from dltool.config.spec import parse_spec
 
 NATIVE_LISTS = [
     [{"Resize": [28, 28]}, "ToTensor", {"Normalize": {"mean": [0.5], "std": [0.5]}}],

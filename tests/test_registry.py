@@ -1,8 +1,8 @@
 import pytest
 
-from dltool.errors import RegistryError
 from dltool.config.registry import Registry
-from dltool.config.spec import Marks, Mark, parse_spec
+from dltool.config.spec import Mark, Marks, parse_spec
+from dltool.errors import RegistryError
 
 
 class Conv:

@@ -15,8 +15,8 @@ import yaml
 from typer.testing import CliRunner
 
 from dltool.cli import app
-from dltool.training.callbacks import Callback
 from dltool.errors import ConfigError, Interrupted
+from dltool.training.callbacks import Callback
 from dltool.training.train import train
 
 TINY = {

@@ -14,8 +14,8 @@ from typing import Iterator, List, Optional
 
 import typer
 
-from dltool.training.callbacks import Callback
 from dltool.errors import DltoolError
+from dltool.training.callbacks import Callback
 
 app = typer.Typer(
     name="dltool",
@@ -142,8 +142,8 @@ def shapes_command(
     as_json: bool = typer.Option(False, "--json", help="Print JSON on stdout"),
 ) -> None:
     """Layer-by-layer output shapes, parameters and mult-adds (table on stderr)."""
-    from dltool.errors import ShapeError
     from dltool.cli.shapes import render_table, shapes_for_config
+    from dltool.errors import ShapeError
 
     console = stderr_console()
     with user_errors():

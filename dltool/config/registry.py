@@ -11,8 +11,8 @@ import importlib
 import inspect
 from typing import Any, Callable, Iterable
 
-from dltool.errors import RegistryError
 from dltool.config.spec import Spec, located
+from dltool.errors import RegistryError
 
 
 class Registry:

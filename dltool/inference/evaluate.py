@@ -17,8 +17,8 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
-from dltool.store.checkpoint import load_checkpoint, rebuild_model
 from dltool.errors import ConfigError, DataError
+from dltool.store.checkpoint import load_checkpoint, rebuild_model
 
 SPLITS = ("val", "test", "train")
 # Overrides that choose other data than the run's: its stored split no longer applies.

@@ -15,9 +15,9 @@ from typing import Any, Iterator, Sequence
 
 import torch
 
-from dltool.store.checkpoint import load_checkpoint, rebuild_model
 from dltool.errors import ConfigError, ImageError
 from dltool.inference.preprocess import ImageReader
+from dltool.store.checkpoint import load_checkpoint, rebuild_model
 
 
 @dataclass

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from dltool.errors import ConfigError
 from dltool.config.spec import located
+from dltool.errors import ConfigError
 
 
 def build_model(model: Any, input_shape: tuple[int, ...], num_classes: int | None, *, pretrained: bool = True):

@@ -15,11 +15,11 @@ from typing import Any, Callable, Sequence
 import torch
 from torch import nn
 
+from dltool.config.registry import LAYERS, signature
+from dltool.config.spec import Spec, located, parse_spec
 from dltool.errors import ConfigError, RegistryError, ShapeError
 from dltool.models.plan import fmt
 from dltool.models.shapes import ShapeReport, measure, module_rows
-from dltool.config.registry import LAYERS, signature
-from dltool.config.spec import Spec, located, parse_spec
 
 # Channel-first layers and the (unbatched) ranks they take.
 RANKS = {"Conv": {"1": (2,), "2": (3,), "3": (4,)}, "ConvTranspose": {"1": (2,), "2": (3,), "3": (4,)},

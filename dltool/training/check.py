@@ -15,10 +15,10 @@ from typing import Any
 
 from torch import nn
 
-from dltool.errors import ShapeError
-from dltool.models.builder import Stack
 from dltool.config.registry import DATASETS, LAYERS, check_arguments
 from dltool.config.spec import Spec
+from dltool.errors import ShapeError
+from dltool.models.builder import Stack
 
 # Datasets that ship with dltool: building them reads nothing from disk or network.
 EMBEDDED = {"digits", "lineardata"}

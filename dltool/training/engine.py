@@ -18,9 +18,9 @@ from typing import Any, Callable, Iterable
 import torch
 from torch import nn
 
+from dltool.errors import RunFailed
 from dltool.training import distributed
 from dltool.training.callbacks import Callback
-from dltool.errors import RunFailed
 from dltool.training.optim import Schedule, current_lr
 from dltool.training.runtime import EMA, seed_epoch
 

@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from dltool.config.load import Config
-from dltool.training.callbacks import Callback, Callbacks
 from dltool.errors import ConfigError, DataError
+from dltool.training.callbacks import Callback, Callbacks
 from dltool.training.runs import RunDir
 
 

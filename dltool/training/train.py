@@ -17,17 +17,24 @@ from typing import Any, Sequence
 import torch
 
 import dltool
-from dltool.training import distributed
 from dltool.config.load import Config, apply_override, config_from_data, load_config
+from dltool.config.spec import Marks, located
+from dltool.errors import CheckpointError, ConfigError, DltoolError, Interrupted, RunFailed, Unwritable
+from dltool.training import distributed
 from dltool.training.callbacks import Callback, Callbacks
 from dltool.training.engine import FitPlan, LoopState, StepOptions, fit
-from dltool.errors import CheckpointError, ConfigError, DltoolError, Interrupted, RunFailed, Unwritable
 from dltool.training.optim import build_loss, build_optimizer, build_scheduler, monitor_mode, replay
 from dltool.training.runs import RunDir, metric_columns, never_saved, resume_checkpoint, run_dir_of
-from dltool.training.runtime import (EMA, StopSignal, configure_backends, num_threads, resolve_device, rng_state, seed_all,
-                            set_rng_state)
-from dltool.config.spec import Marks, located
-
+from dltool.training.runtime import (
+    EMA,
+    StopSignal,
+    configure_backends,
+    num_threads,
+    resolve_device,
+    rng_state,
+    seed_all,
+    set_rng_state,
+)
 
 # what a resumed run restores besides the model and its config
 RESUME_KEYS = ("optimizer", "scheduler", "rng", "split", "input_shape", "task", "classes", "loop")
@@ -149,8 +156,8 @@ class Session:
     @classmethod
     def resumed(cls, target: str | Path, overrides: Sequence[str], callback: Callback) -> Session:
         """A run continued from its checkpoint: same config (train.* overrides allowed), same split."""
-        from dltool.store.checkpoint import load_checkpoint
         from dltool.data import build_data
+        from dltool.store.checkpoint import load_checkpoint
 
         if never_saved(Path(target)):  # refuses a folder whose last.pt is gone but whose work is there
             return cls.started_over(Path(target), overrides, callback)

@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from dltool.training.callbacks import Callback
-from dltool.store.checkpoint import load_checkpoint, save_checkpoint
 from dltool.errors import ConfigError
+from dltool.store.checkpoint import load_checkpoint, save_checkpoint
+from dltool.training.callbacks import Callback
 from dltool.training.train import train
 
 from .tools import TINY, dltool_command, record, weights_hash, write_config

@@ -10,8 +10,8 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from dltool.store.checkpoint import load_checkpoint, save_checkpoint
 from dltool.cli import app
+from dltool.store.checkpoint import load_checkpoint, save_checkpoint
 
 from .tools import TINY, write_config
 

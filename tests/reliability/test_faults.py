@@ -16,7 +16,6 @@ from dltool.errors import RunFailed
 from .tools import TINY, write_config
 
 
-
 def run(tmp_path):
     config = write_config(tmp_path, data={**TINY, "scheduler": None, "train": {**TINY["train"], "epochs": 3}})
     return CliRunner().invoke(app, ["train", str(config), "--runs-dir", str(tmp_path / "runs"), "--quiet"])
