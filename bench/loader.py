@@ -27,7 +27,7 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
-from dltool.config import config_from_data, load_config
+from dltool.config.load import config_from_data, load_config
 from dltool.data import build_data, make_loader
 from dltool.data.memory import MemoryLoader
 

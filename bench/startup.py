@@ -34,9 +34,9 @@ def write_inputs(folder: Path) -> tuple[Path, Path]:
     import torch
     from PIL import Image
 
-    from dltool.checkpoint import save_checkpoint
-    from dltool.config import config_from_data
+    from dltool.config.load import config_from_data
     from dltool.models import build_model
+    from dltool.store.checkpoint import save_checkpoint
 
     config = config_from_data({"data": {"dataset": "Digits", "transforms": {"eval": EVAL}},
                                "model": {"layers": LENET}})

@@ -12,7 +12,7 @@ QUICKSTART = Path(__file__).resolve().parent.parent / "configs" / "quickstart.ya
 @pytest.fixture(scope="session")
 def digits_run(tmp_path_factory):
     """The quickstart run (embedded digits, 16x16 CNN) cut to 2 epochs on the CPU: its run folder."""
-    from dltool.train import train
+    from dltool.training.train import train
 
     folder = tmp_path_factory.mktemp("digits_run")
     return train(QUICKSTART, runs_dir=folder / "runs", name="digits",
@@ -27,9 +27,9 @@ def make_checkpoint(tmp_path):
     """
     import torch
 
-    from dltool.checkpoint import save_checkpoint
-    from dltool.config import config_from_data
+    from dltool.config.load import config_from_data
     from dltool.models import build_model
+    from dltool.store.checkpoint import save_checkpoint
 
     def make(layers, input_shape=(1, 8, 8), classes=tuple("0123456789"), transforms=None, name="model.pt",
              task="classification", dataset="Digits"):

@@ -8,7 +8,7 @@ import torch
 from torch.utils.tensorboard import SummaryWriter
 from torch.utils.tensorboard.summary import make_histogram
 
-from dltool.board import histogram
+from dltool.training.board import histogram
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +43,7 @@ def test_nothing_to_bin_gives_no_histogram(bins):
 def test_histograms_are_written_when_asked_for(tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    from dltool.train import train
+    from dltool.training.train import train
 
     config = tmp_path / "tiny.yaml"
     config.write_text(
@@ -65,7 +65,7 @@ def test_no_histograms_by_default(tmp_path):
     """They cost ~0.1 s per million parameters every epoch: a run writes them when asked to."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    from dltool.train import train
+    from dltool.training.train import train
 
     config = tmp_path / "tiny.yaml"
     config.write_text(

@@ -7,7 +7,7 @@ import torch
 from typer.testing import CliRunner
 
 from dltool.cli import app
-from dltool.config import dump_yaml, load_config
+from dltool.config.load import dump_yaml, load_config
 
 CONFIGS = Path(__file__).parents[1] / "configs"
 HEAD = "model:\n  layers: [Flatten, {Linear: {out_features: num_classes}}]\n"

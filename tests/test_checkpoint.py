@@ -7,9 +7,9 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from dltool.checkpoint import load_checkpoint, rebuild_model, resolve_checkpoint, save_checkpoint
 from dltool.cli import app
 from dltool.errors import CheckpointError
+from dltool.store.checkpoint import load_checkpoint, rebuild_model, resolve_checkpoint, save_checkpoint
 
 LINEAR = ["Flatten", {"Linear": {"out_features": "num_classes"}}]
 CONV = [{"Conv2d": {"out_channels": 4, "kernel_size": 3}}, "ReLU", "Flatten",

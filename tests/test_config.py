@@ -4,9 +4,9 @@ import pytest
 from typer.testing import CliRunner
 
 from dltool.cli import app
-from dltool.config import config_from_data, load_config
+from dltool.config.load import config_from_data, load_config
+from dltool.config.spec import Spec, parse_spec
 from dltool.errors import ConfigError
-from dltool.spec import Spec, parse_spec
 
 QUICKSTART = Path(__file__).parents[1] / "configs" / "quickstart.yaml"
 

@@ -7,7 +7,7 @@ import pytest
 from typer.testing import CliRunner
 
 from dltool.cli import app
-from dltool.config import load_config
+from dltool.config.load import load_config
 from dltool.errors import ConfigError
 
 CIFAR_VGG = Path(__file__).parents[1] / "configs" / "cifar10_vgg.yaml"
@@ -162,6 +162,6 @@ def test_a_run_trains_with_a_learning_rate_written_as_3e_4(tmp_path):
 def test_only_the_config_loader_reads_exponents_as_numbers():
     import yaml
 
-    import dltool.config  # noqa: F401  (its loader is defined; PyYAML's own must stay as it was)
+    import dltool.config.load  # noqa: F401  (its loader is defined; PyYAML's own must stay as it was)
 
     assert yaml.safe_load("classes: [1e3, 3e-4]") == {"classes": ["1e3", "3e-4"]}

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from dltool.config import config_from_data, load_config
+from dltool.config.load import config_from_data, load_config
 from dltool.data import DataBundle, Loader, build_data, make_loader
 from dltool.data.sources import stratified_split
 from dltool.errors import DataError

@@ -11,7 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
-from dltool.config import config_from_data
+from dltool.config.load import config_from_data
 from dltool.data import build_data, make_loader
 from dltool.data.decode import load_image, to_8bit
 from dltool.errors import DataError, ImageError
@@ -66,7 +66,7 @@ def test_messy_folder_builds_skips_broken_files_and_writes_nothing(tmp_path):
     assert bundle.classes == ["ants", "bees"] and bundle.channels == 3 and bundle.input_shape == (3, 16, 16)
     assert len(bundle.train) + len(bundle.val) == 18
     loader = make_loader(bundle.train, config.data, train=True, seed=0)
-    for x, y in loader:
+    for x, _y in loader:
         assert x.shape[1:] == (3, 16, 16) and torch.isfinite(x).all()
     for i in range(len(bundle.val)):
         bundle.val[i]

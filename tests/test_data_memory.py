@@ -10,7 +10,7 @@ import torch
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
 
-from dltool.config import load_config
+from dltool.config.load import load_config
 from dltool.data import Loader, build_data, make_loader
 from dltool.data.batched import _inverse_affine, batched_op, warp
 from dltool.data.memory import MemoryLoader
@@ -159,7 +159,7 @@ def test_random_resized_crop_shapes_and_full_crop():
 
 
 def test_fakedata_cache_is_the_same_in_every_fresh_build():
-    from dltool.config import config_from_data
+    from dltool.config.load import config_from_data
 
     spec = {"data": {"dataset": {"name": "FakeData", "size": 64, "image_size": [3, 6, 6], "num_classes": 4},
                      "cache": "ram", "batch_size": 16, "transforms": {"train": ["ToTensor"], "eval": ["ToTensor"]}}}

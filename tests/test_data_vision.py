@@ -13,7 +13,7 @@ import pytest
 from typer.testing import CliRunner
 
 from dltool.cli import app
-from dltool.config import config_from_data
+from dltool.config.load import config_from_data
 from dltool.data import build_data
 from dltool.errors import DataError
 
@@ -129,7 +129,6 @@ def test_fakedata_gives_torchvisions_images_without_touching_the_global_rng():
 
     theirs = tvd.FakeData(12, (3, 5, 4), num_classes=6, random_offset=7)
     ours = FakeData(12, (3, 5, 4), num_classes=6, random_offset=7)
-    before = torch.get_rng_state()
     for i in range(12):
         (a, t), (b, u) = theirs[i], ours[i]
         assert t == u and np.array_equal(np.asarray(a), np.asarray(b))

@@ -18,10 +18,10 @@ import yaml
 from typer.testing import CliRunner
 
 from dltool.cli import app
-from dltool.data.loaders import EpochSampler
-from dltool.distributed import FollowerRunDir, state_digest
-from dltool.launch import exit_code, free_port, launcher_args
-from dltool.train import train
+from dltool.data.sampler import EpochSampler
+from dltool.training.distributed import FollowerRunDir, state_digest
+from dltool.training.launch import exit_code, free_port, launcher_args
+from dltool.training.train import train
 
 QUICKSTART = Path(__file__).resolve().parent.parent / "configs" / "quickstart.yaml"
 # 1,438 train samples (an even number: rank r's batch k of B/2 is samples r, r+2, ... of the
@@ -248,7 +248,7 @@ def test_accumulated_micro_batches_across_two_processes_match_one_process(tmp_pa
 def test_an_error_all_ranks_raised_together_is_printed_by_rank_0_only(capsys):
     import typer
 
-    from dltool.cli import user_errors
+    from dltool.cli.commands import user_errors
     from dltool.errors import Interrupted, RunFailed
 
     shared = Interrupted("interrupted by SIGTERM at epoch 2, batch 3")

@@ -1,4 +1,4 @@
-"""The loop (dltool.engine) and its parts (dltool.optim, dltool.runtime) on tiny in-memory data."""
+"""The loop (dltool.training.engine) and its parts (dltool.training.optim, dltool.training.runtime) on tiny in-memory data."""
 
 from __future__ import annotations
 
@@ -9,13 +9,13 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from dltool.callbacks import Callback
-from dltool.engine import FitPlan, LoopState, StepOptions, evaluate, fit, train_one_epoch
+from dltool.config.registry import LOSSES, OPTIMIZERS, SCHEDULERS
+from dltool.config.spec import parse_spec
 from dltool.errors import RegistryError, RunFailed
-from dltool.optim import build_loss, build_optimizer, build_scheduler, replay
-from dltool.registry import LOSSES, OPTIMIZERS, SCHEDULERS
-from dltool.runtime import EMA, rng_state, seed_all, set_rng_state
-from dltool.spec import parse_spec
+from dltool.training.callbacks import Callback
+from dltool.training.engine import FitPlan, LoopState, StepOptions, evaluate, fit, train_one_epoch
+from dltool.training.optim import build_loss, build_optimizer, build_scheduler, replay
+from dltool.training.runtime import EMA, rng_state, seed_all, set_rng_state
 
 CPU = torch.device("cpu")
 
@@ -229,7 +229,7 @@ def test_first_signal_asks_to_stop_and_a_second_sigint_stops_at_once():
     import os
     import signal
 
-    from dltool.runtime import StopSignal
+    from dltool.training.runtime import StopSignal
 
     before = signal.getsignal(signal.SIGINT)
     with StopSignal() as stop:

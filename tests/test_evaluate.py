@@ -9,7 +9,7 @@ from sklearn.metrics import precision_recall_fscore_support
 from typer.testing import CliRunner
 
 from dltool.cli import app
-from dltool.evaluate import evaluate_checkpoint
+from dltool.inference.evaluate import evaluate_checkpoint
 
 KEYS = ["loss", "accuracy", "top5_accuracy", "per_class", "confusion_matrix", "samples"]
 
@@ -39,16 +39,16 @@ def test_best_and_last_give_exactly_the_recorded_accuracy(digits_run, tmp_path):
 def test_evaluation_runs_on_the_threads_the_run_trained_on(digits_run, monkeypatch):
     """The same thread count as training makes the same float sums: eval's loss is the recorded one
     on any machine, whatever the process's own thread count."""
-    import dltool.engine
+    import dltool.training.engine
 
     seen = []
-    engine_evaluate = dltool.engine.evaluate
+    engine_evaluate = dltool.training.engine.evaluate
 
     def counting(*args, **kwargs):
         seen.append(torch.get_num_threads())
         return engine_evaluate(*args, **kwargs)
 
-    monkeypatch.setattr(dltool.engine, "evaluate", counting)
+    monkeypatch.setattr(dltool.training.engine, "evaluate", counting)
     before = torch.get_num_threads()
     torch.set_num_threads(2)
     try:
@@ -160,7 +160,7 @@ train: {{epochs: 1, device: cpu, histograms: false}}
 
 
 def test_regression_reports_mse_mae_r2(tmp_path):
-    from dltool.train import train
+    from dltool.training.train import train
 
     lines = []
     for i in range(16):
@@ -204,7 +204,7 @@ def test_data_overrides_evaluate_another_folder(make_checkpoint, tmp_path):
 
 
 def _hand_result():
-    from dltool.evaluate import EvalResult, confusion_matrix, per_class
+    from dltool.inference.evaluate import EvalResult, confusion_matrix, per_class
 
     targets = torch.tensor([0, 0, 1, 2, 2])
     outputs = torch.tensor([[3.0, 0, 0], [2.0, 1, 0], [4.0, 0, 0], [0, 0, 5.0], [0, 2.0, 0]])
@@ -230,7 +230,7 @@ def test_render_shows_tables_and_worst_mistakes():
 
     from rich.console import Console
 
-    from dltool.eval_report import render
+    from dltool.inference.eval_report import render
 
     console = Console(file=io.StringIO(), width=100)
     for part in render(_hand_result()):
@@ -244,13 +244,13 @@ def test_render_shows_tables_and_worst_mistakes():
 
 
 def test_eval_of_a_cross_validation_run_names_its_fold_folders(tmp_path, monkeypatch):
-    from dltool.train import train
+    from dltool.training.folds import train_folds
 
     monkeypatch.chdir(tmp_path)
     (tmp_path / "kfold.yaml").write_text(
         "data:\n  dataset: {name: FakeData, size: 40, image_size: [1, 4, 4], num_classes: 2}\n  batch_size: 8\n"
         "model:\n  layers: [Flatten, {Linear: {out_features: num_classes}}]\ntrain: {epochs: 1, device: cpu}\n")
-    train("kfold.yaml", runs_dir="runs", folds=2)
+    train_folds("kfold.yaml", 2, runs_dir="runs")
     result = CliRunner().invoke(app, ["eval", "runs/kfold", "--device", "cpu"])
     assert result.exit_code == 2
     assert result.stderr == ("error: runs/kfold: a cross-validation run: each fold is a run of its own; give one of "

@@ -147,12 +147,12 @@ def test_torchvision_cutmix_or_mixup_recipe_trains(tmp_path, monkeypatch):
 
 
 def test_the_check_leaves_model_optimizer_and_random_states_as_they_were(tmp_path):
-    from dltool.callbacks import Callback
-    from dltool.config import load_config
+    from dltool.config.load import load_config
     from dltool.data import build_data
-    from dltool.firststep import check_first_step
-    from dltool.runtime import rng_state
-    from dltool.train import Session
+    from dltool.training.callbacks import Callback
+    from dltool.training.firststep import check_first_step
+    from dltool.training.runtime import rng_state
+    from dltool.training.train import Session
 
     (tmp_path / "cfg.yaml").write_text(HEAD + MODEL.replace("    - ReLU\n", "    - BatchNorm2d\n    - ReLU\n")
                                        + "optimizer: {name: Adam, lr: 0.01}\nscheduler: OneCycleLR\n"

@@ -7,13 +7,13 @@ from torch import nn
 from typer.testing import CliRunner
 
 from dltool.cli import app
-from dltool.config import ModelConfig, load_config
+from dltool.config.load import ModelConfig, load_config
+from dltool.config.registry import LAYERS
+from dltool.config.spec import parse_spec
 from dltool.errors import CheckpointError, ConfigError, DltoolError, ShapeError
 from dltool.models import build_model, resolve_input_shape
+from dltool.models.builder import collect_shapes
 from dltool.models.init import apply_freeze, apply_init
-from dltool.registry import LAYERS
-from dltool.shapes import collect_shapes
-from dltool.spec import parse_spec
 
 LENET = """\
 model:

@@ -12,10 +12,10 @@ import yaml
 from PIL import Image
 from typer.testing import CliRunner
 
-from dltool.checkpoint import load_checkpoint, rebuild_model, save_checkpoint
 from dltool.cli import app
-from dltool.outputs import to_probabilities
-from dltool.predict import Predictor
+from dltool.inference.predict import Predictor
+from dltool.models.outputs import to_probabilities
+from dltool.store.checkpoint import load_checkpoint, rebuild_model, save_checkpoint
 
 # (final layers, loss, the output kind stored, model outputs -> probabilities of both classes)
 SETUPS = {

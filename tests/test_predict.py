@@ -11,11 +11,11 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from dltool.cli import app
-from dltool.checkpoint import load_checkpoint
-from dltool.config import config_from_data
+from dltool.config.load import config_from_data
 from dltool.data import build_data
-from dltool.evaluate import evaluate_checkpoint
-from dltool.predict import Predictor, expand_inputs
+from dltool.inference.evaluate import evaluate_checkpoint
+from dltool.inference.predict import Predictor, expand_inputs
+from dltool.store.checkpoint import load_checkpoint
 
 LENET = [{"Conv2d": {"out_channels": 6, "kernel_size": 5, "padding": 2}}, "Sigmoid",
          {"AvgPool2d": {"kernel_size": 2, "stride": 2}}, {"Conv2d": {"out_channels": 16, "kernel_size": 5}}, "Sigmoid",

@@ -6,13 +6,13 @@ import pytest
 import torch
 from PIL import Image
 
-from dltool.config import config_from_data
+from dltool.config.load import config_from_data
+from dltool.config.spec import parse_spec
 from dltool.data import build_data
 from dltool.data import transforms as tv
 from dltool.data.build import _pipelines
 from dltool.data.specs import transform_specs
-from dltool.preprocess import Preprocess, image_mode
-from dltool.spec import parse_spec
+from dltool.inference.preprocess import Preprocess, image_mode
 
 NATIVE_LISTS = [
     [{"Resize": [28, 28]}, "ToTensor", {"Normalize": {"mean": [0.5], "std": [0.5]}}],
@@ -107,8 +107,8 @@ def test_digits_eval_samples_are_rebuilt_exactly():
 
 
 def test_native_preprocessing_does_not_import_torchvision():
-    code = ("import sys\nfrom PIL import Image\nfrom dltool.preprocess import Preprocess\n"
-            "from dltool.spec import parse_spec\n"
+    code = ("import sys\nfrom PIL import Image\nfrom dltool.inference.preprocess import Preprocess\n"
+            "from dltool.config.spec import parse_spec\n"
             "specs = [parse_spec(s, 'x') for s in ({'Resize': [28, 28]}, 'ToTensor', {'Normalize': [[0.5], [0.5]]})]\n"
             "out = Preprocess(specs)(Image.new('L', (8, 8)))\n"
             "assert tuple(out.shape) == (1, 28, 28)\n"

@@ -6,7 +6,7 @@ import io
 
 from rich.console import Console
 
-from dltool.progress import PlainProgress, RichProgress, epoch_line, make_progress, summary_table
+from dltool.cli.progress import PlainProgress, RichProgress, epoch_line, make_progress, summary_table
 
 ROW = {"epoch": 3, "lr": 0.0025, "train_loss": 0.28457, "train_accuracy": 0.9249, "val_loss": 0.29767,
        "val_accuracy": 0.90529, "val_top5_accuracy": 0.9972, "epoch_seconds": 1.13, "samples_per_second": 1348.9}

@@ -1,8 +1,8 @@
 import pytest
 
+from dltool.config.registry import Registry
+from dltool.config.spec import Mark, Marks, parse_spec
 from dltool.errors import RegistryError
-from dltool.registry import Registry
-from dltool.spec import Marks, Mark, parse_spec
 
 
 class Conv:
@@ -76,7 +76,7 @@ def test_registry_fills_lazily_on_first_lookup(monkeypatch):
                                         ("losses", "loss"), ("optimizers", "optimizer"),
                                         ("schedulers", "scheduler"), ("models", "model")])
 def test_unknown_name_uses_the_singular_noun_of_every_kind(kind, noun):
-    from dltool.registry import REGISTRIES
+    from dltool.config.registry import REGISTRIES
 
     with pytest.raises(RegistryError) as info:
         REGISTRIES[kind].get("Zzzqqq")
@@ -98,7 +98,7 @@ def test_unknown_loss_in_a_config_is_one_line_with_a_suggestion(tmp_path):
 
 
 def test_listing_says_what_dltool_fills_in():
-    from dltool.listing import describe
+    from dltool.cli.listing import describe
 
     rows = dict(describe("schedulers", "StepLR"))
     assert rows["step_size"] == "filled in: a third of the run"
@@ -112,7 +112,7 @@ def test_listing_says_what_dltool_fills_in():
 def test_the_filled_in_table_matches_what_the_scheduler_builder_fills():
     import torch
 
-    from dltool.optim import FILLED, _defaults
+    from dltool.training.optim import FILLED, _defaults
 
     optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1, momentum=0.9)
     for name in FILLED:
@@ -126,7 +126,7 @@ def test_entries_that_need_a_python_function_are_not_listed_and_are_refused(tmp_
     from typer.testing import CliRunner
 
     from dltool.cli import app
-    from dltool.listing import registry_names
+    from dltool.cli.listing import registry_names
 
     assert name not in registry_names(kind)
     assert name not in registry_names(None)[kind]

@@ -11,8 +11,8 @@ import torch
 import yaml
 
 from dltool.errors import ConfigError
-from dltool.runs import COLUMNS, RunDir, resume_checkpoint
-from dltool.train import train
+from dltool.training.runs import COLUMNS, RunDir, resume_checkpoint
+from dltool.training.train import train
 
 CONFIG = {
     "seed": 0,

@@ -7,8 +7,9 @@ from rich.console import Console
 from typer.testing import CliRunner
 
 from dltool.cli import app
-from dltool.config import load_config
-from dltool.shapes import collect_shapes, render_table
+from dltool.cli.shapes import render_table
+from dltool.config.load import load_config
+from dltool.models.builder import collect_shapes
 
 TINY = """\
 model:
@@ -147,8 +148,8 @@ def test_shape_error_with_json_leaves_stdout_empty(tmp_path):
 
 
 def test_shapes_of_a_run_use_its_stored_config_shape_and_classes(tmp_path):
-    from dltool.checkpoint import save_checkpoint
     from dltool.models import build_model
+    from dltool.store.checkpoint import save_checkpoint
 
     config = load_config(write(tmp_path, TINY.replace("out_features: 3", "out_features: num_classes")))
     model = build_model(config.model, (1, 6, 6), 4)

@@ -15,9 +15,9 @@ import yaml
 from typer.testing import CliRunner
 
 from dltool.cli import app
-from dltool.callbacks import Callback
 from dltool.errors import ConfigError, Interrupted
-from dltool.train import train
+from dltool.training.callbacks import Callback
+from dltool.training.train import train
 
 TINY = {
     "seed": 0,

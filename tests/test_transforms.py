@@ -10,11 +10,11 @@ from torchvision import transforms as classic
 from torchvision import tv_tensors
 from torchvision.transforms import v2
 
+from dltool.config.registry import TRANSFORMS
+from dltool.config.spec import parse_spec
 from dltool.data.specs import deterministic_part
 from dltool.data.transforms import build_pipeline, build_transform, to_float_tensor
 from dltool.errors import RegistryError
-from dltool.registry import TRANSFORMS
-from dltool.spec import parse_spec
 
 # Arguments for the transforms that have required ones, written as a YAML user would.
 ARGS = {

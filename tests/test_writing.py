@@ -1,4 +1,4 @@
-"""dltool.writing: atomic writes and appends that leave no temp file and no torn line, and the one
+"""dltool.store.writing: atomic writes and appends that leave no temp file and no torn line, and the one
 line a refused write becomes."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import os
 import pytest
 
 from dltool.errors import Unwritable
-from dltool.writing import append_synced, refusal, write_atomic
+from dltool.store.writing import append_synced, refusal, write_atomic
 
 
 def test_write_atomic_replaces_the_file_and_leaves_no_temp_file(tmp_path):

@@ -16,10 +16,10 @@ from torch.nn import functional as F
 from typer.testing import CliRunner
 
 from dltool.cli import app
-from dltool.config import load_config
+from dltool.config.load import load_config
 from dltool.models import build_model
-from dltool.optim import build_optimizer
-from dltool.train import train
+from dltool.training.optim import build_optimizer
+from dltool.training.train import train
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 ALL = sorted(p.stem for p in CONFIGS.glob("*.yaml"))
@@ -233,7 +233,7 @@ def test_param_groups_give_the_backbone_a_lower_lr_and_norms_and_biases_no_decay
 
 
 def test_unfreeze_at_trains_the_backbone_only_after_that_many_epochs(tmp_path):
-    from dltool.runtime import seed_all
+    from dltool.training.runtime import seed_all
 
     small = ["model.input_shape=[3, 32, 32]", "data.transforms.train=[{Resize: [32, 32]}, ToTensor]",
              "data.transforms.eval=[{Resize: [32, 32]}, ToTensor]", "data.batch_size=4", "train.unfreeze_at=1",
@@ -282,7 +282,7 @@ def test_linear_data_is_a_regression_set_of_feature_vectors(tmp_path):
 
 
 def test_amp_auto_is_bf16_on_a_gpu_that_has_it_and_float32_on_cpu():
-    from dltool.engine import amp_dtype
+    from dltool.training.engine import amp_dtype
 
     assert load_config(CONFIGS / "cifar10_fast.yaml").train.amp == "auto"
     assert amp_dtype("auto", torch.device("cpu")) is None

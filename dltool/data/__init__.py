@@ -2,6 +2,7 @@
 
 The names below load their modules on first use: those import torchvision, which
 `dltool.data.decode` (how `dltool predict` reads an image) does not need.
+It may import config and errors only; never models or anything above them.
 """
 
 from __future__ import annotations

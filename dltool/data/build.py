@@ -9,14 +9,14 @@ from PIL import Image
 from torch.utils.data import Dataset
 from torchvision.transforms import v2
 
+from dltool.config.registry import DATASETS
+from dltool.config.spec import Spec, located
 from dltool.data.bundle import NO_VAL, DataBundle
-from dltool.data.sources import RawSplit, Source, stratified_split
 from dltool.data.scan import scan_split
+from dltool.data.sources import RawSplit, Source, stratified_split
 from dltool.data.specs import transform_specs
 from dltool.data.transforms import build_pipeline, to_float_tensor
 from dltool.errors import DataError
-from dltool.registry import DATASETS
-from dltool.spec import Spec, located
 
 GRAY_MODES = {"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F"}
 MODES = {1: "L", 3: "RGB"}

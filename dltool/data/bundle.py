@@ -7,7 +7,6 @@ from typing import Any
 
 from dltool.errors import DataError
 
-
 NO_VAL = ("data.val_split: 0: every sample is for training, there is no validation split; use --split train, "
           "or other data (e.g. data.dataset.root=other/folder)")
 

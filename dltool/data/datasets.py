@@ -18,11 +18,11 @@ import torchvision.datasets as tvd
 from PIL import Image
 from torchvision.transforms.functional import to_pil_image
 
+from dltool.config.registry import DATASETS
 from dltool.data import folders  # noqa: F401  (registers ImageFolder and ImageList)
 from dltool.data.idx import GZIP_AWARE
 from dltool.data.sources import RawSplit, Source
 from dltool.errors import DataError
-from dltool.registry import DATASETS
 
 # Datasets that take `train: bool`; the others below take `split:` with these values per split.
 TRAIN_FLAG = ("MNIST", "FashionMNIST", "KMNIST", "EMNIST", "QMNIST", "CIFAR10", "CIFAR100", "USPS")

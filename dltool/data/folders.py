@@ -10,9 +10,9 @@ import os
 from pathlib import Path
 from typing import Callable
 
+from dltool.config.registry import DATASETS
 from dltool.data.sources import RawSplit, Source
 from dltool.errors import DataError
-from dltool.registry import DATASETS
 
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp", ".gif")
 VAL_ALIASES = ("val", "valid", "validation")

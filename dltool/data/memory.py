@@ -20,7 +20,7 @@ from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
 
 from dltool.data.batched import BUILDERS, MOVE_PIXELS, Crop, Op, batched_ops, unpadded
-from dltool.data.loaders import EpochSampler, epoch_seed
+from dltool.data.sampler import EpochSampler, epoch_seed
 from dltool.data.scan import DecodedFiles
 from dltool.data.transforms import ToTensor, to_unit_float
 from dltool.errors import DataError

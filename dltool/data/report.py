@@ -5,24 +5,24 @@ from __future__ import annotations
 
 import io
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from PIL import Image, ImageDraw
 
+from dltool.config.registry import DATASETS, TRANSFORMS
 from dltool.data.build import build_data
-from dltool.data.specs import transform_specs
 from dltool.data.bundle import DataBundle
 from dltool.data.sources import class_counts
+from dltool.data.specs import transform_specs
 from dltool.data.transforms import build_pipeline, to_float_tensor
 from dltool.errors import DataError
-from dltool.registry import DATASETS, TRANSFORMS
-from dltool.writing import write_atomic, writing
 
 TILE = 96
 
 
-def inspect_data(config: Any, *, stats: bool = False, show: int = 0, out: Path | None = None) -> dict:
+def inspect_data(config: Any, *, stats: bool = False, show: int = 0, out: Path | None = None,
+                 write: Callable[[Path, bytes], Any] | None = None) -> dict:
     """Build the config's data and describe it as plain data.
 
     Args:
@@ -31,6 +31,7 @@ def inspect_data(config: Any, *, stats: bool = False, show: int = 0, out: Path |
             Normalize (the numbers to put in Normalize).
         show: write a grid of this many augmented train samples to `out`.
         out: the PNG path for `show` (default: <config stem>-samples.png).
+        write: how the PNG's bytes reach `out` (the CLI passes dltool.store.writing.write_atomic).
 
     Returns:
         {"dataset", "task", "classes", "input_shape", "channels", "splits": {name: {"samples",
@@ -47,7 +48,7 @@ def inspect_data(config: Any, *, stats: bool = False, show: int = 0, out: Path |
         report["stats"] = {"mean": mean, "std": std}
     if show:
         path = Path(out) if out else Path(f"{config.stem}-samples.png")
-        save_grid(bundle, show, path, config.seed)
+        write(path, grid_png(bundle, show, config.seed))
         report["grid"] = str(path)
     return report
 
@@ -86,8 +87,8 @@ def channel_stats(dataset: Any, pipeline: Any) -> tuple[list[float], list[float]
     return [round(v, 4) for v in mean.tolist()], [round(v, 4) for v in std.tolist()]
 
 
-def save_grid(bundle: DataBundle, count: int, path: Path, seed: int) -> None:
-    """Write `count` augmented train samples (train transforms, fixed seed) with their labels."""
+def grid_png(bundle: DataBundle, count: int, seed: int) -> bytes:
+    """A PNG of `count` augmented train samples (train transforms, fixed seed) with their labels."""
     dataset = bundle.train
     generator = torch.Generator().manual_seed(seed)
     picks = torch.randperm(len(dataset), generator=generator)[:count].tolist()
@@ -104,10 +105,7 @@ def save_grid(bundle: DataBundle, count: int, path: Path, seed: int) -> None:
             draw.text((left + 3, top + TILE), _label(bundle, target), fill="black")
     png = io.BytesIO()
     sheet.save(png, format="PNG")
-    if not path.parent.exists():
-        with writing(path):
-            path.parent.mkdir(parents=True)
-    write_atomic(path, png.getvalue())
+    return png.getvalue()
 
 
 def _tile(x: torch.Tensor) -> Image.Image:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
-from dltool.spec import Spec
+from dltool.config.spec import Spec
 
 # Transforms whose output does not depend on the random state: what eval keeps of a train list.
 DETERMINISTIC = {

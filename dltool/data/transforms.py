@@ -17,9 +17,9 @@ from torchvision import tv_tensors
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
 
+from dltool.config.registry import TRANSFORMS
+from dltool.config.spec import Spec
 from dltool.errors import RegistryError
-from dltool.registry import TRANSFORMS
-from dltool.spec import Spec
 
 CONTAINERS = {"Compose", "RandomApply", "RandomChoice", "RandomOrder"}
 

@@ -1,11 +1,15 @@
-"""Models: the layer registry, the stack builder with shape inference, torchvision models."""
+"""Models: the layer registry, the stack builder with shape inference, torchvision models, and the
+layer-by-layer shape rows as data (rendered by the cli).
+
+It may import data, config and errors; never store, training, inference or cli.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
+from dltool.config.spec import located
 from dltool.errors import ConfigError
-from dltool.spec import located
 
 
 def build_model(model: Any, input_shape: tuple[int, ...], num_classes: int | None, *, pretrained: bool = True):

@@ -10,15 +10,16 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import torch
 from torch import nn
 
+from dltool.config.registry import LAYERS, signature
+from dltool.config.spec import Spec, located, parse_spec
 from dltool.errors import ConfigError, RegistryError, ShapeError
-from dltool.models.layers import fmt
-from dltool.registry import LAYERS, signature
-from dltool.spec import Spec, located, parse_spec
+from dltool.models.plan import fmt
+from dltool.models.shapes import ShapeReport, measure, module_rows
 
 # Channel-first layers and the (unbatched) ranks they take.
 RANKS = {"Conv": {"1": (2,), "2": (3,), "3": (4,)}, "ConvTranspose": {"1": (2,), "2": (3,), "3": (4,)},
@@ -76,8 +77,6 @@ def build_model(model, input_shape: tuple[int, ...], num_classes: int | None, *,
 
 def with_rows(exc: ShapeError, partial: nn.Module, input_shape: tuple[int, ...]) -> ShapeError:
     """Attach the shape rows of the layers built so far (and the partial model, for other batch sizes)."""
-    from dltool.shapes import module_rows
-
     exc.rows = module_rows(partial, input_shape, batch_size=1) if len(partial) else []
     exc.partial = partial
     return exc
@@ -327,3 +326,28 @@ def _prod(shape: tuple[int, ...]) -> int:
     for s in shape:
         total *= s
     return total
+
+
+def collect_shapes(config: Any, input_shape: Sequence[int], batch_size: int = 1, depth: int | None = None,
+                   num_classes: int | None = None) -> ShapeReport:
+    """Build the config's model and measure it on a zero batch of `batch_size` x `input_shape`.
+
+    Args:
+        config: the Config.
+        input_shape: one sample's shape, without the batch dim.
+        batch_size: the batch dim of the shapes and mult-adds.
+        depth: how many levels of nested layers to list (None: all).
+        num_classes: what `num_classes` means in the layers.
+
+    Raises:
+        ShapeError: a layer cannot take its input; `rows` holds the layers before it at `batch_size`.
+    """
+    try:
+        # pretrained weights change no shape or count: leave them unread (works offline)
+        model = build_model(config.model, tuple(input_shape), num_classes, pretrained=False)
+    except ShapeError as exc:
+        partial = getattr(exc, "partial", None)
+        if partial is not None and len(partial):
+            exc.rows = module_rows(partial, input_shape, batch_size, depth)
+        raise
+    return measure(model, input_shape, batch_size, depth)

@@ -17,9 +17,9 @@ from typing import Any, Callable, Mapping, Sequence
 import torch
 from torch import nn
 
+from dltool.config.registry import LAYERS, suggest
+from dltool.config.spec import Marks, Spec, located, parse_spec
 from dltool.errors import ConfigError
-from dltool.registry import LAYERS, suggest
-from dltool.spec import Marks, Spec, located, parse_spec
 
 
 def uniform_fan_in(tensor: torch.Tensor, fan_in: int | None = None) -> torch.Tensor:

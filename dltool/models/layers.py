@@ -7,14 +7,14 @@ a plan that the stack builder finishes (see `dltool.models.builder`).
 
 from __future__ import annotations
 
-import abc
 import inspect
 from typing import Any
 
 import torch
 from torch import nn
 
-from dltool.registry import LAYERS
+from dltool.config.registry import LAYERS
+from dltool.models.plan import Plan, fmt
 
 # Containers dltool writes itself, abstract bases, and wrappers that are not layers.
 NOT_LAYERS = {
@@ -37,14 +37,6 @@ def register_torch_layers() -> None:
         obj = getattr(nn, name)
         if is_torch_layer(name, obj):
             LAYERS.register(name, obj)
-
-
-class Plan(abc.ABC):
-    """A composite layer waiting for its input shape; `dltool.models.builder` calls `build`."""
-
-    @abc.abstractmethod
-    def build(self, stack, spec, shape: tuple[int, ...]) -> tuple[nn.Module, tuple[int, ...]]:
-        """Build the module for an input of `shape` (no batch dim); return it and its output shape."""
 
 
 def composite(builder):
@@ -212,11 +204,6 @@ def parallel(branches: list, merge: str = "cat") -> Plan:
 def repeat(times: int, layers: list) -> Plan:
     """`layers` repeated `times` times; every repetition has its own weights."""
     return RepeatPlan(times, layers)
-
-
-def fmt(shape: tuple[int, ...]) -> str:
-    """(16, 5, 5) -> '16x5x5'."""
-    return "x".join(str(s) for s in shape) if shape else "a scalar"
 
 
 @LAYERS.register("TorchvisionModel")

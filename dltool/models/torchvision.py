@@ -17,10 +17,10 @@ import torch
 import torchvision
 from torch import nn
 
+from dltool.config.registry import MODELS
 from dltool.errors import CheckpointError, ShapeError
 from dltool.models.init import apply_freeze
-from dltool.models.layers import Plan, fmt
-from dltool.registry import MODELS
+from dltool.models.plan import Plan, fmt
 
 IMAGENET_CLASSES = 1000
 AUX_HEADS = ("aux1.", "aux2.", "AuxLogits.")

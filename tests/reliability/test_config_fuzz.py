@@ -6,7 +6,6 @@ No mutant may end in a traceback, and every refusal is one line on stderr.
 from __future__ import annotations
 
 import copy
-import math
 import random
 from pathlib import Path
 

@@ -14,10 +14,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from dltool.callbacks import Callback
-from dltool.checkpoint import load_checkpoint, save_checkpoint
 from dltool.errors import ConfigError
-from dltool.train import train
+from dltool.store.checkpoint import load_checkpoint, save_checkpoint
+from dltool.training.callbacks import Callback
+from dltool.training.train import train
 
 from .tools import TINY, dltool_command, record, weights_hash, write_config
 

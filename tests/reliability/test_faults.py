@@ -9,12 +9,11 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-import dltool.engine
+import dltool.training.engine
 from dltool.cli import app
 from dltool.errors import RunFailed
 
 from .tools import TINY, write_config
-
 
 
 def run(tmp_path):
@@ -24,14 +23,14 @@ def run(tmp_path):
 
 def count_forwards(monkeypatch, inject):
     """Patch the training step's forward pass: `inject(step, out, loss)` may replace the loss or raise."""
-    real, calls = dltool.engine._forward_loss, []
+    real, calls = dltool.training.engine._forward_loss, []
 
     def forward_loss(*args):
         out, loss = real(*args)
         calls.append(len(calls) + 1)
         return out, inject(len(calls), out, loss)
 
-    monkeypatch.setattr(dltool.engine, "_forward_loss", forward_loss)
+    monkeypatch.setattr(dltool.training.engine, "_forward_loss", forward_loss)
     return calls
 
 
@@ -58,7 +57,7 @@ def test_nan_loss_at_step_k_stops_that_step_with_finite_weights(tmp_path, monkey
 
 def test_nan_weights_after_step_k_stop_the_next_step(tmp_path, monkeypatch):
     k = 3
-    real_step, steps = dltool.engine._optimizer_step, []
+    real_step, steps = dltool.training.engine._optimizer_step, []
 
     def poisoned_step(model, *args):
         used = real_step(model, *args)
@@ -68,7 +67,7 @@ def test_nan_weights_after_step_k_stop_the_next_step(tmp_path, monkeypatch):
                 next(model.parameters()).fill_(float("nan"))
         return used
 
-    monkeypatch.setattr(dltool.engine, "_optimizer_step", poisoned_step)
+    monkeypatch.setattr(dltool.training.engine, "_optimizer_step", poisoned_step)
     result = run(tmp_path)
     assert result.exit_code == 1 and "the loss became nan at epoch 1, step 4" in result.stderr
     assert len(steps) == k  # the step after the poisoned update found the NaN before updating
@@ -99,7 +98,7 @@ def test_out_of_memory_once_splits_each_batch_in_two_and_the_run_goes_on(tmp_pat
 
 
 def test_the_parts_of_a_split_batch_give_the_whole_batch_gradient():
-    from dltool.engine import StepOptions, _learn
+    from dltool.training.engine import StepOptions, _learn
 
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(6, 5), torch.nn.ReLU(), torch.nn.Linear(5, 3))
@@ -147,8 +146,8 @@ class SmallBatchesOnly(torch.nn.Module):
 
 
 def test_evaluation_out_of_memory_splits_its_batches_and_gives_the_same_metrics():
-    from dltool.callbacks import Callback
-    from dltool.engine import StepOptions, evaluate
+    from dltool.training.callbacks import Callback
+    from dltool.training.engine import StepOptions, evaluate
 
     class Messages(Callback):
         def __init__(self):

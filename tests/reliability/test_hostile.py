@@ -16,7 +16,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from dltool.cli import app
-from dltool.train import train
+from dltool.training.train import train
 
 from .tools import TINY, one_line_error, record, run_dltool, write_config
 

@@ -20,7 +20,7 @@ from typer.testing import CliRunner
 from dltool.cli import app
 from dltool.data.decode import load_image
 from dltool.errors import ImageError
-from dltool.train import train
+from dltool.training.train import train
 
 from .tools import record
 

@@ -17,8 +17,8 @@ import pytest
 from typer.testing import CliRunner
 
 from dltool.cli import app
-from dltool.runs import RunDir
-from dltool.train import train
+from dltool.training.runs import RunDir
+from dltool.training.train import train
 
 from .tools import TINY, dltool_command, one_line_error, run_dltool, write_config
 

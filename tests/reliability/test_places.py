@@ -14,7 +14,7 @@ import torch
 from typer.testing import CliRunner
 
 from dltool.cli import app
-from dltool.train import train
+from dltool.training.train import train
 
 from .tools import TINY, one_line_error, read_only, write_config
 
@@ -173,16 +173,16 @@ def test_tensorboard_writer_thread_failure_is_one_line_not_a_thread_traceback(tm
 
 
 def test_summary_agrees_with_the_checkpoints_after_a_failed_save(tmp_path, monkeypatch):
-    import dltool.runs
+    import dltool.training.runs
 
-    real = dltool.runs.save_checkpoint
+    real = dltool.training.runs.save_checkpoint
 
     def full_from_epoch_3(state, path):
         if state["epoch"] >= 3:
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
         return real(state, path)
 
-    monkeypatch.setattr(dltool.runs, "save_checkpoint", full_from_epoch_3)
+    monkeypatch.setattr(dltool.training.runs, "save_checkpoint", full_from_epoch_3)
     config = write_config(tmp_path, data={**TINY, "train": {**TINY["train"], "epochs": 4}})
     result = invoke("train", str(config), "--runs-dir", str(tmp_path / "runs"), "--quiet")
     monkeypatch.undo()

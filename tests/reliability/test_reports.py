@@ -12,7 +12,7 @@ import pytest
 from typer.testing import CliRunner
 
 from dltool.cli import app
-from dltool.train import train
+from dltool.training.train import train
 
 from .tools import TINY, one_line_error, read_only, write_config
 

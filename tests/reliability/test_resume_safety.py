@@ -11,7 +11,7 @@ import yaml
 from typer.testing import CliRunner
 
 from dltool.cli import app
-from dltool.train import train
+from dltool.training.train import train
 
 from .tools import TINY, one_line_error, write_config
 

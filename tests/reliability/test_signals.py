@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import signal
 import subprocess
-from pathlib import Path
 
 import pytest
 import torch
@@ -42,17 +41,17 @@ def test_a_signal_saves_and_exits_with_one_line_without_error_prefix(tmp_path, s
 
 
 def test_a_hard_stop_during_start_up_says_nothing_was_saved(tmp_path, monkeypatch):
-    import dltool.train
+    import dltool.training.train
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(dltool.train.Session, "fresh", interrupted)
+    monkeypatch.setattr(dltool.training.train.Session, "fresh", interrupted)
     result = CliRunner().invoke(app, ["train", str(QUICKSTART), "--runs-dir", str(tmp_path / "runs"), "--quiet"])
     assert result.exit_code == 130, result.output
     assert result.stderr.strip().splitlines() == [
         "interrupted: stopped at once during start-up, before the first checkpoint; nothing to resume"]
-    monkeypatch.setattr(dltool.train.Session, "resumed", interrupted)
+    monkeypatch.setattr(dltool.training.train.Session, "resumed", interrupted)
     result = CliRunner().invoke(app, ["train", "--resume", str(tmp_path / "runs" / "x"), "--quiet"])
     assert result.stderr.strip().splitlines() == [
         f"interrupted: stopped at once during start-up; {tmp_path / 'runs' / 'x'} keeps its last checkpoint"]

@@ -1,5 +1,5 @@
 """What `dltool eval` shows and writes: rich tables, confusion_matrix.csv/.png, misclassified.csv,
-metrics.json. Collecting the numbers is dltool.evaluate's job; this module only presents them."""
+metrics.json. Collecting the numbers is dltool.inference.evaluate's job; this module only presents them."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ from pathlib import Path
 from typing import Any
 
 from dltool.errors import Unwritable
-from dltool.evaluate import EvalResult
-from dltool.writing import write_atomic, writing
+from dltool.inference.evaluate import EvalResult
+from dltool.store.writing import write_atomic, writing
 
 # Wider confusion matrices are left to the CSV and PNG; a terminal cannot show them.
 TABLE_CLASSES = 20

@@ -10,8 +10,8 @@ import os
 from pathlib import Path
 from typing import Iterator
 
-from dltool.checkpoint import fsync_folder
 from dltool.errors import Unwritable
+from dltool.store.checkpoint import fsync_folder
 
 # what to do about each way a place can refuse a write
 ADVICE = {

@@ -7,7 +7,7 @@
     runs/x/tb/                  TensorBoard events (`tensorboard --logdir runs`)
     runs/x/.lock                held (flock) by the one process training the run; names it
 
-Every file goes through dltool.writing: atomic, and one line when the place refuses the write.
+Every file goes through dltool.store.writing: atomic, and one line when the place refuses the write.
 """
 
 from __future__ import annotations
@@ -21,10 +21,10 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
-from dltool.checkpoint import checkpoint_in, remove_stale_temps, save_checkpoint
-from dltool.config import dump_yaml
+from dltool.config.load import dump_yaml
 from dltool.errors import ConfigError, RunBusy, RunFailed
-from dltool.writing import append_synced, writing, write_atomic
+from dltool.store.checkpoint import checkpoint_in, remove_stale_temps, save_checkpoint
+from dltool.store.writing import append_synced, write_atomic, writing
 
 COLUMNS = ("epoch", "lr", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "epoch_seconds",
            "samples_per_second")

@@ -1,6 +1,6 @@
 """`dltool predict`: classify image files, folders and globs with a checkpoint alone.
 
-Images are read exactly as training read its eval samples (dltool.preprocess.ImageReader: the same
+Images are read exactly as training read its eval samples (dltool.inference.preprocess.ImageReader: the same
 decoding, channel conversion and eval transforms), batched, and run under `torch.inference_mode`.
 A file that cannot be read gets an error entry and the others are still classified.
 """
@@ -15,10 +15,11 @@ from typing import Any, Iterator, Sequence
 
 import torch
 
-from dltool.checkpoint import load_checkpoint, rebuild_model
 from dltool.errors import ConfigError, ImageError
-from dltool.outputs import DEFAULT as DEFAULT_OUTPUT, to_probabilities
-from dltool.preprocess import ImageReader
+from dltool.inference.preprocess import ImageReader
+from dltool.models.outputs import DEFAULT as DEFAULT_OUTPUT
+from dltool.models.outputs import to_probabilities
+from dltool.store.checkpoint import load_checkpoint, rebuild_model
 
 
 @dataclass
@@ -76,7 +77,7 @@ class Predictor:
     """A checkpoint ready to classify files: its model, classes and image reader."""
 
     def __init__(self, model_path: str | Path, device: str = "auto"):
-        from dltool.runtime import resolve_device
+        from dltool.training.runtime import resolve_device
 
         checkpoint = load_checkpoint(model_path)
         model, config = rebuild_model(checkpoint)

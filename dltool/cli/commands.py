@@ -14,8 +14,8 @@ from typing import Iterator, List, Optional
 
 import typer
 
-from dltool.callbacks import Callback
 from dltool.errors import DltoolError
+from dltool.training.callbacks import Callback
 
 app = typer.Typer(
     name="dltool",
@@ -80,11 +80,11 @@ def config_command(
     as_json: bool = typer.Option(False, "--json", help="Print JSON on stdout"),
 ) -> None:
     """Print the resolved config, or the first error `train` would give before its first step."""
-    from dltool.config import dump_yaml, load_config
+    from dltool.config.load import dump_yaml, load_config
 
     with user_errors():
         loaded = load_config(config, overrides or [])
-        from dltool.check import check_config
+        from dltool.training.check import check_config
 
         check_config(loaded)
         data = loaded.to_data()
@@ -101,7 +101,7 @@ def list_command(
     as_json: bool = typer.Option(False, "--json", help="Print JSON on stdout"),
 ) -> None:
     """List what the registries hold (or the arguments of one entry)."""
-    from dltool.listing import describe, registry_names
+    from dltool.cli.listing import describe, registry_names
 
     with user_errors():
         if name is not None:
@@ -143,8 +143,8 @@ def shapes_command(
     as_json: bool = typer.Option(False, "--json", help="Print JSON on stdout"),
 ) -> None:
     """Layer-by-layer output shapes, parameters and mult-adds (table on stderr)."""
+    from dltool.cli.shapes import render_table, shapes_for_config
     from dltool.errors import ShapeError
-    from dltool.shapes import render_table, shapes_for_config
 
     console = stderr_console()
     with user_errors():
@@ -171,15 +171,26 @@ def data_command(
     as_json: bool = typer.Option(False, "--json", help="Print JSON on stdout"),
 ) -> None:
     """Classes and counts per split, skipped files, sample shape; --stats, --show N."""
-    from dltool.config import load_config
+    from dltool.config.load import load_config
     from dltool.data.report import inspect_data, render
 
     with user_errors():
-        report = inspect_data(load_config(config, overrides or []), stats=stats, show=show, out=out)
+        report = inspect_data(load_config(config, overrides or []), stats=stats, show=show, out=out,
+                              write=_write_made_folder)
     if as_json:
         print_json(report)
     else:
         stderr_console().print(render(report))
+
+
+def _write_made_folder(path: Path, data: bytes) -> None:
+    """Write a file atomically, making its folder first (a place that refuses either is one line)."""
+    from dltool.store.writing import write_atomic, writing
+
+    if not path.parent.exists():
+        with writing(path):
+            path.parent.mkdir(parents=True)
+    write_atomic(path, data)
 
 
 @app.command("train")
@@ -194,8 +205,9 @@ def train_command(
     nproc: Optional[int] = typer.Option(None, "--nproc", min=1, help="Train in N local processes (one per GPU) through torchrun"),
 ) -> None:
     """Train a model from a YAML config; writes a run folder (config, metrics, checkpoints, TensorBoard)."""
-    from dltool.progress import make_progress, summary_table
-    from dltool.train import check_config_or_resume, train
+    from dltool.cli.progress import make_progress, summary_table
+    from dltool.training.folds import train_folds
+    from dltool.training.train import check_config_or_resume, train
 
     overrides = list(overrides or [])
     if resume is not None and config is not None and "=" in config:
@@ -211,8 +223,12 @@ def train_command(
     started = _Started()
     try:
         with user_errors(main_process):
-            result = train(config, runs_dir=runs_dir, name=name, resume=resume, overrides=overrides,
-                           callbacks=[progress, started], folds=folds)
+            if folds is not None and resume is None:
+                result = train_folds(config, folds, runs_dir=runs_dir, name=name, overrides=overrides,
+                                     callbacks=[progress, started])
+            else:
+                result = train(config, runs_dir=runs_dir, name=name, resume=resume, overrides=overrides,
+                               callbacks=[progress, started])
     except KeyboardInterrupt:
         console.print(f"interrupted: {started.kept(resume)}", soft_wrap=True, markup=False)
         raise typer.Exit(code=130) from None
@@ -242,7 +258,7 @@ class _Started(Callback):
 def _launch_train(nproc, config, overrides, resume, name, runs_dir, folds, quiet) -> None:
     """`train --nproc N`: the same command in N processes started by torchrun; exits with their outcome."""
     from dltool.errors import ConfigError
-    from dltool.launch import launch_train
+    from dltool.training.launch import launch_train
 
     with user_errors():
         if folds is not None:
@@ -263,8 +279,8 @@ def eval_command(
     out: Optional[Path] = typer.Option(None, "--out", help="Where report files go (default: the run folder's eval/)"),
 ) -> None:
     """Evaluate a checkpoint: loss, accuracy, per-class metrics, confusion matrix, mistakes."""
-    from dltool.eval_report import render, write_outputs
-    from dltool.evaluate import default_out_dir, evaluate_checkpoint
+    from dltool.inference.eval_report import render, write_outputs
+    from dltool.inference.evaluate import default_out_dir, evaluate_checkpoint
 
     with user_errors():
         result = evaluate_checkpoint(target, overrides or [], split=split, batch_size=batch_size, device=device)
@@ -292,7 +308,7 @@ def predict_command(
 ) -> None:
     """Classify image files with a checkpoint (exit 2 when any input could not be read)."""
     from dltool.errors import ConfigError
-    from dltool.predict import predict, render_table, to_csv_rows
+    from dltool.inference.predict import predict, render_table, to_csv_rows
 
     with user_errors():
         if output_format not in ("table", "json", "csv"):

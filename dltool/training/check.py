@@ -14,10 +14,10 @@ from typing import Any
 
 from torch import nn
 
+from dltool.config.registry import DATASETS, LAYERS, check_arguments
+from dltool.config.spec import Spec
 from dltool.errors import ShapeError
 from dltool.models.builder import Stack
-from dltool.registry import DATASETS, LAYERS, check_arguments
-from dltool.spec import Spec
 
 # Datasets that ship with dltool: building them reads nothing from disk or network.
 EMBEDDED = {"digits", "lineardata"}
@@ -34,7 +34,7 @@ def check_config(config: Any) -> None:
         ShapeError: a layer cannot take the shape arriving at it (when the input shape is known).
         DataError: an embedded dataset cannot give a sample through the transforms.
     """
-    from dltool.runtime import resolve_device
+    from dltool.training.runtime import resolve_device
 
     resolve_device(config.train.device, config.marks)
     data = _embedded_data(config)
@@ -57,11 +57,11 @@ def _embedded_data(config: Any) -> Any:
 
 def _first_step(config: Any, data: Any) -> None:
     """With the data at hand, exactly what `train` does before its run folder exists: every part
-    built and one batch taken through copies of them (dltool.firststep)."""
-    from dltool.callbacks import Callback
-    from dltool.firststep import check_first_step
+    built and one batch taken through copies of them (dltool.training.firststep)."""
     from dltool.models import resolve_input_shape
-    from dltool.train import Session
+    from dltool.training.callbacks import Callback
+    from dltool.training.firststep import check_first_step
+    from dltool.training.train import Session
 
     check_first_step(Session(config, data, resolve_input_shape(config, data=data), None, Callback()))
 
@@ -97,7 +97,7 @@ def _check_model(config: Any) -> nn.Module | None:
 def _check_training(config: Any, model: nn.Module | None) -> None:
     """Loss, optimizer, batch transforms and schedule, built as `train` builds them."""
     from dltool.data.loaders import build_batch_transform
-    from dltool.optim import build_loss, build_optimizer, build_scheduler, monitor_mode
+    from dltool.training.optim import build_loss, build_optimizer, build_scheduler, monitor_mode
 
     build_loss(config.loss, [1] * STAND_IN_CLASSES)
     optimizer_spec = config.optimizer

@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import statistics
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
-from dltool.config import Config
-from dltool.callbacks import Callback
+from dltool.config.load import Config
 from dltool.errors import ConfigError, DataError
-from dltool.runs import RunDir
+from dltool.training.callbacks import Callback, Callbacks
+from dltool.training.runs import RunDir
 
 
 def fold_splits(bundle: Any, folds: int, seed: int) -> list[dict]:
@@ -46,6 +46,27 @@ def fold_splits(bundle: Any, folds: int, seed: int) -> list[dict]:
             for i, (train, val) in enumerate(splitter.split(plain, targets))]
 
 
+def train_folds(config: Config | str | Path | None, folds: int, *, runs_dir: str | Path = "runs",
+                name: str | None = None, overrides: Sequence[str] = (),
+                callbacks: Sequence[Callback] | None = None) -> Any:
+    """`dltool train --folds K`: the config a fresh run would train, then one run per fold.
+
+    K-fold calls into `dltool.training.train`, never the other way round.
+
+    Raises:
+        ConfigError: under torchrun or --nproc (the folds run one after another in one process).
+        Others as `dltool.training.train.train`.
+    """
+    from dltool.training import distributed
+    from dltool.training.train import fresh_config
+
+    config = fresh_config(config, overrides)
+    if distributed.launched():
+        raise ConfigError("--folds trains its folds one after another in one process; not under torchrun or --nproc")
+    return cross_validate(config, folds, runs_dir=runs_dir, name=name or config.stem,
+                          callback=Callbacks(callbacks or ()))
+
+
 def cross_validate(config: Config, folds: int, *, runs_dir: str | Path, name: str, callback: Callback) -> Any:
     """Train one run per fold and summarise the monitored metric over the folds.
 
@@ -53,10 +74,10 @@ def cross_validate(config: Config, folds: int, *, runs_dir: str | Path, name: st
         A TrainResult for the parent folder (summary: per-fold values, mean, std).
 
     Raises:
-        ConfigError: fewer than 2 folds. Others as `dltool.train.train`.
+        ConfigError: fewer than 2 folds. Others as `dltool.training.train.train`.
     """
     from dltool.data import build_data
-    from dltool.train import Session, TrainResult
+    from dltool.training.train import Session, TrainResult
 
     if folds < 2:
         raise ConfigError(f"--folds: must be 2 or more; got {folds}")

@@ -1,7 +1,7 @@
 """The training loop: `train_one_epoch`, `evaluate` and `fit`, plain functions with explicit arguments.
 
 Metrics are summed on the device and read once per log interval, so the loop never waits on the
-accelerator between steps. Progress goes to `dltool.callbacks.Callback` objects; the library itself never prints.
+accelerator between steps. Progress goes to `dltool.training.callbacks.Callback` objects; the library itself never prints.
 Where a run stands (epoch, step, batch within the epoch, partial sums, early-stopping counters)
 is a `LoopState` of plain data, so a checkpoint can hold it and a resumed run continue exactly.
 """
@@ -18,12 +18,12 @@ from typing import Any, Callable, Iterable
 import torch
 from torch import nn
 
-from dltool import distributed
-from dltool.callbacks import Callback
 from dltool.errors import RunFailed
-from dltool.optim import Schedule, current_lr
-from dltool.outputs import single_threshold, to_probabilities
-from dltool.runtime import EMA, seed_epoch
+from dltool.models.outputs import single_threshold, to_probabilities
+from dltool.training import distributed
+from dltool.training.callbacks import Callback
+from dltool.training.optim import Schedule, current_lr
+from dltool.training.runtime import EMA, seed_epoch
 
 MONITORS = ("val_loss", "val_accuracy", "val_top5_accuracy", "val_mae", "train_loss", "train_accuracy", "train_mae")
 SOFT_TARGET_LOSSES = (nn.BCEWithLogitsLoss, nn.BCELoss, nn.MultiLabelSoftMarginLoss)
@@ -72,7 +72,7 @@ class StepOptions:
     ema: EMA | None = None
     compile_pending: bool = False  # the first step compiles the model: timed apart from training
     eval_splits: int = 1  # evaluation batches go through the model in this many parts (after OOM)
-    output: str = "softmax"  # what the outputs are (dltool.outputs): how they become probabilities
+    output: str = "softmax"  # what the outputs are (dltool.models.outputs): how they become probabilities
 
     def autocast(self) -> Any:
         dtype = amp_dtype(self.amp, self.device)
@@ -164,7 +164,7 @@ def train_one_epoch(model: nn.Module, loader: Iterable, loss_fn: nn.Module, opti
     Args:
         model: the module whose parameters `optimizer` holds.
         loader: batches (x, y); `len(loader)` batches per epoch.
-        loss_fn, optimizer, schedule: as built by dltool.optim.
+        loss_fn, optimizer, schedule: as built by dltool.training.optim.
         opts: device, AMP, clipping, accumulation, EMA.
         state: the run's position; `state.batch` batches of this epoch are skipped (already done).
         epoch: 1-based epoch number (for messages).
@@ -477,7 +477,7 @@ def fit(model: nn.Module, train_loader: Any, val_loader: Any | None, loss_fn: nn
         if start_epoch(model, train_loader, plan.seed, epoch, plan.unfreeze_at):
             callback.on_message(f"epoch {epoch}: unfroze all parameters (train.unfreeze_at={plan.unfreeze_at})")
         if state.batch and plan.resume_rng is not None:
-            from dltool.runtime import set_rng_state
+            from dltool.training.runtime import set_rng_state
 
             set_rng_state(plan.resume_rng)
         callback.on_epoch_start(epoch, plan.epochs, len(train_loader))

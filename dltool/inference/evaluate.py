@@ -17,9 +17,10 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
-from dltool.checkpoint import load_checkpoint, rebuild_model
 from dltool.errors import ConfigError, DataError
-from dltool.outputs import DEFAULT as DEFAULT_OUTPUT, to_probabilities
+from dltool.models.outputs import DEFAULT as DEFAULT_OUTPUT
+from dltool.models.outputs import to_probabilities
+from dltool.store.checkpoint import load_checkpoint, rebuild_model
 
 SPLITS = ("val", "test", "train")
 # Overrides that choose other data than the run's: its stored split no longer applies.
@@ -43,7 +44,7 @@ class EvalResult:
     outputs: torch.Tensor
     per_class: list[dict] = field(default_factory=list)
     confusion: list[list[int]] = field(default_factory=list)
-    output: str = DEFAULT_OUTPUT  # what the outputs are (dltool.outputs)
+    output: str = DEFAULT_OUTPUT  # what the outputs are (dltool.models.outputs)
 
     @property
     def probabilities(self) -> torch.Tensor:
@@ -171,9 +172,9 @@ def _forward(model: nn.Module, config: Any, data_config: Any, bundle: Any, split
              device: torch.device, output: str) -> tuple[dict, torch.Tensor]:
     """The engine's evaluate over the split, set up as training set it up: (metrics, outputs)."""
     from dltool.data import make_loader
-    from dltool.engine import StepOptions, evaluate
-    from dltool.optim import build_loss
-    from dltool.runtime import num_threads
+    from dltool.training.engine import StepOptions, evaluate
+    from dltool.training.optim import build_loss
+    from dltool.training.runtime import num_threads
 
     counts = _class_counts(bundle.train, len(bundle.classes)) if _balanced(config) else None
     loss_fn = build_loss(config.loss, counts).to(device)
@@ -190,8 +191,8 @@ def _forward(model: nn.Module, config: Any, data_config: Any, bundle: Any, split
 
 def _with_overrides(checkpoint: dict, overrides: Sequence[str]) -> Any:
     """The checkpoint's config with `data.*` overrides applied (the model and training stay fixed)."""
-    from dltool.config import apply_override, validate
-    from dltool.spec import Mark, Marks
+    from dltool.config.load import apply_override, validate
+    from dltool.config.spec import Mark, Marks
 
     data = copy.deepcopy(checkpoint["config"])
     marks = Marks({"": Mark(f"{checkpoint['path']} (stored config)")})
@@ -220,7 +221,7 @@ def _few(names: Sequence[str]) -> str:
 
 
 def _device(name: str) -> torch.device:
-    from dltool.runtime import resolve_device
+    from dltool.training.runtime import resolve_device
 
     try:
         return resolve_device(name)
@@ -283,6 +284,6 @@ def per_class(confusion: list[list[int]], classes: Sequence[str]) -> list[dict]:
 
 def default_out_dir(checkpoint: str | Path) -> Path:
     """The run folder's eval/ (a checkpoint outside a run: eval/ next to it)."""
-    from dltool.runs import run_dir_of
+    from dltool.training.runs import run_dir_of
 
     return run_dir_of(Path(checkpoint)) / "eval"

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from dltool.errors import Unwritable
-from dltool.writing import refusal, refused
+from dltool.store.writing import refusal, refused
 
 SCALARS = {
     "train_loss": "loss/train", "val_loss": "loss/val", "train_accuracy": "accuracy/train",

@@ -14,8 +14,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from dltool.config.spec import Marks, located
 from dltool.errors import ConfigError
-from dltool.spec import Marks, located
 
 
 def resolve_device(name: str, marks: Marks | None = None) -> torch.device:

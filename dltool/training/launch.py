@@ -84,8 +84,8 @@ def launch_train(nproc: int, config: str | None, overrides: Sequence[str], *, re
     """
     from pathlib import Path
 
-    from dltool.config import load_config
-    from dltool.runs import never_saved, resume_checkpoint
+    from dltool.config.load import load_config
+    from dltool.training.runs import never_saved, resume_checkpoint
 
     if resume is not None:
         if not never_saved(Path(resume)):

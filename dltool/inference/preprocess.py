@@ -17,8 +17,8 @@ from typing import Any, Callable, Sequence
 import torch
 from PIL import Image, ImageOps
 
+from dltool.config.spec import Spec
 from dltool.data.specs import transform_specs
-from dltool.spec import Spec
 
 # PIL resampling filters for torchvision's InterpolationMode values (torchvision's pil_modes_mapping).
 PIL_FILTERS = {"nearest": 0, "nearest-exact": 0, "bilinear": 2, "bicubic": 3, "box": 4, "hamming": 5, "lanczos": 1}

@@ -11,8 +11,8 @@ import importlib
 import inspect
 from typing import Any, Callable, Iterable
 
+from dltool.config.spec import Spec, located
 from dltool.errors import RegistryError
-from dltool.spec import Spec, located
 
 
 class Registry:
@@ -183,9 +183,9 @@ def _first_line(exc: BaseException) -> str:
 LAYERS = Registry("layers", fill=["dltool.models.layers"])
 TRANSFORMS = Registry("transforms", fill=["dltool.data.transforms"])
 DATASETS = Registry("datasets", fill=["dltool.data.datasets"])
-LOSSES = Registry("losses", fill=["dltool.optim"], noun="loss")
-OPTIMIZERS = Registry("optimizers", fill=["dltool.optim"])
-SCHEDULERS = Registry("schedulers", fill=["dltool.optim"])
+LOSSES = Registry("losses", fill=["dltool.training.optim"], noun="loss")
+OPTIMIZERS = Registry("optimizers", fill=["dltool.training.optim"])
+SCHEDULERS = Registry("schedulers", fill=["dltool.training.optim"])
 MODELS = Registry("models", fill=["dltool.models.torchvision"])
 
 REGISTRIES = {r.kind: r for r in (LAYERS, DATASETS, TRANSFORMS, LOSSES, OPTIMIZERS, SCHEDULERS, MODELS)}

@@ -17,19 +17,26 @@ from typing import Any, Sequence
 import torch
 
 import dltool
-from dltool import distributed
-from dltool.config import Config, apply_override, config_from_data, load_config
-from dltool.callbacks import Callback, Callbacks
-from dltool.engine import FitPlan, LoopState, StepOptions, fit
+from dltool.config.load import Config, apply_override, config_from_data, load_config
+from dltool.config.spec import Marks, located
 from dltool.errors import CheckpointError, ConfigError, DltoolError, Interrupted, RunFailed, Unwritable
-from dltool.firststep import check_first_step
-from dltool.optim import build_loss, build_optimizer, build_scheduler, monitor_mode, replay
-from dltool.outputs import output_kind
-from dltool.runs import RunDir, metric_columns, never_saved, resume_checkpoint, run_dir_of
-from dltool.runtime import (EMA, StopSignal, configure_backends, num_threads, resolve_device, rng_state, seed_all,
-                            set_rng_state)
-from dltool.spec import Marks, located
-
+from dltool.models.outputs import output_kind
+from dltool.training import distributed
+from dltool.training.callbacks import Callback, Callbacks
+from dltool.training.engine import FitPlan, LoopState, StepOptions, fit
+from dltool.training.firststep import check_first_step
+from dltool.training.optim import build_loss, build_optimizer, build_scheduler, monitor_mode, replay
+from dltool.training.runs import RunDir, metric_columns, never_saved, resume_checkpoint, run_dir_of
+from dltool.training.runtime import (
+    EMA,
+    StopSignal,
+    configure_backends,
+    num_threads,
+    resolve_device,
+    rng_state,
+    seed_all,
+    set_rng_state,
+)
 
 # what a resumed run restores besides the model and its config
 RESUME_KEYS = ("optimizer", "scheduler", "rng", "split", "input_shape", "task", "classes", "loop")
@@ -45,8 +52,7 @@ class TrainResult:
 
 
 def train(config: Config | str | Path | None = None, *, runs_dir: str | Path = "runs", name: str | None = None,
-          resume: str | Path | None = None, overrides: Sequence[str] = (), callbacks: Sequence[Callback] | None = None,
-          folds: int | None = None) -> TrainResult:
+          resume: str | Path | None = None, overrides: Sequence[str] = (), callbacks: Sequence[Callback] | None = None) -> TrainResult:
     """Train a model as `config` says and write its run folder (DESIGN.md section 3).
 
     Args:
@@ -56,8 +62,7 @@ def train(config: Config | str | Path | None = None, *, runs_dir: str | Path = "
         resume: a run folder or checkpoint to continue; its config is used, and `overrides` may
             change `train.*` keys only (e.g. `train.epochs=30` to extend the run).
         overrides: KEY=VALUE strings applied on top of the config.
-        callbacks: progress hooks (see dltool.engine.Callback).
-        folds: K for stratified K-fold cross-validation (one sub-run per fold).
+        callbacks: progress hooks (see dltool.training.engine.Callback).
 
     Returns:
         A TrainResult.
@@ -71,19 +76,19 @@ def train(config: Config | str | Path | None = None, *, runs_dir: str | Path = "
     check_config_or_resume(config, resume)
     if resume is not None:
         return Session.resumed(resume, overrides, callback).run()
+    config = fresh_config(config, overrides)
+    return Session.fresh(config, runs_dir, name or config.stem, callback).run()
+
+
+def fresh_config(config: Config | str | Path | None, overrides: Sequence[str]) -> Config:
+    """The Config a fresh run trains: loaded from its file with `overrides`, or given loaded."""
     if config is None:
         raise ConfigError("train: give a config file, or --resume RUN_OR_CKPT")
     if not isinstance(config, Config):
         config = load_config(config, overrides)
     elif overrides:
         raise ConfigError("train: overrides apply to a config file; this config is loaded already")
-    if folds is not None and distributed.launched():
-        raise ConfigError("--folds trains its folds one after another in one process; not under torchrun or --nproc")
-    if folds is not None:
-        from dltool.folds import cross_validate
-
-        return cross_validate(config, folds, runs_dir=runs_dir, name=name or config.stem, callback=callback)
-    return Session.fresh(config, runs_dir, name or config.stem, callback).run()
+    return config
 
 
 def check_config_or_resume(config: Any, resume: Any) -> None:
@@ -168,8 +173,8 @@ class Session:
     @classmethod
     def resumed(cls, target: str | Path, overrides: Sequence[str], callback: Callback) -> Session:
         """A run continued from its checkpoint: same config (train.* overrides allowed), same split."""
-        from dltool.checkpoint import load_checkpoint
         from dltool.data import build_data
+        from dltool.store.checkpoint import load_checkpoint
 
         if never_saved(Path(target)):  # refuses a folder whose last.pt is gone but whose work is there
             return cls.started_over(Path(target), overrides, callback)
@@ -251,7 +256,7 @@ class Session:
 
     def restore(self, checkpoint: dict) -> None:
         """Load every saved state; a changed train.epochs re-plans the schedule from where the run is."""
-        from dltool.checkpoint import load_weights
+        from dltool.store.checkpoint import load_weights
 
         ema = self.opts.ema
         load_weights(self.model, checkpoint.get("train_model", checkpoint["model"]), checkpoint["path"])
@@ -350,7 +355,7 @@ class Session:
                 distributed.leave()
 
     def _run(self) -> TrainResult:
-        from dltool.board import Board
+        from dltool.training.board import Board
 
         if self.resume_rng is None:
             self.save(best=False)  # first of all: a folder without last.pt is one that never trained
@@ -425,7 +430,7 @@ class Session:
                 "(the checkpoints keep the last saved epoch)")
 
     def _start_board(self) -> None:
-        from dltool.config import dump_yaml
+        from dltool.config.load import dump_yaml
 
         self.board.text("config", dump_yaml(self.config.to_data()))
         self.train_loader.set_epoch(1)

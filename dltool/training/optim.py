@@ -18,9 +18,9 @@ import torch
 from torch import nn
 from torch.optim import lr_scheduler
 
+from dltool.config.registry import LOSSES, OPTIMIZERS, SCHEDULERS, suggest
+from dltool.config.spec import Spec, located
 from dltool.errors import RegistryError
-from dltool.registry import LOSSES, OPTIMIZERS, SCHEDULERS, suggest
-from dltool.spec import Spec, located
 
 # Schedules that must advance once per optimizer step rather than once per epoch.
 PER_STEP = {"OneCycleLR", "CyclicLR"}

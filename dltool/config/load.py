@@ -18,10 +18,9 @@ from typing import Any, Literal, Mapping, Optional
 
 import yaml
 
+from dltool.config.registry import suggest
+from dltool.config.spec import COMMAND_LINE, Mark, Marks, Spec, located, parse_spec
 from dltool.errors import ConfigError, with_location
-from dltool.registry import suggest
-from dltool.spec import COMMAND_LINE, Mark, Marks, Spec, located, parse_spec
-
 
 MAX_DEPTH = 50  # levels of nested mappings and lists a config may have
 # Values a config may hold once YAML aliases (*name) are expanded: real configs hold a few hundred,

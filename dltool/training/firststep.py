@@ -20,9 +20,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from dltool.config.spec import located
 from dltool.errors import ConfigError, DltoolError
-from dltool.runtime import rng_state, set_rng_state
-from dltool.spec import located
+from dltool.training.runtime import rng_state, set_rng_state
 
 # Losses that compare outputs with numbers: they do not take class labels.
 VALUE_LOSSES = {"MSELoss", "L1Loss", "SmoothL1Loss", "HuberLoss", "GaussianNLLLoss", "PoissonNLLLoss"}
@@ -36,7 +36,7 @@ def check_first_step(session: Any) -> None:
     """Run one batch of `session` through copies of its parts; raise what a user must fix.
 
     Args:
-        session: a dltool.train.Session built but not yet started (no run folder yet).
+        session: a dltool.training.train.Session built but not yet started (no run folder yet).
 
     Raises:
         ConfigError: one located line naming the config key the failure comes from.
@@ -154,7 +154,7 @@ def _check_batches(config: Any, bundle: Any, loader: Any) -> None:
 
 def _one_step(session: Any) -> None:
     """Forward, loss, backward and an optimizer step of the first train batch, on copies."""
-    from dltool.engine import fit_targets
+    from dltool.training.engine import fit_targets
 
     model, loss_fn, optimizer = copy.deepcopy((session.model, session.loss_fn, session.optimizer))
     x, y = _first_batch(session)

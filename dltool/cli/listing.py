@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from dltool.config.registry import REGISTRIES, suggest
 from dltool.errors import ConfigError
-from dltool.registry import REGISTRIES, suggest
 
 
 def _registry(kind: str):

@@ -12,7 +12,6 @@ from typing import Any, Mapping
 
 from dltool.errors import ConfigError, with_location
 
-
 COMMAND_LINE = "command line"  # the `file` of a Mark that a KEY=VALUE override set
 
 

@@ -20,8 +20,8 @@ import torch
 from torch import nn
 
 from dltool.errors import ConfigError
-from dltool.runs import RunDir
-from dltool.runtime import derived_seed
+from dltool.training.runs import RunDir
+from dltool.training.runtime import derived_seed
 
 ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK")
 

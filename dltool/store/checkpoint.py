@@ -2,7 +2,7 @@
 
 A checkpoint is a plain dict of tensors, numbers, strings, lists and dicts (DESIGN.md section 4):
 `model`, `optimizer`, `scheduler`, `epoch`, `step`, `config`, `classes`, `metrics`, `rng`, `versions`,
-and `output`: what a classifier's outputs are (dltool.outputs; absent in older checkpoints: softmax).
+and `output`: what a classifier's outputs are (dltool.models.outputs; absent in older checkpoints: softmax).
 """
 
 from __future__ import annotations
@@ -249,7 +249,7 @@ def checkpoint_config(checkpoint: dict) -> Any:
     Raises:
         CheckpointError: the stored config is missing or not valid.
     """
-    from dltool.config import config_from_data
+    from dltool.config.load import config_from_data
 
     path = checkpoint.get("path", "checkpoint")
     data = checkpoint.get("config")

@@ -10,7 +10,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from dltool.callbacks import Callback
+from dltool.training.callbacks import Callback
 
 
 def epoch_line(row: dict, epochs: int, improved: bool) -> str:
