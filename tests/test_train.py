@@ -270,6 +270,18 @@ def test_a_config_that_cannot_build_leaves_no_run_folder(tmp_path):
     assert not (tmp_path / "runs" / "tiny").exists()
 
 
+@pytest.mark.parametrize("cache", ["none", "ram"])
+def test_drop_last_with_fewer_samples_than_a_batch_is_a_config_error(tmp_path, cache):
+    config = write_config(tmp_path, data__batch_size=128, data__drop_last=True, data__cache=cache)
+    result = CliRunner().invoke(app, ["train", str(config), "--runs-dir", str(tmp_path / "runs")])
+    assert result.exit_code == 2
+    line = next(i for i, text in enumerate(config.read_text().splitlines(), 1) if "drop_last:" in text)
+    assert result.output.strip().splitlines()[-1] == (
+        f"error: {config}:{line}:3: data.drop_last: the train split's 77 samples make no full batch of "
+        "data.batch_size=128; lower data.batch_size or set data.drop_last=false")
+    assert not (tmp_path / "runs" / "tiny").exists()
+
+
 def test_ema_can_be_switched_on_when_resuming(tmp_path):
     short = train(write_config(tmp_path, train__epochs=1), runs_dir=tmp_path / "runs")
     resumed = train(resume=short.run_dir, overrides=["train.epochs=2", "train.ema=0.5"])

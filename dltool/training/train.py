@@ -216,6 +216,8 @@ class Session:
         group = distributed.current()
         shard = {"rank": group.rank, "world_size": group.world_size} if group is not None else {}
         train = make_loader(self.bundle.train, data, train=True, seed=seed, device=device, **shard)
+        if len(train) == 0:
+            raise ConfigError(_no_full_batch(len(self.bundle.train), group, self.config))
         val = (make_loader(self.bundle.val, data, train=False, seed=seed, device=device, **shard)
                if self.bundle.val else None)
         return train, val
@@ -483,6 +485,14 @@ class Session:
         world_size = group.world_size if group is not None else 1
         return {"world_size": world_size,
                 "global_batch_size": self.config.data.batch_size * world_size * self.config.train.accumulate}
+
+
+def _no_full_batch(samples: int, group: Any, config: Config) -> str:
+    """The error for data.drop_last with fewer train samples (per process) than one batch: an epoch
+    of no steps."""
+    count = f"{samples} samples" + (f" ({math.ceil(samples / group.world_size)} per process)" if group else "")
+    return located(f"the train split's {count} make no full batch of data.batch_size={config.data.batch_size}; "
+                   "lower data.batch_size or set data.drop_last=false", "data.drop_last", config.marks)
 
 
 def _check_resume_override(text: str) -> None:
