@@ -275,10 +275,11 @@ def test_drop_last_with_fewer_samples_than_a_batch_is_a_config_error(tmp_path, c
     config = write_config(tmp_path, data__batch_size=128, data__drop_last=True, data__cache=cache)
     result = CliRunner().invoke(app, ["train", str(config), "--runs-dir", str(tmp_path / "runs")])
     assert result.exit_code == 2
-    line = next(i for i, text in enumerate(config.read_text().splitlines(), 1) if "drop_last:" in text)
+    line = next(i for i, text in enumerate(config.read_text().splitlines(), 1) if "batch_size:" in text)
     assert result.output.strip().splitlines()[-1] == (
-        f"error: {config}:{line}:3: data.drop_last: the train split's 77 samples make no full batch of "
-        "data.batch_size=128; lower data.batch_size or set data.drop_last=false")
+        f"error: {config}:{line}:3: data.batch_size: 128 is more than the 77 training samples, and "
+        "data.drop_last drops the incomplete batch: no step would run; use data.batch_size=77 or less, or "
+        "data.drop_last: false")
     assert not (tmp_path / "runs" / "tiny").exists()
 
 

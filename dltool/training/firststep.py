@@ -45,7 +45,6 @@ def check_first_step(session: Any) -> None:
     check_transforms(config, session.bundle)
     _check_loss_fits(config, session.task, len(session.classes), session.loss_fn)
     _check_trainable(config, session.model)
-    _check_batches(config, session.bundle, session.train_loader)
     saved = rng_state()
     try:
         with warnings.catch_warnings():
@@ -141,15 +140,6 @@ def _check_trainable(config: Any, model: nn.Module) -> None:
             f"every parameter is frozen ({sum(p.numel() for p in params)} in all), so training would change "
             "nothing; leave some trainable (a `!pattern` keeps matches trainable) or set train.unfreeze_at",
             "model.freeze" if config.model.freeze else "model", config.marks))
-
-
-def _check_batches(config: Any, bundle: Any, loader: Any) -> None:
-    if len(loader) == 0:
-        data = config.data
-        raise ConfigError(located(
-            f"{data.batch_size} is more than the {len(bundle.train)} training samples, and data.drop_last drops "
-            f"the incomplete batch: no step would run; use data.batch_size={max(1, len(bundle.train))} or less, "
-            "or data.drop_last: false", "data.batch_size", config.marks))
 
 
 def _one_step(session: Any) -> None:

@@ -490,9 +490,12 @@ class Session:
 def _no_full_batch(samples: int, group: Any, config: Config) -> str:
     """The error for data.drop_last with fewer train samples (per process) than one batch: an epoch
     of no steps."""
-    count = f"{samples} samples" + (f" ({math.ceil(samples / group.world_size)} per process)" if group else "")
-    return located(f"the train split's {count} make no full batch of data.batch_size={config.data.batch_size}; "
-                   "lower data.batch_size or set data.drop_last=false", "data.drop_last", config.marks)
+    data = config.data
+    per_process = math.ceil(samples / group.world_size) if group else samples
+    count = f"the {samples} training samples" + (f" ({per_process} per process)" if group else "")
+    return located(f"{data.batch_size} is more than {count}, and data.drop_last drops the incomplete batch: no "
+                   f"step would run; use data.batch_size={max(1, per_process)} or less, or data.drop_last: false",
+                   "data.batch_size", config.marks)
 
 
 def _check_resume_override(text: str) -> None:
