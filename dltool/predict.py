@@ -3,6 +3,9 @@
 Images are read exactly as training read its eval samples (dltool.preprocess.ImageReader: the same
 decoding, channel conversion and eval transforms), batched, and run under `torch.inference_mode`.
 A file that cannot be read gets an error entry and the others are still classified.
+
+A model file from `dltool export` goes the same way through its own predictor (dltool.inference):
+an .onnx file through onnxruntime, so this module imports torch only for checkpoints.
 """
 
 from __future__ import annotations
@@ -13,11 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
-import torch
-
 from dltool.checkpoint import load_checkpoint, rebuild_model
 from dltool.errors import ConfigError, ImageError
-from dltool.preprocess import ImageReader
 
 
 @dataclass
@@ -75,6 +75,7 @@ class Predictor:
     """A checkpoint ready to classify files: its model, classes and image reader."""
 
     def __init__(self, model_path: str | Path, device: str = "auto"):
+        from dltool.preprocess import ImageReader
         from dltool.runtime import resolve_device
 
         checkpoint = load_checkpoint(model_path)
@@ -102,10 +103,12 @@ class Predictor:
                              f"but the model takes {list(self.input_shape)} (add a Resize to data.transforms.eval)")
         return x
 
-    @torch.inference_mode()
-    def classify(self, batch: torch.Tensor, topk: int) -> list[tuple[list[dict] | None, list[float] | None]]:
+    def classify(self, inputs: list, topk: int) -> list[tuple[list[dict] | None, list[float] | None]]:
         """(top entries, None) per row for a classifier, (None, outputs) for a regressor."""
-        out = self.model(batch.to(self.device)).float().cpu()
+        import torch
+
+        with torch.inference_mode():
+            out = self.model(torch.stack(inputs).to(self.device)).float().cpu()
         if self.task == "regression":
             return [(None, row.flatten().tolist()) for row in out]
         probs = out.softmax(1)
@@ -134,7 +137,7 @@ def predict(inputs: Sequence[str], model_path: str | Path, *, topk: int = 5, bat
     """
     if topk < 1 or batch_size < 1:
         raise ConfigError(f"--topk and --batch-size must be >= 1; got {topk} and {batch_size}")
-    predictor = Predictor(model_path, device)
+    predictor = open_predictor(model_path, device)
     results: list[Prediction] = []
     for chunk in _chunks(expand_inputs(inputs), batch_size):
         ready, tensors = [], []
@@ -148,9 +151,23 @@ def predict(inputs: Sequence[str], model_path: str | Path, *, topk: int = 5, bat
                 except ImageError as exc:
                     prediction.error = _without_path(str(exc), path)
         if tensors:
-            for prediction, (top, value) in zip(ready, predictor.classify(torch.stack(tensors), topk)):
+            for prediction, (top, value) in zip(ready, predictor.classify(tensors, topk)):
                 prediction.top, prediction.value = top, value
     return results
+
+
+def open_predictor(model_path: str | Path, device: str = "auto") -> Any:
+    """The predictor for what --model names: an exported .onnx file (onnxruntime, no torch), an
+    exported TorchScript file, or a dltool checkpoint or run folder."""
+    if str(model_path).lower().endswith(".onnx"):
+        from dltool.inference.onnx_predict import OnnxPredictor
+
+        return OnnxPredictor(model_path, device)
+    from dltool.inference.torchscript_predict import TorchScriptPredictor, is_torchscript
+
+    if Path(model_path).is_file() and is_torchscript(model_path):
+        return TorchScriptPredictor(model_path, device)
+    return Predictor(model_path, device)
 
 
 def _chunks(items: list, size: int) -> Iterator[list]:
