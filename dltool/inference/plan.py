@@ -57,7 +57,7 @@ def compile_steps(specs: Sequence[Spec]) -> list[dict]:
         if factory is None:
             raise Unplannable(_refused(spec, "it has no plain-data form an exported model can carry"))
         args = spec.args
-        if len(args) >= 2 and spec.name.lower() == "resize" and all(isinstance(a, int) for a in args):
+        if len(args) >= 2 and spec.name.lower() in ("resize", "centercrop") and all(isinstance(a, int) for a in args):
             args = (list(args),)
         try:
             inspect.signature(factory).bind(kind, *args, **spec.kwargs)
