@@ -105,6 +105,17 @@ def test_export_reports_what_it_checked(make_checkpoint, tmp_path):
     assert [p.name for p in (tmp_path / "sub").iterdir()] == ["m.pt"]
 
 
+def test_without_the_runs_data_random_inputs_check_and_nothing_downloads(make_checkpoint, tmp_path):
+    from dltool.inference.export import export
+
+    root = tmp_path / "cifar"
+    dataset = {"name": "CIFAR10", "root": str(root), "download": True}
+    checkpoint = make_checkpoint(MLP, (3, 32, 32), dataset=dataset, transforms=["ToTensor"])
+    result = export(checkpoint, "torchscript")
+    assert result.source == "random" and result.samples == 8 and result.max_difference <= 1e-4
+    assert not root.exists()
+
+
 def test_a_layer_the_exporter_cannot_handle_is_named(make_checkpoint, tmp_path):
     # adaptive max pooling to a size that does not divide the input: neither exporter translates it
     layers = [{"Conv2d": {"out_channels": 4, "kernel_size": 3, "padding": 1}}, "ReLU",
@@ -156,3 +167,25 @@ def test_opset_is_used(make_checkpoint, tmp_path):
     assert result.exit_code == 0, result.output
     opsets = {o.domain: o.version for o in onnx.load(str(tmp_path / "m17.onnx")).opset_import}
     assert opsets[""] == 17
+
+
+def _zoo_checkpoint(stem: str, tmp_path: Path) -> Path:
+    """A checkpoint of config `stem` with its initial weights, on the zoo tests' local stand-in data."""
+    from test_zoo import offline
+
+    config = load_config(CONFIGS / f"{stem}.yaml", offline(stem, tmp_path))
+    bundle = build_data(config, splits=("val",))
+    torch.manual_seed(0)
+    model = build_model(config.model, tuple(bundle.input_shape), len(bundle.classes) or None, pretrained=False)
+    state = {"model": model.state_dict(), "config": config.to_data(), "classes": list(bundle.classes),
+             "input_shape": list(bundle.input_shape), "task": bundle.task, "split": bundle.split}
+    return save_checkpoint(state, tmp_path / f"{stem}.pt")
+
+
+@pytest.mark.parametrize("stem", sorted(p.stem for p in CONFIGS.glob("*.yaml")))
+def test_every_config_exports_and_checks(stem, tmp_path):
+    from dltool.inference.export import export
+
+    result = export(_zoo_checkpoint(stem, tmp_path), "onnx")
+    assert result.path == tmp_path / f"{stem}.onnx" and result.exporter == "dynamo"
+    assert result.source == "eval" and result.max_difference <= 1e-4

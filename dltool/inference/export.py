@@ -130,10 +130,12 @@ def check_inputs(checkpoint: dict, config: Any) -> tuple[Any, str]:
 def _eval_samples(checkpoint: dict, config: Any, shape: tuple) -> Any:
     import torch
 
+    from dltool.config import config_from_data
     from dltool.data import build_data
 
     try:
         with _quiet():
+            config = config_from_data(_without_download(checkpoint["config"]))
             bundle = build_data(config, splits=("val",), split_state=checkpoint.get("split"))
             split = bundle.val
             count = min(CHECK_SAMPLES, len(split)) if split is not None else 0
@@ -143,6 +145,20 @@ def _eval_samples(checkpoint: dict, config: Any, shape: tuple) -> Any:
     if len(rows) < 2 or any(tuple(r.shape) != shape for r in rows):
         return None
     return torch.stack(rows).float()
+
+
+def _without_download(data: dict) -> dict:
+    """The stored config with `download: false`: a check never fetches a dataset that is not here.
+    The dataset is stored as {name: ..., download: ...} or in the one-key form {CIFAR10: {...}}."""
+    dataset = data.get("data", {}).get("dataset")
+    if not isinstance(dataset, dict):
+        return data
+    if "name" not in dataset and len(dataset) == 1 and isinstance(next(iter(dataset.values())), dict):
+        name, arguments = next(iter(dataset.items()))
+        dataset = {name: {**arguments, "download": False}} if arguments.get("download") else dataset
+    elif dataset.get("download"):
+        dataset = {**dataset, "download": False}
+    return {**data, "data": {**data["data"], "dataset": dataset}}
 
 
 @contextlib.contextmanager
@@ -227,6 +243,7 @@ def _onnx_runner(data: bytes) -> Callable[[Any], Any]:
 
     options = ort.SessionOptions()
     options.log_severity_level = 3
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")  # no busy-waiting threads
     session = ort.InferenceSession(data, options, providers=["CPUExecutionProvider"])
     name = session.get_inputs()[0].name
     return lambda x: session.run(None, {name: x.numpy()})[0]

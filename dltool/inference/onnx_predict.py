@@ -60,6 +60,7 @@ def open_session(path: Path, device: str = "cpu") -> tuple[Any, dict[str, str]]:
         raise CheckpointError(f"model file not found: {path}")
     options = ort.SessionOptions()
     options.log_severity_level = 3
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")  # a CLI run: no busy-waiting threads
     try:
         session = ort.InferenceSession(str(path), options, providers=providers(ort, device))
     except ort_errors(ort) as exc:
