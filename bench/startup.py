@@ -2,10 +2,13 @@
 
     python bench/startup.py [--repeat N]
 
-Cold `dltool predict one.png --model <LeNet checkpoint>` (target <= 1.3x) and `dltool --help`
-(target <= 0.15x). Each command runs N times in a fresh process; the median wall time counts.
-The LeNet checkpoint (random weights, Resize/ToTensor/Normalize eval transforms) is written to a
-temporary folder, as `dltool train` would lay it out.
+Cold `dltool predict one.png --model <LeNet checkpoint>` (target <= 1.3x), the same through the
+exported ONNX file, `--model lenet.onnx` (target <= 0.6x; needs `pip install "dltool[onnx]"`), and
+`dltool --help` (target <= 0.15x). Each command runs N times in a fresh process, the commands taking
+turns (torch, predict, onnx, help, torch, ...) so that a change in machine load hits them alike; the
+median wall time counts. The LeNet checkpoint (random weights, Resize/ToTensor/Normalize eval
+transforms) is written to a temporary folder, as `dltool train` would lay it out, and exported with
+`dltool export`.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ LENET = [{"Conv2d": {"out_channels": 6, "kernel_size": 5, "padding": 2}}, "Sigmo
          {"AvgPool2d": {"kernel_size": 2, "stride": 2}}, "Flatten", {"Linear": {"out_features": 120}}, "Sigmoid",
          {"Linear": {"out_features": 84}}, "Sigmoid", {"Linear": {"out_features": "num_classes"}}]
 EVAL = [{"Resize": [28, 28]}, "ToTensor", {"Normalize": {"mean": [0.5], "std": [0.5]}}]
-TARGETS = {"predict": 1.3, "help": 0.15}
+TARGETS = {"predict": 1.3, "onnx": 0.6, "help": 0.15}
 
 
 def write_inputs(folder: Path) -> tuple[Path, Path]:
@@ -48,14 +51,16 @@ def write_inputs(folder: Path) -> tuple[Path, Path]:
     return checkpoint, image
 
 
-def timed(command: list[str], repeat: int) -> float:
-    """Median wall seconds of `command` over `repeat` fresh processes (it must succeed)."""
-    times = []
+def timed(commands: dict[str, list[str]], repeat: int) -> dict[str, float]:
+    """Median wall seconds of each command over `repeat` fresh processes each (they must succeed),
+    the commands taking turns."""
+    times: dict[str, list[float]] = {name: [] for name in commands}
     for _ in range(repeat):
-        start = time.perf_counter()
-        subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+        for name, command in commands.items():
+            start = time.perf_counter()
+            subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(values) for name, values in times.items()}
 
 
 def main() -> None:
@@ -67,16 +72,20 @@ def main() -> None:
         sys.exit(f"{dltool} not found: install dltool into this Python environment first")
     with tempfile.TemporaryDirectory() as tmp:
         checkpoint, image = write_inputs(Path(tmp))
+        onnx_file = Path(tmp) / "lenet.onnx"
+        subprocess.run([dltool, "export", str(checkpoint), "--out", str(onnx_file)], check=True)
         commands = {
             "torch": [sys.executable, "-c", "import torch"],
             "predict": [dltool, "predict", str(image), "--model", str(checkpoint), "--format", "json", "--device", "cpu"],
+            "onnx": [dltool, "predict", str(image), "--model", str(onnx_file), "--format", "json"],
             "help": [dltool, "--help"],
         }
         for command in commands.values():
             subprocess.run(command, check=True, stdout=subprocess.DEVNULL)  # warm the file cache
-        seconds = {name: timed(command, args.repeat) for name, command in commands.items()}
+        seconds = timed(commands, args.repeat)
     print(f"import torch            {seconds['torch']:.3f} s")
-    for name, label in (("predict", "dltool predict (cold)"), ("help", "dltool --help")):
+    for name, label in (("predict", "dltool predict (cold)"), ("onnx", "predict .onnx (cold)"),
+                        ("help", "dltool --help")):
         ratio = seconds[name] / seconds["torch"]
         verdict = "ok" if ratio <= TARGETS[name] else "over target"
         print(f"{label:<23}{seconds[name]:.3f} s  ratio {ratio:.2f}x  (target <= {TARGETS[name]}x: {verdict})")
