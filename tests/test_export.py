@@ -116,6 +116,17 @@ def test_without_the_runs_data_random_inputs_check_and_nothing_downloads(make_ch
     assert not root.exists()
 
 
+def test_a_model_torch_export_cannot_trace_falls_back_to_the_torchscript_based_exporter(make_checkpoint, tmp_path):
+    checkpoint = make_checkpoint(["Flatten", {"Linear": {"out_features": 16}}, "RReLU",
+                                  {"Linear": {"out_features": "num_classes"}}], (1, 8, 8))
+    result = _export(checkpoint, "--json")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["exporter"] == "torchscript"
+    session = _session(tmp_path / "model.onnx")
+    x = torch.randn(3, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    assert session.run(None, {session.get_inputs()[0].name: x.numpy()})[0].shape == (3, 10)
+
+
 def test_a_layer_the_exporter_cannot_handle_is_named(make_checkpoint, tmp_path):
     # adaptive max pooling to a size that does not divide the input: neither exporter translates it
     layers = [{"Conv2d": {"out_channels": 4, "kernel_size": 3, "padding": 1}}, "ReLU",
@@ -160,6 +171,17 @@ def test_without_the_extra_export_names_it(make_checkpoint, monkeypatch, missing
 def test_wrong_options_are_one_line(make_checkpoint, args, message):
     result = _export(make_checkpoint(MLP, (1, 8, 8)), *args)
     assert result.exit_code == 2 and result.output.strip() == f"error: {message}"
+
+
+def test_an_out_path_that_cannot_be_a_file_is_refused_before_the_work(make_checkpoint, tmp_path):
+    checkpoint = make_checkpoint(MLP, (1, 8, 8))
+    result = _export(checkpoint, "--out", tmp_path)
+    assert result.exit_code == 2
+    assert result.output.strip() == f"error: --out: {tmp_path} is a folder; name the file to write, e.g. {tmp_path / 'model.onnx'}"
+    result = _export(checkpoint, "--out", checkpoint / "m.onnx")
+    assert result.exit_code == 2
+    assert result.output.strip() == (f"error: --out: cannot write {checkpoint / 'm.onnx'}: a file stands where a "
+                                     "folder of that path should be")
 
 
 def test_opset_is_used(make_checkpoint, tmp_path):

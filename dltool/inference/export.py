@@ -83,6 +83,7 @@ def export(target: str | Path, fmt: str = "onnx", out: str | Path | None = None,
     from dltool.inference.plan import build_plan
 
     checkpoint = load_checkpoint(target)
+    path = prepare_out(Path(out) if out is not None else default_out(Path(target), Path(checkpoint["path"]), fmt))
     model, config = rebuild_model(checkpoint)
     plan = build_plan(config, checkpoint["input_shape"])
     metadata = {"classes": json.dumps(list(checkpoint.get("classes") or [])), "preprocess": json.dumps(plan),
@@ -90,11 +91,8 @@ def export(target: str | Path, fmt: str = "onnx", out: str | Path | None = None,
     inputs, source = check_inputs(checkpoint, config)
     writer = _onnx if fmt == "onnx" else _torchscript
     data, exporter, difference = writer(model, inputs, metadata, opset, checkpoint["path"])
-    path = Path(out) if out is not None else default_out(Path(target), Path(checkpoint["path"]), fmt)
-    from dltool.writing import write_atomic, writing
+    from dltool.writing import write_atomic
 
-    with writing(path):
-        path.parent.mkdir(parents=True, exist_ok=True)
     write_atomic(path, data)
     return ExportResult(path, fmt, exporter, difference, len(inputs), source, opset if fmt == "onnx" else None)
 
@@ -106,6 +104,25 @@ def require_onnx() -> None:
             __import__(name)
         except ImportError:
             raise MissingExtra(f"export --format onnx needs {name}, which is not installed: {EXTRA}") from None
+
+
+def prepare_out(path: Path) -> Path:
+    """`path`, its folder created, checked before the export's work rather than after it.
+
+    Raises:
+        ConfigError: `path` is a folder, or a file stands where its folder should be.
+        Unwritable: the place refuses writes.
+    """
+    from dltool.writing import writing
+
+    if path.is_dir():
+        raise ConfigError(f"--out: {path} is a folder; name the file to write, e.g. {path / 'model.onnx'}")
+    try:
+        with writing(path):
+            path.parent.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        raise ConfigError(f"--out: cannot write {path}: a file stands where a folder of that path should be") from None
+    return path
 
 
 def default_out(target: Path, checkpoint: Path, fmt: str) -> Path:
