@@ -159,3 +159,29 @@ def test_without_onnxruntime_predict_names_the_extra(onnx_model, monkeypatch):
     assert result.exit_code == 2
     assert result.output.strip() == ('error: predict --model FILE.onnx needs onnxruntime, which is not installed: '
                                      'pip install "dltool[onnx]"')
+
+
+def test_output_kinds_become_the_probabilities_torch_computes():
+    from dltool.inference.onnx_predict import to_probabilities
+
+    logits = torch.randn(6, 4, generator=torch.Generator().manual_seed(0))
+    single = logits[:, :1]
+    expected = {"softmax": logits.softmax(1), "sigmoid": logits.sigmoid(), "log_softmax": logits.exp(),
+                "probabilities": logits}
+    for kind, probs in expected.items():
+        assert np.abs(to_probabilities(logits.numpy(), kind) - probs.numpy()).max() <= 1e-6, kind
+    binary = to_probabilities(single.numpy(), "sigmoid")
+    assert binary.shape == (6, 2) and np.abs(binary[:, 1] - single.sigmoid()[:, 0].numpy()).max() <= 1e-6
+    assert np.abs(binary.sum(1) - 1).max() <= 1e-6
+
+
+def test_an_exported_file_says_what_its_outputs_are(make_checkpoint, tmp_path):
+    from dltool.checkpoint import load_checkpoint, save_checkpoint
+    from dltool.inference.export import export
+    from dltool.inference.onnx_predict import OnnxPredictor
+
+    state = load_checkpoint(make_checkpoint(MLP, (1, 8, 8), classes=["no", "yes"]))
+    state["output"] = "sigmoid"
+    checkpoint = save_checkpoint(state, tmp_path / "binary.pt")
+    predictor = OnnxPredictor(export(checkpoint, "onnx").path)
+    assert predictor.output == "sigmoid" and predictor.classes == ["no", "yes"]

@@ -7,7 +7,8 @@ the CPU, and written with a dynamic batch axis:
   torch's default and supported path; where it cannot take a model (a layer torch.export cannot
   trace, such as RReLU), the TorchScript-based exporter (dynamo=False), which torch keeps for
   such models. The file's metadata holds `classes` (JSON list), `preprocess` (the eval transforms
-  as a plain-data plan, dltool.inference.plan), `task` and `dltool_config` (the resolved config).
+  as a plain-data plan, dltool.inference.plan), `task`, `output` (what the outputs are: softmax
+  logits unless the checkpoint says otherwise) and `dltool_config` (the resolved config).
 - TorchScript through `torch.jit.trace` (`torch.jit.script` where tracing fails), with the same
   metadata in `_extra_files`, so `torch.jit.load` runs it without dltool.
 
@@ -87,7 +88,8 @@ def export(target: str | Path, fmt: str = "onnx", out: str | Path | None = None,
     model, config = rebuild_model(checkpoint)
     plan = build_plan(config, checkpoint["input_shape"])
     metadata = {"classes": json.dumps(list(checkpoint.get("classes") or [])), "preprocess": json.dumps(plan),
-                "task": checkpoint.get("task", "classification"), "dltool_config": json.dumps(checkpoint["config"])}
+                "task": checkpoint.get("task", "classification"), "output": checkpoint.get("output", "softmax"),
+                "dltool_config": json.dumps(checkpoint["config"])}
     inputs, source = check_inputs(checkpoint, config)
     writer = _onnx if fmt == "onnx" else _torchscript
     data, exporter, difference = writer(model, inputs, metadata, opset, checkpoint["path"])

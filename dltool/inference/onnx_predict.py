@@ -70,8 +70,9 @@ def open_session(path: Path, device: str = "cpu") -> tuple[Any, dict[str, str]]:
     return session, dict(session.get_modelmeta().custom_metadata_map)
 
 
-def read_metadata(metadata: dict[str, str], source: str) -> tuple[list[str], str, dict]:
-    """(classes, task, preprocess plan) from an exported file's metadata.
+def read_metadata(metadata: dict[str, str], source: str) -> tuple[list[str], str, str, dict]:
+    """(classes, task, output kind, preprocess plan) from an exported file's metadata; a file
+    without `output` holds logits (softmax), as every checkpoint did before its `output` key.
 
     Raises:
         CheckpointError: the file was not written by `dltool export` (a key is missing or not JSON).
@@ -82,18 +83,32 @@ def read_metadata(metadata: dict[str, str], source: str) -> tuple[list[str], str
     except (KeyError, ValueError) as exc:
         raise CheckpointError(f"{source}: has no dltool metadata ({exc}); only files written by "
                               "`dltool export` carry the classes and preprocessing predict needs") from None
-    return list(classes), metadata.get("task", "classification"), plan
+    return list(classes), metadata.get("task", "classification"), metadata.get("output", "softmax"), plan
 
 
-def top_entries(outputs: np.ndarray, classes: Sequence[str], task: str,
-                topk: int) -> list[tuple[list[dict] | None, list[float] | None]]:
+def to_probabilities(outputs: np.ndarray, kind: str) -> np.ndarray:
+    """(N, classes) probabilities from (N, outputs) model outputs of `kind` (softmax: logits,
+    sigmoid: independent logits, log_softmax, probabilities); a single output p becomes [1 - p, p]."""
+    if kind == "sigmoid":
+        probs = 1 / (1 + np.exp(-outputs))
+    elif kind == "log_softmax":
+        probs = np.exp(outputs)
+    elif kind == "probabilities":
+        probs = outputs
+    else:
+        shifted = np.exp(outputs - outputs.max(axis=1, keepdims=True))
+        probs = shifted / shifted.sum(axis=1, keepdims=True)
+    return np.concatenate([1 - probs, probs], axis=1) if probs.shape[1] == 1 else probs
+
+
+def top_entries(outputs: np.ndarray, classes: Sequence[str], task: str, topk: int,
+                kind: str = "softmax") -> list[tuple[list[dict] | None, list[float] | None]]:
     """(top entries, None) per row for a classifier, (None, outputs) for a regressor, as
     dltool.predict.Predictor.classify gives them."""
     outputs = outputs.astype(np.float32).reshape(len(outputs), -1)
     if task == "regression":
         return [(None, [float(v) for v in row]) for row in outputs]
-    shifted = np.exp(outputs - outputs.max(axis=1, keepdims=True))
-    probs = shifted / shifted.sum(axis=1, keepdims=True)
+    probs = to_probabilities(outputs, kind)
     order = np.argsort(-probs, axis=1, kind="stable")[:, :min(topk, probs.shape[1])]
     return [([{"class": classes[int(i)], "index": int(i), "probability": float(row[i])} for i in ix], None)
             for row, ix in zip(probs, order)]
@@ -117,7 +132,7 @@ class OnnxPredictor:
     def __init__(self, model_path: str | Path, device: str = "auto"):
         self.path = str(model_path)
         self.session, metadata = open_session(Path(model_path), device)
-        self.classes, self.task, plan = read_metadata(metadata, self.path)
+        self.classes, self.task, self.output, plan = read_metadata(metadata, self.path)
         self.read = NumpyPreprocess(plan, self.path)
         self.input_shape = self.read.input_shape
         self.input_name = self.session.get_inputs()[0].name
@@ -134,4 +149,4 @@ class OnnxPredictor:
         """Top entries (or regression outputs) for a batch of loaded inputs."""
         batch = np.ascontiguousarray(np.stack(inputs), dtype=np.float32)
         (outputs,) = self.session.run(None, {self.input_name: batch})[:1]
-        return top_entries(np.asarray(outputs), self.classes, self.task, topk)
+        return top_entries(np.asarray(outputs), self.classes, self.task, topk, self.output)

@@ -14,7 +14,7 @@ from dltool.errors import CheckpointError
 from dltool.inference.onnx_predict import checked_input, read_metadata, top_entries
 from dltool.inference.preprocess_numpy import NumpyPreprocess
 
-EXTRA_FILES = ("classes", "preprocess", "task", "dltool_config")
+EXTRA_FILES = ("classes", "preprocess", "task", "output", "dltool_config")
 
 
 def is_torchscript(path: str | Path) -> bool:
@@ -49,7 +49,7 @@ class TorchScriptPredictor:
             first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
             raise CheckpointError(f"{self.path}: not a readable TorchScript file ({first})") from None
         metadata = {k: v.decode() if isinstance(v, bytes) else v for k, v in extra.items() if v}
-        self.classes, self.task, plan = read_metadata(metadata, self.path)
+        self.classes, self.task, self.output, plan = read_metadata(metadata, self.path)
         self.read = NumpyPreprocess(plan, self.path)
         self.input_shape = self.read.input_shape
 
@@ -63,4 +63,4 @@ class TorchScriptPredictor:
 
         with torch.inference_mode():
             outputs = self.model(torch.from_numpy(np.stack(inputs)).to(self.device)).float().cpu().numpy()
-        return top_entries(outputs, self.classes, self.task, topk)
+        return top_entries(outputs, self.classes, self.task, topk, self.output)
