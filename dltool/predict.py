@@ -14,10 +14,13 @@ import glob
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
 from dltool.checkpoint import load_checkpoint, rebuild_model
 from dltool.errors import ConfigError, ImageError
+
+if TYPE_CHECKING:
+    import torch
 
 
 @dataclass
@@ -71,6 +74,18 @@ def _folder_images(folder: Path) -> list[str]:
     return sorted(str(p) for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in extensions)
 
 
+def checked_input(x: Any, input_shape: Sequence[int], path: str) -> Any:
+    """`x` (a tensor or an array) if the model takes its shape.
+
+    Raises:
+        ImageError: a shape after the eval transforms that the model does not take.
+    """
+    if tuple(x.shape) != tuple(input_shape):
+        raise ImageError(f"{path}: gives an input of shape {list(x.shape)} after the run's eval transforms, "
+                         f"but the model takes {list(input_shape)} (add a Resize to data.transforms.eval)")
+    return x
+
+
 class Predictor:
     """A checkpoint ready to classify files: its model, classes and image reader."""
 
@@ -97,11 +112,7 @@ class Predictor:
         Raises:
             ImageError: unreadable, or a shape after the eval transforms that the model does not take.
         """
-        x = self.read(path)
-        if tuple(x.shape) != self.input_shape:
-            raise ImageError(f"{path}: gives an input of shape {list(x.shape)} after the run's eval transforms, "
-                             f"but the model takes {list(self.input_shape)} (add a Resize to data.transforms.eval)")
-        return x
+        return checked_input(self.read(path), self.input_shape, path)
 
     def classify(self, inputs: list, topk: int) -> list[tuple[list[dict] | None, list[float] | None]]:
         """(top entries, None) per row for a classifier, (None, outputs) for a regressor."""

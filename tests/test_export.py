@@ -3,7 +3,6 @@ classes and eval preprocessing, and refuse (in one line) what they cannot export
 
 from __future__ import annotations
 
-import io
 import json
 from pathlib import Path
 
@@ -134,9 +133,9 @@ def test_a_layer_the_exporter_cannot_handle_is_named(make_checkpoint, tmp_path):
     checkpoint = make_checkpoint(layers, (1, 8, 8))
     result = _export(checkpoint)
     assert result.exit_code == 1
-    assert result.output.strip().splitlines() == [
+    assert result.output.strip().splitlines() == [(
         f"error: {checkpoint}: layer 2 (AdaptiveMaxPool2d) cannot be exported: ONNX export of operator "
-        "adaptive_max_pool2d, output size that are not factor of input size."]
+        "adaptive_max_pool2d, output size that are not factor of input size.")]
     assert not (tmp_path / "model.onnx").exists()
 
 
@@ -148,9 +147,9 @@ def test_a_file_that_computes_something_else_is_not_written(make_checkpoint, tmp
     monkeypatch.setattr(export, "_onnx_runner", lambda data: (lambda x: runner(data)(x) + 1e-3))
     result = _export(checkpoint)
     assert result.exit_code == 1
-    assert result.output.strip().splitlines() == [
+    assert result.output.strip().splitlines() == [(
         f"error: {checkpoint}: the exported model's outputs differ from the checkpoint's by up to 0.001 "
-        "(allowed 0.0001); nothing was written"]
+        "(allowed 0.0001); nothing was written")]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model.pt"]
 
 

@@ -14,8 +14,9 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from dltool.errors import CheckpointError, ConfigError, ImageError, MissingExtra
+from dltool.errors import CheckpointError, ConfigError, MissingExtra
 from dltool.inference.preprocess_numpy import NumpyPreprocess
+from dltool.predict import checked_input
 
 EXTRA = 'pip install "dltool[onnx]"'
 ORT_ERRORS = ("Fail", "InvalidArgument", "NoSuchFile", "NoModel", "EngineError", "RuntimeException",
@@ -112,18 +113,6 @@ def top_entries(outputs: np.ndarray, classes: Sequence[str], task: str, topk: in
     order = np.argsort(-probs, axis=1, kind="stable")[:, :min(topk, probs.shape[1])]
     return [([{"class": classes[int(i)], "index": int(i), "probability": float(row[i])} for i in ix], None)
             for row, ix in zip(probs, order)]
-
-
-def checked_input(x: np.ndarray, input_shape: tuple, path: str) -> np.ndarray:
-    """`x` if the model takes its shape (the message is the one dltool.predict gives).
-
-    Raises:
-        ImageError: a shape after the eval transforms that the model does not take.
-    """
-    if tuple(x.shape) != tuple(input_shape):
-        raise ImageError(f"{path}: gives an input of shape {list(x.shape)} after the run's eval transforms, "
-                         f"but the model takes {list(input_shape)} (add a Resize to data.transforms.eval)")
-    return x
 
 
 class OnnxPredictor:

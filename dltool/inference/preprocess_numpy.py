@@ -116,7 +116,7 @@ def _center_crop(crop_h: int, crop_w: int) -> Callable:
             height, width = (image.height, image.width) if is_pil else image.shape[-2:]
             if (height, width) == (crop_h, crop_w):
                 return image
-        top, left = int(round((height - crop_h) / 2.0)), int(round((width - crop_w) / 2.0))
+        top, left = round((height - crop_h) / 2.0), round((width - crop_w) / 2.0)
         if is_pil:
             return image.crop((left, top, left + crop_w, top + crop_h))
         return image[..., top:top + crop_h, left:left + crop_w]

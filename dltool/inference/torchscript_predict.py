@@ -11,8 +11,9 @@ from pathlib import Path
 import numpy as np
 
 from dltool.errors import CheckpointError
-from dltool.inference.onnx_predict import checked_input, read_metadata, top_entries
+from dltool.inference.onnx_predict import read_metadata, top_entries
 from dltool.inference.preprocess_numpy import NumpyPreprocess
+from dltool.predict import checked_input
 
 EXTRA_FILES = ("classes", "preprocess", "task", "output", "dltool_config")
 
