@@ -23,6 +23,8 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import os
+import sys
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -184,9 +186,28 @@ def _without_download(data: dict) -> dict:
 def _quiet() -> Iterator[None]:
     """Keep the exporters' progress lines and warnings off the user's terminal (the library never prints)."""
     with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), \
-            contextlib.redirect_stderr(io.StringIO()):
+            contextlib.redirect_stderr(io.StringIO()), _silenced_fds():
         warnings.simplefilter("ignore")
         yield
+
+
+@contextlib.contextmanager
+def _silenced_fds() -> Iterator[None]:
+    """File descriptors 1 and 2 on /dev/null: the TorchScript-based exporter prints its graph on a
+    failure from C++ and through handlers bound to the original streams, past redirect_stderr."""
+    for stream in (sys.stdout, sys.stderr):
+        stream.flush()
+    saved = [os.dup(1), os.dup(2)]
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 1)
+        os.dup2(devnull, 2)
+        yield
+    finally:
+        os.dup2(saved[0], 1)
+        os.dup2(saved[1], 2)
+        for fd in (*saved, devnull):
+            os.close(fd)
 
 
 def _onnx(model: Any, inputs: Any, metadata: dict, opset: int | None, source: str) -> tuple[bytes, str, float]:
