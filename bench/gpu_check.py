@@ -383,7 +383,7 @@ def probe_memory(config: str, shape: str) -> dict:
     device so that nothing is allocated."""
     import torch
 
-    from dltool.config import load_config
+    from dltool.config.load import load_config
     from dltool.models import build_model
 
     free, total = torch.cuda.mem_get_info() if torch.cuda.is_available() else (0, 0)
@@ -402,7 +402,7 @@ def probe_memory(config: str, shape: str) -> dict:
 
 def probe_loader(config: str, device: str, cache: str, pin: str) -> dict:
     """Where the first batch of the train and val loaders lands, and whether the train one is pinned."""
-    from dltool.config import load_config
+    from dltool.config.load import load_config
     from dltool.data.build import build_data
     from dltool.data.loaders import make_loader
 

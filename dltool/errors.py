@@ -56,6 +56,17 @@ class CheckpointError(DltoolError):
     """A checkpoint file is missing, unsafe, damaged, or does not fit its model."""
 
 
+class MissingExtra(DltoolError):
+    """An optional package a command needs is not installed; the message names the extra."""
+
+
+class ExportError(DltoolError):
+    """`dltool export` could not write a file that computes what the checkpoint computes: a layer
+    the exporter cannot translate, or outputs that differ."""
+
+    exit_code = 1
+
+
 class RunFailed(DltoolError):
     """Training started but could not go on (a non-finite loss, a device out of memory)."""
 

@@ -300,7 +300,7 @@ def eval_command(
 @app.command("predict")
 def predict_command(
     inputs: List[str] = typer.Argument(..., metavar="INPUT...", help="Image files, folders (recursive) or globs"),
-    model: Path = typer.Option(..., "--model", "-m", help="Run folder or checkpoint"),
+    model: Path = typer.Option(..., "--model", "-m", help="Run folder, checkpoint, or a file from `dltool export` (.onnx runs without torch)"),
     topk: int = typer.Option(5, "--topk", min=1, help="Classes listed per image"),
     output_format: str = typer.Option("table", "--format", help="table, json or csv"),
     batch_size: int = typer.Option(64, "--batch-size", min=1, help="Images per forward pass"),
@@ -334,8 +334,29 @@ def predict_command(
         raise typer.Exit(code=2)
 
 
+@app.command("export")
+def export_command(
+    target: Path = typer.Argument(..., metavar="RUN_OR_CKPT", help="Run folder (best.pt, else last.pt) or checkpoint"),
+    output_format: str = typer.Option("onnx", "--format", help="onnx or torchscript"),
+    out: Optional[Path] = typer.Option(None, "--out", help="File to write (default: RUN/model.onnx, RUN/model.torchscript.pt)"),
+    opset: Optional[int] = typer.Option(None, "--opset", min=7, help="ONNX opset (default: the exporter's)"),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON on stdout"),
+) -> None:
+    """Write a deployable ONNX or TorchScript file, checked against the checkpoint before it is kept."""
+    from dltool.inference.export import export
+
+    with user_errors():
+        result = export(target, output_format, out, opset)
+    if as_json:
+        print_json(result.to_json())
+        return
+    stderr_console().print(f"wrote {result.path} ({result.format} via the {result.exporter} exporter; outputs within "
+                           f"{result.max_difference:.2g} of the checkpoint's on {result.samples} {result.source} inputs)",
+                           soft_wrap=True, markup=False)
+
+
 # --help lists the commands in the order a user meets them, not the order they are defined in.
-_HELP_ORDER = ["train", "eval", "predict", "shapes", "data", "list", "config"]
+_HELP_ORDER = ["train", "eval", "predict", "export", "shapes", "data", "list", "config"]
 app.registered_commands.sort(key=lambda command: _HELP_ORDER.index(command.name))
 
 

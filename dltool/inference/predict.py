@@ -3,6 +3,9 @@
 Images are read exactly as training read its eval samples (dltool.inference.preprocess.ImageReader: the same
 decoding, channel conversion and eval transforms), batched, and run under `torch.inference_mode`.
 A file that cannot be read gets an error entry and the others are still classified.
+
+A model file from `dltool export` goes the same way through its own predictor (dltool.inference):
+an .onnx file through onnxruntime, so this module imports torch only for checkpoints.
 """
 
 from __future__ import annotations
@@ -11,15 +14,12 @@ import glob
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Sequence
-
-import torch
+from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
 from dltool.errors import ConfigError, ImageError
-from dltool.inference.preprocess import ImageReader
-from dltool.models.outputs import DEFAULT as DEFAULT_OUTPUT
-from dltool.models.outputs import to_probabilities
-from dltool.store.checkpoint import load_checkpoint, rebuild_model
+
+if TYPE_CHECKING:
+    import torch
 
 
 @dataclass
@@ -73,10 +73,25 @@ def _folder_images(folder: Path) -> list[str]:
     return sorted(str(p) for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in extensions)
 
 
+def checked_input(x: Any, input_shape: Sequence[int], path: str) -> Any:
+    """`x` (a tensor or an array) if the model takes its shape.
+
+    Raises:
+        ImageError: a shape after the eval transforms that the model does not take.
+    """
+    if tuple(x.shape) != tuple(input_shape):
+        raise ImageError(f"{path}: gives an input of shape {list(x.shape)} after the run's eval transforms, "
+                         f"but the model takes {list(input_shape)} (add a Resize to data.transforms.eval)")
+    return x
+
+
 class Predictor:
     """A checkpoint ready to classify files: its model, classes and image reader."""
 
     def __init__(self, model_path: str | Path, device: str = "auto"):
+        from dltool.inference.preprocess import ImageReader
+        from dltool.models.outputs import DEFAULT as DEFAULT_OUTPUT
+        from dltool.store.checkpoint import load_checkpoint, rebuild_model
         from dltool.training.runtime import resolve_device
 
         checkpoint = load_checkpoint(model_path)
@@ -99,16 +114,16 @@ class Predictor:
         Raises:
             ImageError: unreadable, or a shape after the eval transforms that the model does not take.
         """
-        x = self.read(path)
-        if tuple(x.shape) != self.input_shape:
-            raise ImageError(f"{path}: gives an input of shape {list(x.shape)} after the run's eval transforms, "
-                             f"but the model takes {list(self.input_shape)} (add a Resize to data.transforms.eval)")
-        return x
+        return checked_input(self.read(path), self.input_shape, path)
 
-    @torch.inference_mode()
-    def classify(self, batch: torch.Tensor, topk: int) -> list[tuple[list[dict] | None, list[float] | None]]:
+    def classify(self, inputs: list, topk: int) -> list[tuple[list[dict] | None, list[float] | None]]:
         """(top entries, None) per row for a classifier, (None, outputs) for a regressor."""
-        out = self.model(batch.to(self.device)).float().cpu()
+        import torch
+
+        from dltool.models.outputs import to_probabilities
+
+        with torch.inference_mode():
+            out = self.model(torch.stack(inputs).to(self.device)).float().cpu()
         if self.task == "regression":
             return [(None, row.flatten().tolist()) for row in out]
         probs = to_probabilities(out, self.output)
@@ -137,7 +152,7 @@ def predict(inputs: Sequence[str], model_path: str | Path, *, topk: int = 5, bat
     """
     if topk < 1 or batch_size < 1:
         raise ConfigError(f"--topk and --batch-size must be >= 1; got {topk} and {batch_size}")
-    predictor = Predictor(model_path, device)
+    predictor = open_predictor(model_path, device)
     results: list[Prediction] = []
     for chunk in _chunks(expand_inputs(inputs), batch_size):
         ready, tensors = [], []
@@ -151,9 +166,23 @@ def predict(inputs: Sequence[str], model_path: str | Path, *, topk: int = 5, bat
                 except ImageError as exc:
                     prediction.error = _without_path(str(exc), path)
         if tensors:
-            for prediction, (top, value) in zip(ready, predictor.classify(torch.stack(tensors), topk)):
+            for prediction, (top, value) in zip(ready, predictor.classify(tensors, topk)):
                 prediction.top, prediction.value = top, value
     return results
+
+
+def open_predictor(model_path: str | Path, device: str = "auto") -> Any:
+    """The predictor for what --model names: an exported .onnx file (onnxruntime, no torch), an
+    exported TorchScript file, or a dltool checkpoint or run folder."""
+    if str(model_path).lower().endswith(".onnx"):
+        from dltool.inference.onnx_predict import OnnxPredictor
+
+        return OnnxPredictor(model_path, device)
+    from dltool.inference.torchscript_predict import TorchScriptPredictor, is_torchscript
+
+    if Path(model_path).is_file() and is_torchscript(model_path):
+        return TorchScriptPredictor(model_path, device)
+    return Predictor(model_path, device)
 
 
 def _chunks(items: list, size: int) -> Iterator[list]:
