@@ -15,8 +15,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from dltool.errors import CheckpointError, ConfigError, MissingExtra
-from dltool.inference.predict import checked_input
-from dltool.inference.preprocess_numpy import NumpyPreprocess
+from dltool.inference.preprocess_numpy import NumpyPreprocess, checked_input
 
 EXTRA = 'pip install "dltool[onnx]"'
 ORT_ERRORS = ("Fail", "InvalidArgument", "NoSuchFile", "NoModel", "EngineError", "RuntimeException",

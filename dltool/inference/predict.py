@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
 from dltool.errors import ConfigError, ImageError
+from dltool.inference.preprocess_numpy import checked_input
 
 if TYPE_CHECKING:
     import torch
@@ -71,18 +72,6 @@ def expand_inputs(inputs: Sequence[str]) -> list[tuple[str, str | None]]:
 def _folder_images(folder: Path) -> list[str]:
     extensions = image_extensions()
     return sorted(str(p) for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in extensions)
-
-
-def checked_input(x: Any, input_shape: Sequence[int], path: str) -> Any:
-    """`x` (a tensor or an array) if the model takes its shape.
-
-    Raises:
-        ImageError: a shape after the eval transforms that the model does not take.
-    """
-    if tuple(x.shape) != tuple(input_shape):
-        raise ImageError(f"{path}: gives an input of shape {list(x.shape)} after the run's eval transforms, "
-                         f"but the model takes {list(input_shape)} (add a Resize to data.transforms.eval)")
-    return x
 
 
 class Predictor:

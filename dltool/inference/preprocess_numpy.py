@@ -8,12 +8,12 @@ transforms to within 1e-6 per pixel.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import numpy as np
 from PIL import Image, ImageOps
 
-from dltool.errors import CheckpointError
+from dltool.errors import CheckpointError, ImageError
 
 # PIL resampling filters for torchvision's InterpolationMode values (as dltool.inference.preprocess.PIL_FILTERS).
 PIL_FILTERS = {"nearest": 0, "nearest-exact": 0, "bilinear": 2, "bicubic": 3, "box": 4, "hamming": 5, "lanczos": 1}
@@ -134,3 +134,15 @@ def _to_float(divide_by: float | None, multiply_by: float | None) -> Callable[[n
         return x
 
     return to_float
+
+
+def checked_input(x: Any, input_shape: Sequence[int], path: str) -> Any:
+    """`x` (a tensor or an array) if the model takes its shape.
+
+    Raises:
+        ImageError: a shape after the eval transforms that the model does not take.
+    """
+    if tuple(x.shape) != tuple(input_shape):
+        raise ImageError(f"{path}: gives an input of shape {list(x.shape)} after the run's eval transforms, "
+                         f"but the model takes {list(input_shape)} (add a Resize to data.transforms.eval)")
+    return x

@@ -12,8 +12,7 @@ import numpy as np
 
 from dltool.errors import CheckpointError
 from dltool.inference.onnx_predict import read_metadata, top_entries
-from dltool.inference.predict import checked_input
-from dltool.inference.preprocess_numpy import NumpyPreprocess
+from dltool.inference.preprocess_numpy import NumpyPreprocess, checked_input
 
 EXTRA_FILES = ("classes", "preprocess", "task", "output", "dltool_config")
 
