@@ -329,6 +329,7 @@ class Session:
                 if self.board is not None:
                     with contextlib.suppress(DltoolError):  # a failure closing it was reported first
                         self.board.close()
+                self._write_curves()
                 self.rundir.release()
                 distributed.leave()
 
@@ -344,9 +345,12 @@ class Session:
             self._start_board()
         self.callback.on_fit_start(self._info())
         with StopSignal() as signalled:
-            stop = distributed.shared_stop(signalled, self.config.train.log_every)
+            stop = distributed.shared_stop(_StopRequest(signalled, self.callback), self.config.train.log_every)
             state = self._fit(stop)
-        summary = self._summary("interrupted" if state.interrupted else "finished")
+        asked = state.interrupted and signalled.requested is None  # by a callback: an ending, not an interruption
+        state.interrupted = state.interrupted and not asked
+        summary = self._summary(self.callback.stop_reason() if asked else
+                                "interrupted" if state.interrupted else "finished")
         if distributed.current() is not None:
             summary["replica_sha256"] = distributed.replica_digests(self.model)
         if state.interrupted:
@@ -364,6 +368,15 @@ class Session:
         self.rundir.write_summary(summary)
         self.callback.on_fit_end(summary)
         return TrainResult(self.rundir.path, summary, list(state.history))
+
+    def _write_curves(self) -> None:
+        """curves.png, however the run ended; drawn after training, outside its timed path. A picture
+        the disk refuses never fails the run that its checkpoints hold."""
+        from dltool.experiments.plots import write_curves
+
+        if distributed.is_main():
+            with contextlib.suppress(DltoolError, OSError):
+                write_curves(self.rundir.path)
 
     def _kept(self) -> str:
         saved = self.rundir.saved.get("last")
@@ -458,6 +471,20 @@ class Session:
         world_size = group.world_size if group is not None else 1
         return {"world_size": world_size,
                 "global_batch_size": self.config.data.batch_size * world_size * self.config.train.accumulate}
+
+
+class _StopRequest:
+    """A signal, or a callback asking the run to end (a pruned search trial): the first one asked."""
+
+    def __init__(self, signalled: StopSignal, callback: Callback):
+        self.signalled, self.callback = signalled, callback
+
+    @property
+    def requested(self) -> str | None:
+        return self.signalled.requested or self.callback.stop_reason()
+
+    def __call__(self) -> bool:
+        return self.requested is not None
 
 
 def _check_resume_override(text: str) -> None:
