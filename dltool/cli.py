@@ -350,10 +350,10 @@ def tune_command(
     if not quiet:
         console.print(trials_table(result.trials, result.metric, result.best_trial))
         if result.best_trial is None:
-            console.print("no trial completed yet: no best.yaml", markup=False)
+            console.print("no trial completed yet: no best.yaml", markup=False, soft_wrap=True)
         else:
             console.print(f"best: trial {result.best_trial}, {result.metric} {result.best_value:.4g}; "
-                          f"wrote {result.folder / 'best.yaml'} and {result.folder / 'trials.csv'}", markup=False)
+                          f"wrote {result.folder / 'best.yaml'} and {result.folder / 'trials.csv'}", markup=False, soft_wrap=True)
 
 
 class _TrialsProgress:
@@ -378,7 +378,7 @@ class _TrialsProgress:
         from dltool.experiments.render import trial_line
 
         if self.bar is not None:
-            self.bar.console.print(trial_line(row, metric, finished, self.trials), markup=False)
+            self.bar.console.print(trial_line(row, metric, finished, self.trials), markup=False, soft_wrap=True)
             self.bar.update(self.bar.task_ids[0], completed=min(finished, self.trials))
 
     def stop(self) -> None:
@@ -406,10 +406,10 @@ def lr_find_command(
         return
     console = stderr_console()
     if result.suggested_lr is None:
-        console.print(f"the loss diverged at once; try a lower --start; wrote {result.plot}", markup=False)
+        console.print(f"the loss diverged at once; try a lower --start; wrote {result.plot}", markup=False, soft_wrap=True)
     else:
         console.print(f"suggested lr {result.suggested_lr:.3g} ({result.how}); try: dltool train {config} "
-                      f"optimizer.lr={result.suggested_lr:.3g}; wrote {result.plot}", markup=False)
+                      f"optimizer.lr={result.suggested_lr:.3g}; wrote {result.plot}", markup=False, soft_wrap=True)
 
 
 @app.command("plot")
@@ -423,7 +423,7 @@ def plot_command(
 
     with user_errors():
         written = plot_runs(runs, out, metric)
-    stderr_console().print(f"wrote {written}", markup=False)
+    stderr_console().print(f"wrote {written}", markup=False, soft_wrap=True)
 
 
 @app.command("runs")

@@ -25,18 +25,27 @@ def _styled(status: str) -> str:
 
 
 def runs_table(rows: Sequence[dict], title: str) -> Table:
-    """Name, status, epochs, best metric, train time, created; narrow terminals fold the name."""
-    table = Table(title=title, title_justify="left")
-    table.add_column("run", overflow="fold", ratio=3)
-    table.add_column("status")
-    table.add_column("epochs", justify="right")
-    table.add_column("best", overflow="fold")
-    table.add_column("time", justify="right")
-    table.add_column("created", overflow="fold")
+    """Name, status, epochs, best metric, train time, created; sized for a 60-column terminal too
+    (the monitor goes into the title when every run shares it, long names fold)."""
+    from rich import box
+
+    monitors = {row["monitor"] for row in rows if row["monitor"]}
+    shared = monitors.pop() if len(monitors) == 1 else None
+    title = f"{title} (best: {shared})" if shared else title
+    table = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True)
+    table.add_column("run", overflow="fold", ratio=1)
+    table.add_column("status", no_wrap=True)
+    table.add_column("ep", justify="right", no_wrap=True)
+    table.add_column("best", overflow="fold", no_wrap=shared is not None)
+    table.add_column("time", justify="right", no_wrap=True)
+    table.add_column("created", no_wrap=True)
     for row in rows:
-        best = "-" if row["best_value"] is None else f"{row['monitor']} {_fmt(row['best_value'])} @{row['best_epoch']}"
+        best = "-" if row["best_value"] is None else f"{_fmt(row['best_value'])} @{row['best_epoch']}"
+        if row["best_value"] is not None and not shared:
+            best = f"{row['monitor']} {best}"
         seconds = "-" if row["train_seconds"] is None else f"{row['train_seconds']:.1f}s"
-        table.add_row(row["name"], _styled(row["status"]), _fmt(row["epochs_done"]), best, seconds, row["created"])
+        table.add_row(row["name"], _styled(row["status"]), _fmt(row["epochs_done"]), best, seconds,
+                      row["created"][5:16])  # MM-DD HH:MM
     return table
 
 
