@@ -60,15 +60,13 @@ def _write_csv(path: Path, header: list, rows: list[list]) -> Path:
 def draw_confusion(confusion: list[list[int]], classes: list[str], path: Path) -> Path:
     """A PNG heat map of the confusion matrix (matplotlib, as every dltool picture), each row shaded
     by its share of that true class, counts written in while the cells are large enough to read."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # Agg draws it; pyplot (and its global state) is not needed
 
     n = len(classes)
     shares = [[count / (sum(row) or 1) for count in row] for row in confusion]
     side = min(16.0, max(4.5, 0.45 * n + 2.5))
-    figure, ax = plt.subplots(figsize=(side, side))
+    figure = Figure(figsize=(side, side))
+    ax = figure.subplots()
     ax.imshow(shares, cmap="Blues", vmin=0, vmax=1)
     ax.set_xticks(range(n), classes, rotation=90 if n > 10 else 0)
     ax.set_yticks(range(n), classes)
@@ -82,7 +80,6 @@ def draw_confusion(confusion: list[list[int]], classes: list[str], path: Path) -
     figure.tight_layout()
     png = io.BytesIO()
     figure.savefig(png, format="png", dpi=100)
-    plt.close(figure)
     return write_atomic(path, png.getvalue())
 
 

@@ -1,4 +1,4 @@
-"""The pictures of runs, drawn with matplotlib (Agg backend, imported lazily): a run's curves.png,
+"""The pictures of runs, drawn with matplotlib (its Agg canvas, imported lazily, no pyplot): a run's curves.png,
 several runs overlaid, the lr-find curve. (eval's confusion matrix is drawn with it too, in
 dltool/eval_report.py, which sits below this package.)
 
@@ -59,19 +59,16 @@ def panels_for(rows: Sequence[dict], metric: str | None) -> list[str]:
     return ["loss", second]
 
 
-def _pyplot() -> Any:
-    import matplotlib
+def new_figure(width: float, height: float) -> Any:
+    """A matplotlib Figure drawn by Agg, without pyplot (half the import time, no global state)."""
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
+    return Figure(figsize=(width, height))
 
 
 def _save(figure: Any, path: Path) -> Path:
     png = io.BytesIO()
     figure.savefig(png, format="png", dpi=100)
-    _pyplot().close(figure)
     return write_atomic(path, png.getvalue())
 
 
@@ -89,9 +86,9 @@ def draw_runs(runs: Sequence[tuple[str, Sequence[dict], int | None]], path: str 
         ConfigError: `metric` is in none of the runs.
         Unwritable: the PNG could not be written.
     """
-    plt = _pyplot()
     panels = panels_for([r for _, rows, _ in runs for r in rows], metric)
-    figure, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4), squeeze=False)
+    figure = new_figure(5.5 * len(panels), 4)
+    axes = figure.subplots(1, len(panels), squeeze=False)
     drawn = 0
     for ax, quantity in zip(axes[0], panels):
         for colour, (label, rows, best) in enumerate(runs):
@@ -102,7 +99,6 @@ def draw_runs(runs: Sequence[tuple[str, Sequence[dict], int | None]], path: str 
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize="small")
     if metric is not None and not drawn:
-        plt.close(figure)
         raise ConfigError(f"--metric: no run has a column {metric!r} in its metrics.csv")
     if len(runs) == 1:
         figure.suptitle(runs[0][0])
@@ -143,8 +139,8 @@ def write_curves(run_dir: str | Path) -> Path | None:
 def draw_lr_find(lrs: Sequence[float], losses: Sequence[float], suggested: float | None, how: str,
                  path: str | Path) -> Path:
     """Smoothed loss against learning rate (log axis), the suggestion marked and named."""
-    plt = _pyplot()
-    figure, ax = plt.subplots(figsize=(6, 4))
+    figure = new_figure(6, 4)
+    ax = figure.subplots()
     ax.plot(lrs, losses, color="C0")
     ax.set_xscale("log")
     ax.set_xlabel("learning rate")
