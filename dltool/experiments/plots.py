@@ -86,6 +86,8 @@ def draw_runs(runs: Sequence[tuple[str, Sequence[dict], int | None]], path: str 
         ConfigError: `metric` is in none of the runs.
         Unwritable: the PNG could not be written.
     """
+    from matplotlib.ticker import MaxNLocator
+
     panels = panels_for([r for _, rows, _ in runs for r in rows], metric)
     figure = new_figure(5.5 * len(panels), 4)
     axes = figure.subplots(1, len(panels), squeeze=False)
@@ -94,6 +96,7 @@ def draw_runs(runs: Sequence[tuple[str, Sequence[dict], int | None]], path: str 
         for colour, (label, rows, best) in enumerate(runs):
             drawn += _draw_lines(ax, quantity, metric, label if len(runs) > 1 else "", rows, best, f"C{colour}")
         ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_ylabel(metric or quantity)
         ax.grid(alpha=0.3)
         if ax.get_legend_handles_labels()[0]:
@@ -101,7 +104,8 @@ def draw_runs(runs: Sequence[tuple[str, Sequence[dict], int | None]], path: str 
     if metric is not None and not drawn:
         raise ConfigError(f"--metric: no run has a column {metric!r} in its metrics.csv")
     if len(runs) == 1:
-        figure.suptitle(runs[0][0])
+        label, _, best = runs[0]
+        figure.suptitle(label if best is None else f"{label} (best epoch {best}: circled)")
     figure.tight_layout()
     return _save(figure, Path(path))
 
