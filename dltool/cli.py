@@ -330,21 +330,21 @@ def tune_command(
 ) -> None:
     """Hyperparameter search with Optuna over the config's tune: section; each trial is a run in runs/NAME/trials/."""
     from dltool.experiments.render import trials_table
-    from dltool.experiments.tune import default_storage, tune
+    from dltool.experiments.tune import tune
 
-    study = name or config.stem
-    url = storage or default_storage(runs_dir, study)
-    argv = [sys.executable, "-m", "dltool", "tune", str(config), "--trials", str(trials), "--storage", url,
-            "--name", study, "--runs-dir", str(runs_dir), "--heartbeat", str(heartbeat), "--quiet", *(overrides or [])]
     console = stderr_console()
     progress = _TrialsProgress(console, trials, quiet)
-    try:
-        with user_errors():
-            result = tune(config, trials, storage=url, name=study, runs_dir=runs_dir, overrides=overrides or [],
-                          workers=workers, heartbeat=heartbeat, on_start=progress.start, on_trial=progress.trial,
-                          worker_argv=argv)
-    finally:
-        progress.stop()
+    with user_errors():  # after the bar stops, so the error line is the last one
+        try:
+            result = tune(config, trials, storage=storage, name=name, runs_dir=runs_dir, overrides=overrides or [],
+                          workers=workers, heartbeat=heartbeat, on_start=progress.start, on_trial=progress.trial)
+        except KeyboardInterrupt:
+            progress.stop()
+            console.print("interrupted: stopped at once; run the same dltool tune command again to go on with the "
+                          "study", soft_wrap=True, markup=False)
+            raise typer.Exit(code=130) from None
+        finally:
+            progress.stop()
     if as_json:
         print_json(result.to_json())
     if not quiet:
@@ -384,6 +384,7 @@ class _TrialsProgress:
     def stop(self) -> None:
         if self.bar is not None:
             self.bar.stop()
+            self.bar = None
 
 
 @app.command("lr-find")

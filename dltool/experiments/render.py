@@ -69,4 +69,6 @@ def trial_line(row: dict, metric: str, finished: int, trials: int) -> str:
     """One ended trial as a line: `trial 3 COMPLETE val_accuracy 0.981 optimizer.lr=0.0031 (12.0 s) [4/20]`."""
     values = " ".join(f"{key}={_fmt(value)}" for key, value in row["params"].items())
     seconds = f" ({row['seconds']:.1f} s)" if row.get("seconds") is not None else ""
-    return f"trial {row['number']} {row['state']} {metric} {_fmt(row['value'])} {values}{seconds} [{finished}/{trials}]"
+    error = f": {row['error']}" if row.get("error") else ""
+    return (f"trial {row['number']} {row['state']} {metric} {_fmt(row['value'])} {values}{seconds} "
+            f"[{finished}/{trials}]{error}")

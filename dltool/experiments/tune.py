@@ -17,6 +17,7 @@ import io
 import os
 import socket
 import subprocess
+import sys
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,10 +25,10 @@ from typing import Any, Callable, Sequence
 
 from dltool.callbacks import Callback
 from dltool.config import dump_yaml, load_config
-from dltool.errors import ConfigError, RunFailed
+from dltool.errors import ConfigError, Interrupted, RunFailed
 from dltool.experiments.space import Component, Param, TuneSpec, read_tune
 from dltool.spec import located
-from dltool.writing import write_atomic
+from dltool.writing import write_atomic, writing
 
 FINISHED = ("COMPLETE", "PRUNED")
 MAX_FAILED_IN_A_ROW = 5
@@ -84,7 +85,8 @@ def default_storage(runs_dir: str | Path, name: str) -> str:
 
 def tune(config_path: str | Path, trials: int, *, storage: str | None = None, name: str | None = None,
          runs_dir: str | Path = "runs", overrides: Sequence[str] = (), workers: int = 1, heartbeat: int = 10,
-         on_start: Callable[[int], None] | None = None, on_trial: Callable[[dict, int, str], None] | None = None, worker_argv: Sequence[str] | None = None) -> TuneResult:
+         on_start: Callable[[int], None] | None = None,
+         on_trial: Callable[[dict, int, str], None] | None = None) -> TuneResult:
     """Run trials until the study holds `trials` finished (complete or pruned) ones, then write
     best.yaml and trials.csv.
 
@@ -95,31 +97,33 @@ def tune(config_path: str | Path, trials: int, *, storage: str | None = None, na
         name: the study's name and folder (default: the config's file name).
         runs_dir: where the study's folder goes.
         overrides: KEY=VALUE applied to every trial (before the trial's own values).
-        workers: processes on this machine; the others are `worker_argv` started as subprocesses.
+        workers: processes on this machine: this one and workers - 1 `dltool tune ... --quiet` subprocesses.
         heartbeat: seconds between a trial's heartbeats; a trial silent for twice that is failed and retried.
         on_start: called with the study's finished count once it is open and the config checked.
         on_trial: called with each trial's row (see `trial_row`), the study's finished count and the metric
             when a trial this process ran ends.
-        worker_argv: the command line that runs one more worker (given by the CLI).
 
     Raises:
         ConfigError: no or bad `tune:` section, a bad storage URL; before any trial runs.
         RunFailed: MAX_FAILED_IN_A_ROW trials in a row failed.
-        Interrupted: a signal stopped the running trial (its run folder is resumable).
+        Interrupted: a signal stopped the running trial (marked failed; a rerun goes on with the study).
     """
     optuna = _optuna()
     base = load_config(config_path, overrides)
     spec = read_tune(base, overrides)
     name = name or base.stem
     folder = Path(runs_dir) / name
-    folder.mkdir(parents=True, exist_ok=True)
+    with writing(folder, "choose a writable --runs-dir"):
+        folder.mkdir(parents=True, exist_ok=True)
     url = storage or default_storage(runs_dir, name)
     study = _study(optuna, spec, name, url, heartbeat, base.marks)
     started: list[int] = []  # the numbers of the trials this process ran
     objective = _objective(optuna, spec, Path(config_path), overrides, folder / "trials", started)
     if on_start is not None:
         on_start(finished_count(study))
-    helpers = _start_workers(worker_argv, workers - 1, folder) if worker_argv is not None else []
+    argv = [sys.executable, "-m", "dltool", "tune", str(config_path), "--trials", str(trials), "--storage", url,
+            "--name", name, "--runs-dir", str(runs_dir), "--heartbeat", str(heartbeat), "--quiet", *overrides]
+    helpers = _start_workers(argv, workers - 1, folder)
     try:
         _optimize(study, objective, trials, started, lambda row, done: on_trial and on_trial(row, done, spec.metric))
     finally:
@@ -140,7 +144,7 @@ def _start_workers(argv: Sequence[str], count: int, folder: Path) -> list[subpro
 def _optuna() -> Any:
     import optuna
 
-    optuna.logging.set_verbosity(optuna.logging.WARNING)  # the CLI shows the trials; Optuna's log lines would repeat them
+    optuna.logging.set_verbosity(optuna.logging.ERROR)  # the CLI shows each trial, a failed one with its error
     return optuna
 
 
@@ -215,6 +219,12 @@ def _objective(optuna: Any, spec: TuneSpec, config_path: Path, overrides: Sequen
         except RunFailed as exc:
             trial.set_user_attr("error", str(exc))
             raise
+        except Interrupted as exc:
+            trial.set_user_attr("error", str(exc))
+            stopped = Interrupted(f"{exc}; or go on with the study: run the same dltool tune command again "
+                                  "(this trial is marked failed)")
+            stopped.exit_code = exc.exit_code
+            raise stopped from None
         trial.set_user_attr("run_dir", str(result.run_dir))
         if result.summary["status"] == "pruned":
             raise optuna.TrialPruned(f"pruned at epoch {reporter.pruned_at}")
@@ -255,6 +265,7 @@ def trial_row(trial: Any) -> dict:
     """One trial as plain data: number, state, value, params by override path, run folder."""
     return {"number": trial.number, "state": trial.state.name, "value": trial.value, "params": dict(trial.params),
             "run_dir": trial.user_attrs.get("run_dir"), "worker": trial.user_attrs.get("worker"),
+            "error": trial.user_attrs.get("error"),
             "seconds": round(trial.duration.total_seconds(), 1) if trial.duration is not None else None}
 
 
