@@ -372,7 +372,7 @@ class Session:
     def _write_curves(self) -> None:
         """curves.png, however the run ended; drawn after training, outside its timed path. A picture
         the disk refuses never fails the run that its checkpoints hold."""
-        from dltool.experiments.plots import write_curves
+        from dltool.curves import write_curves
 
         if distributed.is_main():
             with contextlib.suppress(DltoolError, OSError):

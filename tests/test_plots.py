@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 
 from dltool.callbacks import Callback
 from dltool.cli import app
-from dltool.experiments.plots import panels_for, read_rows
+from dltool.curves import panels_for, read_rows
 
 QUICKSTART = Path(__file__).resolve().parent.parent / "configs" / "quickstart.yaml"
 

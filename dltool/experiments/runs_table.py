@@ -58,7 +58,7 @@ def _created(path: Path) -> float:
 
 def run_row(path: Path, root: Path) -> dict[str, Any]:
     """One run as the fields of `runs --json` (DESIGN.md section 5)."""
-    from dltool.experiments.plots import read_rows
+    from dltool.curves import read_rows
 
     summary = _summary(path)
     status = "running" if is_running(path) else summary.get("status") or "interrupted"
