@@ -170,6 +170,7 @@ def test_tune_needs_a_tune_section_and_known_optuna_names(tmp_path):
     config = write_config(tmp_path, {"metric": "val_acc", "space": LR_SPACE["space"]})
     result = run_tune(config, tmp_path / "runs", "--trials", "1")
     assert result.exit_code == 2 and "tune.metric: 'val_acc' is not a metric a run measures" in result.stderr
+    assert not (tmp_path / "runs").exists()  # refused before the study's folder is made
 
 
 def test_train_ignores_the_tune_section(tmp_path):

@@ -112,11 +112,13 @@ def tune(config_path: str | Path, trials: int, *, storage: str | None = None, na
     base = load_config(config_path, overrides)
     spec = read_tune(base, overrides)
     name = name or base.stem
+    sampler = _build(optuna.samplers, spec.sampler, "tune.sampler", base.marks)
+    pruner = _build(optuna.pruners, spec.pruner, "tune.pruner", base.marks) if spec.pruner else optuna.pruners.NopPruner()
     folder = Path(runs_dir) / name
     with writing(folder, "choose a writable --runs-dir"):
         folder.mkdir(parents=True, exist_ok=True)
     url = storage or default_storage(runs_dir, name)
-    study = _study(optuna, spec, name, url, heartbeat, base.marks)
+    study = _study(optuna, spec.direction, sampler, pruner, name, url, heartbeat)
     started: list[int] = []  # the numbers of the trials this process ran
     objective = _objective(optuna, spec, Path(config_path), overrides, folder / "trials", started)
     if on_start is not None:
@@ -148,19 +150,17 @@ def _optuna() -> Any:
     return optuna
 
 
-def _study(optuna: Any, spec: TuneSpec, name: str, url: str, heartbeat: int, marks: Any) -> Any:
+def _study(optuna: Any, direction: str, sampler: Any, pruner: Any, name: str, url: str, heartbeat: int) -> Any:
     """The study in `url`, created on first use; every process opens it the same way."""
     from sqlalchemy.exc import SQLAlchemyError
 
-    sampler = _build(optuna.samplers, spec.sampler, "tune.sampler", marks)
-    pruner = _build(optuna.pruners, spec.pruner, "tune.pruner", marks) if spec.pruner else optuna.pruners.NopPruner()
     engine = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else None
     try:
         with warnings.catch_warnings():  # heartbeats are "experimental" in Optuna, and have been since 2.x
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             storage = optuna.storages.RDBStorage(url, engine_kwargs=engine, heartbeat_interval=heartbeat,
                                                  grace_period=2 * heartbeat, **_retry(optuna))
-        return optuna.create_study(study_name=name, storage=storage, load_if_exists=True, direction=spec.direction,
+        return optuna.create_study(study_name=name, storage=storage, load_if_exists=True, direction=direction,
                                    sampler=sampler, pruner=pruner)
     except (SQLAlchemyError, ImportError) as exc:
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
