@@ -345,7 +345,8 @@ class Session:
             self._start_board()
         self.callback.on_fit_start(self._info())
         with StopSignal() as signalled:
-            stop = distributed.shared_stop(_StopRequest(signalled, self.callback), self.config.train.log_every)
+            request = signalled.or_asked(self.callback.stop_reason)  # a signal, or a callback (a pruned trial)
+            stop = distributed.shared_stop(request, self.config.train.log_every)
             state = self._fit(stop)
         asked = state.interrupted and signalled.requested is None  # by a callback: an ending, not an interruption
         state.interrupted = state.interrupted and not asked
@@ -471,20 +472,6 @@ class Session:
         world_size = group.world_size if group is not None else 1
         return {"world_size": world_size,
                 "global_batch_size": self.config.data.batch_size * world_size * self.config.train.accumulate}
-
-
-class _StopRequest:
-    """A signal, or a callback asking the run to end (a pruned search trial): the first one asked."""
-
-    def __init__(self, signalled: StopSignal, callback: Callback):
-        self.signalled, self.callback = signalled, callback
-
-    @property
-    def requested(self) -> str | None:
-        return self.signalled.requested or self.callback.stop_reason()
-
-    def __call__(self) -> bool:
-        return self.requested is not None
 
 
 def _check_resume_override(text: str) -> None:
