@@ -57,7 +57,7 @@ def test_quickstart_loads_into_typed_config():
 def test_unknown_key_suggests_the_section_and_names_file_and_line(tmp_path):
     path = write(tmp_path, "seed: 1\ntrian:\n  epochs: 3\n")
     assert error_of(path) == (f"{path}:2:1: trian: unknown key; did you mean train? "
-                              "(allowed: seed, data, model, loss, optimizer, scheduler, train)")
+                              "(allowed: seed, data, model, loss, optimizer, scheduler, train, tune)")
 
 
 def test_unknown_nested_key_suggests(tmp_path):

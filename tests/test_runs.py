@@ -35,7 +35,8 @@ def run(tmp_path_factory) -> Path:
 
 def test_run_folder_layout(run):
     assert run.name == "small"
-    assert sorted(p.name for p in run.iterdir()) == [".lock", "checkpoints", "config.yaml", "metrics.csv", "summary.json", "tb"]
+    assert sorted(p.name for p in run.iterdir()) == [".lock", "checkpoints", "config.yaml", "curves.png", "metrics.csv",
+                                                    "summary.json", "tb"]
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["best.pt", "last.pt"]
     assert yaml.safe_load((run / "config.yaml").read_text())["optimizer"] == {"Adam": {"lr": 0.01}}
 

@@ -94,6 +94,136 @@ def config_command(
         sys.stdout.write(dump_yaml(data))
 
 
+@app.command("tune")
+def tune_command(
+    config: Path = typer.Argument(..., help="YAML config with a tune: section"),
+    overrides: Optional[List[str]] = OverridesArg,
+    trials: int = typer.Option(..., "--trials", min=1, help="Run until the study holds N finished (complete or pruned) trials"),
+    storage: Optional[str] = typer.Option(None, "--storage", help="Optuna database URL shared by all workers (default: sqlite in runs/NAME/study.db)"),
+    name: Optional[str] = typer.Option(None, "--name", help="Study name and folder (default: the config's file name)"),
+    runs_dir: Path = typer.Option(Path("runs"), "--runs-dir", help="Where the study folder goes"),
+    workers: int = typer.Option(1, "--workers", min=1, help="Processes on this machine working on the study"),
+    heartbeat: int = typer.Option(10, "--heartbeat", min=1, help="Seconds between a trial's heartbeats; a trial silent for twice that (its process killed) is retried"),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON on stdout"),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress output"),
+) -> None:
+    """Hyperparameter search with Optuna over the config's tune: section; each trial is a run in runs/NAME/trials/."""
+    from dltool.experiments.render import trials_table
+    from dltool.experiments.tune import tune
+
+    console = stderr_console()
+    progress = _TrialsProgress(console, trials, quiet)
+    with user_errors():  # after the bar stops, so the error line is the last one
+        try:
+            result = tune(config, trials, storage=storage, name=name, runs_dir=runs_dir, overrides=overrides or [],
+                          workers=workers, heartbeat=heartbeat, on_start=progress.start, on_trial=progress.trial)
+        except KeyboardInterrupt:
+            progress.stop()
+            console.print("interrupted: stopped at once; run the same dltool tune command again to go on with the "
+                          "study", soft_wrap=True, markup=False)
+            raise typer.Exit(code=130) from None
+        finally:
+            progress.stop()
+    if as_json:
+        print_json(result.to_json())
+    if not quiet:
+        console.print(trials_table(result.trials, result.metric, result.best_trial))
+        if result.best_trial is None:
+            console.print("no trial completed yet: no best.yaml", markup=False, soft_wrap=True)
+        else:
+            console.print(f"best: trial {result.best_trial}, {result.metric} {result.best_value:.4g}; "
+                          f"wrote {result.folder / 'best.yaml'} and {result.folder / 'trials.csv'}", markup=False, soft_wrap=True)
+
+
+class _TrialsProgress:
+    """A bar across trials on stderr, from when the study is open (a config error shows alone), and
+    a line per trial this process ran."""
+
+    def __init__(self, console, trials: int, quiet: bool):
+        self.console, self.trials, self.quiet = console, trials, quiet
+        self.bar = None
+
+    def start(self, finished: int) -> None:
+        if self.quiet:
+            return
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        self.bar = Progress(TextColumn("trials"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                            console=self.console)
+        self.bar.add_task("trials", total=self.trials, completed=min(finished, self.trials))
+        self.bar.start()
+
+    def trial(self, row: dict, finished: int, metric: str) -> None:
+        from dltool.experiments.render import trial_line
+
+        if self.bar is not None:
+            self.bar.console.print(trial_line(row, metric, finished, self.trials), markup=False, soft_wrap=True)
+            self.bar.update(self.bar.task_ids[0], completed=min(finished, self.trials))
+
+    def stop(self) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+            self.bar = None
+
+
+@app.command("lr-find")
+def lr_find_command(
+    config: Path = typer.Argument(..., help="YAML config file"),
+    overrides: Optional[List[str]] = OverridesArg,
+    start: float = typer.Option(1e-7, "--start", help="First learning rate of the ramp"),
+    end: float = typer.Option(10.0, "--end", help="Last learning rate of the ramp"),
+    steps: int = typer.Option(100, "--steps", help="Mini-batches, one per learning rate"),
+    out: Optional[Path] = typer.Option(None, "--out", help="The PNG (default: <config name>-lr-find.png)"),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON on stdout"),
+) -> None:
+    """Learning-rate range test: loss against lr as a PNG, and a suggested optimizer.lr; writes no run folder."""
+    from dltool.experiments.lrfind import lr_find
+
+    with user_errors():
+        result = lr_find(config, overrides or [], start=start, end=end, steps=steps, out=out)
+    if as_json:
+        print_json(result.to_json())
+        return
+    console = stderr_console()
+    if result.suggested_lr is None:
+        console.print(f"the loss diverged at once; try a lower --start; wrote {result.plot}", markup=False, soft_wrap=True)
+    else:
+        console.print(f"suggested lr {result.suggested_lr:.3g} ({result.how}); try: dltool train {config} "
+                      f"optimizer.lr={result.suggested_lr:.3g}; wrote {result.plot}", markup=False, soft_wrap=True)
+
+
+@app.command("plot")
+def plot_command(
+    runs: List[Path] = typer.Argument(..., metavar="RUN...", help="Run folders (also ones still training)"),
+    metric: Optional[str] = typer.Option(None, "--metric", help="One metrics.csv column (val_accuracy, train_loss, lr, ...) instead of loss and accuracy"),
+    out: Path = typer.Option(Path("plot.png"), "--out", help="The PNG to write"),
+) -> None:
+    """Training curves of one or more runs in one picture."""
+    from dltool.experiments.plots import plot_runs
+
+    with user_errors():
+        written = plot_runs(runs, out, metric)
+    stderr_console().print(f"wrote {written}", markup=False, soft_wrap=True)
+
+
+@app.command("runs")
+def runs_command(
+    folder: Path = typer.Argument(Path("runs"), metavar="[DIR]", help="Folder holding run folders"),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON on stdout"),
+) -> None:
+    """The run folders under DIR: status (finished, running, interrupted, failed, pruned), epochs, best metric, time."""
+    from dltool.experiments.runs_table import list_runs
+
+    with user_errors():
+        rows = list_runs(folder)
+    if as_json:
+        print_json(rows)
+        return
+    from dltool.experiments.render import runs_table
+
+    stderr_console().print(runs_table(rows, f"runs in {folder}"))
+
+
 @app.command("list")
 def list_command(
     kind: Optional[str] = typer.Argument(None, help="layers, datasets, transforms, losses, optimizers, schedulers, models"),
@@ -356,7 +486,8 @@ def export_command(
 
 
 # --help lists the commands in the order a user meets them, not the order they are defined in.
-_HELP_ORDER = ["train", "eval", "predict", "export", "shapes", "data", "list", "config"]
+_HELP_ORDER = ["train", "eval", "predict", "export", "tune", "lr-find", "runs", "plot", "shapes", "data", "list",
+               "config"]
 app.registered_commands.sort(key=lambda command: _HELP_ORDER.index(command.name))
 
 

@@ -113,6 +113,7 @@ class Config:
     optimizer: Spec = _f(factory=lambda: Spec("Adam", kwargs={"lr": 1e-3}))
     scheduler: Optional[Spec] = None
     train: TrainConfig = _f(factory=TrainConfig)
+    tune: Optional[Mapping[str, Any]] = _f(None, omit_if_none=True)  # `dltool tune` reads it; `train` ignores it
     path: Optional[str] = field(default=None, compare=False, metadata={"internal": True})
     marks: Marks = field(default_factory=Marks, compare=False, repr=False, metadata={"internal": True})
 
@@ -609,7 +610,8 @@ def _to_data(obj: Any) -> Any:
         return obj.to_data()
     if dataclasses.is_dataclass(obj):
         return {f.name: _to_data(getattr(obj, f.name)) for f in dataclasses.fields(obj)
-                if not f.metadata.get("internal")}
+                if not f.metadata.get("internal")
+                and not (f.metadata.get("omit_if_none") and getattr(obj, f.name) is None)}
     if isinstance(obj, tuple):
         return [_to_data(v) for v in obj]
     if isinstance(obj, Mapping):

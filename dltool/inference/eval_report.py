@@ -58,31 +58,28 @@ def _write_csv(path: Path, header: list, rows: list[list]) -> Path:
 
 
 def draw_confusion(confusion: list[list[int]], classes: list[str], path: Path) -> Path:
-    """A PNG heat map of the confusion matrix, each row shaded by its share of that true class."""
-    from PIL import Image, ImageDraw, ImageFont
+    """A PNG heat map of the confusion matrix (matplotlib, as every dltool picture), each row shaded
+    by its share of that true class, counts written in while the cells are large enough to read."""
+    from matplotlib.figure import Figure  # Agg draws it; pyplot (and its global state) is not needed
 
     n = len(classes)
-    cell = max(18, min(48, 900 // max(1, n)))
-    font = ImageFont.load_default()
-    label = max(8 * max(len(c) for c in classes), 24) + 16
-    size = (label + n * cell + 8, label + n * cell + 8)
-    image = Image.new("RGB", size, "white")
-    draw = ImageDraw.Draw(image)
-    draw.text((label, 2), "predicted ->", fill="black", font=font)
-    draw.text((2, 2), "true", fill="black", font=font)
+    shares = [[count / (sum(row) or 1) for count in row] for row in confusion]
+    side = min(16.0, max(4.5, 0.45 * n + 2.5))
+    figure = Figure(figsize=(side, side))
+    ax = figure.subplots()
+    ax.imshow(shares, cmap="Blues", vmin=0, vmax=1)
+    ax.set_xticks(range(n), classes, rotation=90 if n > 10 else 0)
+    ax.set_yticks(range(n), classes)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
     for i, row in enumerate(confusion):
-        total = sum(row) or 1
-        draw.text((4, label + i * cell + cell // 3), classes[i], fill="black", font=font)
         for j, count in enumerate(row):
-            share = count / total
-            shade = int(255 - 200 * share)
-            x, y = label + j * cell, label + i * cell
-            draw.rectangle([x, y, x + cell - 1, y + cell - 1], fill=(shade, shade, 255), outline=(200, 200, 200))
-            if count and cell >= 24:
-                draw.text((x + 3, y + cell // 3), str(count), fill="white" if share > 0.6 else "black", font=font)
-        draw.text((label + i * cell + 3, label - 14), classes[i][: max(1, cell // 7)], fill="black", font=font)
+            if count and n <= 30:
+                ax.text(j, i, str(count), ha="center", va="center", fontsize=8,
+                        color="white" if shares[i][j] > 0.6 else "black")
+    figure.tight_layout()
     png = io.BytesIO()
-    image.save(png, format="PNG")
+    figure.savefig(png, format="png", dpi=100)
     return write_atomic(path, png.getvalue())
 
 

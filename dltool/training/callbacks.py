@@ -16,6 +16,12 @@ class Callback:
     def on_message(self, text: str) -> None: ...
     def on_fit_end(self, summary: dict) -> None: ...
 
+    def stop_reason(self) -> str | None:
+        """Why this callback asks the run to end now (polled after every step, so keep it cheap), e.g.
+        "pruned" for a search trial that cannot win; None to go on. The run stops as after a signal,
+        its checkpoint saved, but ends without error, its summary.json status set to the reason."""
+        return None
+
 
 class Callbacks(Callback):
     """Several callbacks called in order."""
@@ -43,6 +49,9 @@ class Callbacks(Callback):
 
     def on_fit_end(self, summary: dict) -> None:
         self._each("on_fit_end", summary)
+
+    def stop_reason(self) -> str | None:
+        return next((r for r in (c.stop_reason() for c in self.callbacks) if r is not None), None)
 
     def _each(self, hook: str, *args: Any) -> None:
         for callback in self.callbacks:

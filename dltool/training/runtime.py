@@ -8,7 +8,7 @@ import os
 import random
 import signal
 import threading
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
@@ -169,3 +169,22 @@ class StopSignal:
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
         self._previous.clear()
+
+    def or_asked(self, asked: Callable[[], str | None]) -> StopRequest:
+        """This signal, or code asking the run to end (`asked` returns the reason, else None)."""
+        return StopRequest(self, asked)
+
+
+class StopRequest:
+    """A signal, or code asking the run to end (a pruned search trial's callback): the first one asked.
+    `asked` returns the reason, or None; it is polled after every step."""
+
+    def __init__(self, signalled: StopSignal, asked: Callable[[], str | None]):
+        self.signalled, self.asked = signalled, asked
+
+    @property
+    def requested(self) -> str | None:
+        return self.signalled.requested or self.asked()
+
+    def __call__(self) -> bool:
+        return self.requested is not None

@@ -353,6 +353,7 @@ class Session:
                 if self.board is not None:
                     with contextlib.suppress(DltoolError):  # a failure closing it was reported first
                         self.board.close()
+                self._write_curves()
                 self.rundir.release()
                 distributed.leave()
 
@@ -371,9 +372,13 @@ class Session:
             self.callback.on_message("no validation split (data.val_split: 0): the best checkpoint follows "
                                      "train_loss")
         with StopSignal() as signalled:
-            stop = distributed.shared_stop(signalled, self.config.train.log_every)
+            request = signalled.or_asked(self.callback.stop_reason)  # a signal, or a callback (a pruned trial)
+            stop = distributed.shared_stop(request, self.config.train.log_every)
             state = self._fit(stop)
-        summary = self._summary("interrupted" if state.interrupted else "finished")
+        asked = state.interrupted and signalled.requested is None  # by a callback: an ending, not an interruption
+        state.interrupted = state.interrupted and not asked
+        summary = self._summary(self.callback.stop_reason() if asked else
+                                "interrupted" if state.interrupted else "finished")
         if distributed.current() is not None:
             summary["replica_sha256"] = distributed.replica_digests(self.model)
         if state.interrupted:
@@ -391,6 +396,15 @@ class Session:
         self.rundir.write_summary(summary)
         self.callback.on_fit_end(summary)
         return TrainResult(self.rundir.path, summary, list(state.history))
+
+    def _write_curves(self) -> None:
+        """curves.png, however the run ended; drawn after training, outside its timed path. A picture
+        the disk refuses never fails the run that its checkpoints hold."""
+        from dltool.training.curves import write_curves
+
+        if distributed.is_main():
+            with contextlib.suppress(DltoolError, OSError):
+                write_curves(self.rundir.path)
 
     def _kept(self) -> str:
         saved = self.rundir.saved.get("last")
