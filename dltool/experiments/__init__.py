@@ -1,2 +1,5 @@
 """Experiments over many runs: hyperparameter search (Optuna), the learning-rate range test,
-the runs table, and the pictures (training curves, overlays, confusion matrix) drawn with matplotlib."""
+the runs table, and the pictures (run overlays, the lr-find curve) drawn with matplotlib.
+
+It may import inference, training, store, models, data, config and errors; never cli.
+"""
