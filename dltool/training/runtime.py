@@ -67,6 +67,43 @@ def num_threads(threads: int | None) -> Iterator[None]:
         torch.set_num_threads(before)
 
 
+# glibc's mallopt parameters, and the largest mmap threshold it accepts on 64-bit systems
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD, _MMAP_THRESHOLD_MAX = -1, -3, 32 * 2**20
+
+
+def keep_freed_memory() -> bool:
+    """Let the C allocator keep freed tensor memory for the next step (glibc only; elsewhere nothing).
+
+    glibc gives every block above its mmap threshold (128 KiB at start, raised only as such blocks
+    are freed) pages of its own and returns them to the system when the block is freed. A CPU
+    training step frees and allocates its activation buffers again each time, so with the
+    threshold low every step pays page faults to get zeroed pages back: 10-20% of the step time of
+    a LeNet on the digits. With the threshold at its maximum (32 MiB) and the trim threshold above
+    it, those buffers are reused from the heap, as in a process that has done nothing else before
+    its loop.
+
+    Returns:
+        Whether the allocator took the setting.
+    """
+    if not hasattr(os, "confstr") or "glibc" not in (_confstr("CS_GNU_LIBC_VERSION") or ""):
+        return False
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return False
+    return bool(libc.mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD_MAX)
+                and libc.mallopt(_M_TRIM_THRESHOLD, 2 * _MMAP_THRESHOLD_MAX))
+
+
+def _confstr(name: str) -> str | None:
+    try:
+        return os.confstr(name)
+    except (ValueError, OSError):
+        return None
+
+
 def derived_seed(seed: int, *keys: int) -> int:
     """A 32-bit seed that depends on (seed, keys) only."""
     return int(np.random.SeedSequence([seed, *keys]).generate_state(1, dtype=np.uint32)[0])

@@ -31,6 +31,7 @@ from dltool.training.runtime import (
     EMA,
     StopSignal,
     configure_backends,
+    keep_freed_memory,
     num_threads,
     resolve_device,
     rng_state,
@@ -340,6 +341,7 @@ class Session:
             RunFailed, Interrupted: see `train`; a write the disk refused during the run is a RunFailed
             too, after summary.json says what the checkpoints hold.
         """
+        keep_freed_memory()
         with num_threads(self.config.train.threads):
             try:
                 try:
