@@ -89,7 +89,8 @@ def draw_runs(runs: Sequence[tuple[str, Sequence[dict], int | None]], path: str 
     from matplotlib.ticker import MaxNLocator
 
     panels = panels_for([r for _, rows, _ in runs for r in rows], metric)
-    figure = new_figure(5.5 * len(panels), 4)
+    width = 5.5 * len(panels)
+    figure = new_figure(width, 4)
     axes = figure.subplots(1, len(panels), squeeze=False)
     drawn = 0
     for ax, quantity in zip(axes[0], panels):
@@ -106,7 +107,8 @@ def draw_runs(runs: Sequence[tuple[str, Sequence[dict], int | None]], path: str 
     if len(runs) == 1:
         label, _, best = runs[0]
         figure.suptitle(label if best is None else f"{label} (best epoch {best}: circled)")
-    figure.tight_layout()
+    # fixed margins (in inches) rather than tight_layout, which draws the whole figure once more
+    figure.subplots_adjust(left=1.0 / width, right=1 - 0.15 / width, bottom=0.12, top=0.88, wspace=0.35)
     return save_png(figure, Path(path))
 
 
