@@ -19,6 +19,7 @@ from PIL import Image, ImageOps
 
 from dltool.config.spec import Spec
 from dltool.data.specs import transform_specs
+from dltool.inference.preprocess_numpy import resized_size
 
 # PIL resampling filters for torchvision's InterpolationMode values (torchvision's pil_modes_mapping).
 PIL_FILTERS = {"nearest": 0, "nearest-exact": 0, "bilinear": 2, "bicubic": 3, "box": 4, "hamming": 5, "lanczos": 1}
@@ -66,20 +67,6 @@ def to_dtype(image: torch.Tensor, dtype: torch.dtype, scale: bool) -> torch.Tens
     if VALUE_BITS[image.dtype] > VALUE_BITS[dtype]:
         return image.bitwise_right_shift(shift).to(dtype)
     return image.to(dtype).bitwise_left_shift_(shift)
-
-
-def resized_size(height: int, width: int, size: list[int] | None, max_size: int | None) -> tuple[int, int]:
-    """The (height, width) torchvision's Resize gives an image of that size."""
-    short, long = (width, height) if width <= height else (height, width)
-    if size is None:
-        new_short, new_long = int(max_size * short / long), max_size
-    elif len(size) == 1:
-        new_short, new_long = size[0], int(size[0] * long / short)
-        if max_size is not None and new_long > max_size:
-            new_short, new_long = int(max_size * new_short / new_long), max_size
-    else:
-        return size[0], size[1]
-    return (new_long, new_short) if width <= height else (new_short, new_long)
 
 
 def _resize(size: Any = None, interpolation: Any = "bilinear", max_size: int | None = None,
