@@ -122,6 +122,11 @@ class Stack:
         self.room_for(spec, 1)
         self.built += 1
         args, extra = self.inferred(target, spec, shape)
+        return self.build_leaf(target, spec, args, extra, shape)
+
+    def build_leaf(self, target: Any, spec: Spec, args: tuple, extra: dict,
+                   shape: tuple[int, ...]) -> tuple[nn.Module, tuple[int, ...]]:
+        """A layer that holds no others, with the sizes inferred from `shape` (`args`, `extra`)."""
         module = LAYERS.build(spec, *args, **extra)
         self.check_kernel(module, spec, shape)
         out = probe(module, spec, shape)

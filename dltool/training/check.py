@@ -14,7 +14,7 @@ from typing import Any
 
 from torch import nn
 
-from dltool.config.registry import DATASETS, LAYERS, check_arguments
+from dltool.config.registry import DATASETS, check_arguments
 from dltool.config.spec import Spec
 from dltool.errors import ShapeError
 from dltool.models.builder import Stack
@@ -142,14 +142,8 @@ class ArgumentsOnly(Stack):
             except ShapeError:
                 return  # only a real input shape can say whether a shape is wrong
 
-    def build_layer(self, spec: Spec, shape: tuple[int, ...]) -> tuple[nn.Module, tuple[int, ...]]:
-        target = LAYERS.get(spec.name, spec)
-        spec = self.resolve_classes(spec)
-        if getattr(target, "composite", False):
-            return LAYERS.build(spec).build(self, spec, shape)
-        self.room_for(spec, 1)
-        self.built += 1
-        args, extra = self.inferred(target, spec, shape)
+    def build_leaf(self, target: Any, spec: Spec, args: tuple, extra: dict,
+                   shape: tuple[int, ...]) -> tuple[nn.Module, tuple[int, ...]]:
         check_arguments(target, (*args, *spec.args), {**extra, **spec.kwargs}, spec)
         return nn.Identity(), shape
 
