@@ -40,7 +40,9 @@ def test_nothing_to_bin_gives_no_histogram(bins):
     assert histogram(torch.full((3,), float("nan")), bins) is None
 
 
-def test_histograms_are_written_when_asked_for(tmp_path):
+def run_events(tmp_path, train_line: str):
+    """A 2-class FakeData run (8x8 images, one Linear) with `train_line` as its train section: its
+    TensorBoard events, read back."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     from dltool.training.train import train
@@ -50,10 +52,15 @@ def test_histograms_are_written_when_asked_for(tmp_path):
         "data: {dataset: {name: FakeData, size: 40, image_size: [1, 8, 8], num_classes: 2}, batch_size: 8,\n"
         "       transforms: {train: [ToTensor], eval: [ToTensor]}}\n"
         "model: {layers: [Flatten, {Linear: {out_features: num_classes}}]}\n"
-        "train: {epochs: 2, device: cpu, histograms: true}\n")
+        f"train: {train_line}\n")
     run = train(config, runs_dir=tmp_path / "runs").run_dir
     events = EventAccumulator(str(run / "tb"), size_guidance={"histograms": 0})
     events.Reload()
+    return events
+
+
+def test_histograms_are_written_when_asked_for(tmp_path):
+    events = run_events(tmp_path, "{epochs: 2, device: cpu, histograms: true}")
     weights = events.Histograms("weights/1.weight")  # layer 0 is the Flatten
     assert [e.step for e in weights] == [1, 2]
     assert weights[-1].histogram_value.num == 2 * 64
@@ -63,19 +70,6 @@ def test_histograms_are_written_when_asked_for(tmp_path):
 
 def test_no_histograms_by_default(tmp_path):
     """They cost ~0.1 s per million parameters every epoch: a run writes them when asked to."""
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    from dltool.training.train import train
-
-    config = tmp_path / "tiny.yaml"
-    config.write_text(
-        "data: {dataset: {name: FakeData, size: 20, image_size: [1, 4, 4], num_classes: 2}, batch_size: 8,\n"
-        "       transforms: {train: [ToTensor], eval: [ToTensor]}}\n"
-        "model: {layers: [Flatten, {Linear: {out_features: num_classes}}]}\n"
-        "train: {epochs: 1, device: cpu}\n")
-    run = train(config, runs_dir=tmp_path / "runs").run_dir
-    events = EventAccumulator(str(run / "tb"), size_guidance={"histograms": 0})
-    events.Reload()
+    events = run_events(tmp_path, "{epochs: 1, device: cpu}")
     assert events.Tags()["histograms"] == []
     assert "loss/train" in events.Tags()["scalars"]
-

@@ -4,28 +4,16 @@ import time
 from pathlib import Path
 
 import pytest
+from test_config import error_of, write
 from typer.testing import CliRunner
 
 from dltool.cli import app
 from dltool.config.load import load_config
-from dltool.errors import ConfigError
 
 CIFAR_VGG = Path(__file__).parents[1] / "configs" / "cifar10_vgg.yaml"
 
 NUMBERS = [("1e-3", 0.001), ("1E-3", 0.001), ("3e-4", 0.0003), ("-1e5", -100000.0), ("1.0e-3", 0.001),
            (".5", 0.5), ("+1e3", 1000.0), ("2.5", 2.5)]
-
-
-def write(tmp_path: Path, text: str, name: str = "cfg.yaml") -> Path:
-    path = tmp_path / name
-    path.write_text(text)
-    return path
-
-
-def error_of(path: Path, overrides=()) -> str:
-    with pytest.raises(ConfigError) as info:
-        load_config(path, overrides)
-    return str(info.value)
 
 
 @pytest.mark.parametrize("text, number", NUMBERS)
