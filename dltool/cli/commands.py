@@ -198,14 +198,17 @@ def lr_find_command(
 def plot_command(
     runs: List[Path] = typer.Argument(..., metavar="RUN...", help="Run folders (also ones still training)"),
     metric: Optional[str] = typer.Option(None, "--metric", help="One metrics.csv column (val_accuracy, train_loss, lr, ...) instead of loss and accuracy"),
-    out: Path = typer.Option(Path("plot.png"), "--out", help="The PNG to write"),
+    out: Path = typer.Option(Path("plot.png"), "--out", help="The picture to write: .png, .jpg, .svg or .pdf"),
 ) -> None:
-    """Training curves of one or more runs in one picture."""
+    """Training curves of one or more runs in one picture (a folds or tune folder: its folds or trials)."""
     from dltool.experiments.plots import plot_runs
 
     with user_errors():
-        written = plot_runs(runs, out, metric)
-    stderr_console().print(f"wrote {written}", markup=False, soft_wrap=True)
+        plotted = plot_runs(runs, out, metric)
+    console = stderr_console()
+    for note in plotted.notes:
+        console.print(f"warning: {note}", markup=False, soft_wrap=True)
+    console.print(f"wrote {plotted.path}", markup=False, soft_wrap=True)
 
 
 @app.command("runs")
@@ -303,26 +306,19 @@ def data_command(
     as_json: bool = typer.Option(False, "--json", help="Print JSON on stdout"),
 ) -> None:
     """Classes and counts per split, skipped files, sample shape; --stats, --show N."""
+    from functools import partial
+
     from dltool.config.load import load_config
     from dltool.data.report import inspect_data, render
+    from dltool.store.writing import write_output
 
     with user_errors():
         report = inspect_data(load_config(config, overrides or []), stats=stats, show=show, out=out,
-                              write=_write_made_folder)
+                              write=partial(write_output, inputs=[config]))
     if as_json:
         print_json(report)
     else:
         stderr_console().print(render(report))
-
-
-def _write_made_folder(path: Path, data: bytes) -> None:
-    """Write a file atomically, making its folder first (a place that refuses either is one line)."""
-    from dltool.store.writing import write_atomic, writing
-
-    if not path.parent.exists():
-        with writing(path):
-            path.parent.mkdir(parents=True)
-    write_atomic(path, data)
 
 
 @app.command("train")

@@ -49,16 +49,20 @@ def lr_find(config_path: str | Path, overrides: Sequence[str] = (), *, start: fl
     """
     from dltool.config.load import load_config
     from dltool.experiments.plots import draw_lr_find
+    from dltool.store.writing import prepare_output
+    from dltool.training.curves import picture_type
 
     if not 0 < start < end or not math.isfinite(end):
         raise ConfigError(f"lr-find: --start must be above 0 and below --end; got --start {start} --end {end}")
     if steps < 5:
         raise ConfigError(f"lr-find: --steps must be 5 or more; got {steps}")
     config = load_config(config_path, overrides)
+    out = Path(out) if out is not None else Path(f"{config.stem}-lr-find.png")
+    picture_type(out)
+    prepare_output(out, inputs=[config_path])
     result = _range_test(config, start, end, steps)
     result.suggested_lr, result.how = suggest_lr(result.lrs, result.losses)
-    result.plot = draw_lr_find(result.lrs, result.losses, result.suggested_lr, result.how,
-                               out or Path(f"{config.stem}-lr-find.png"))
+    result.plot = draw_lr_find(result.lrs, result.losses, result.suggested_lr, result.how, out)
     return result
 
 

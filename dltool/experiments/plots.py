@@ -5,16 +5,20 @@ eval's confusion matrix is drawn with matplotlib too, in dltool/eval_report.py.
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
 from dltool.errors import ConfigError
-from dltool.training.curves import best_epoch, draw_runs, new_figure, read_rows, save_png
+from dltool.training.curves import best_epoch, draw_runs, new_figure, picture_type, read_rows, save_picture
 
 
 def draw_lr_find(lrs: Sequence[float], losses: Sequence[float], suggested: float | None, how: str,
                  path: str | Path) -> Path:
-    """Smoothed loss against learning rate (log axis), the suggestion marked and named."""
+    """Smoothed loss against learning rate (log axis), the suggestion marked and named, written to
+    `path` under the rule of every --out (dltool.store.writing.write_output)."""
+    from dltool.store.writing import write_output
+
     figure = new_figure(6, 4)
     ax = figure.subplots()
     ax.plot(lrs, losses, color="C0")
@@ -26,24 +30,53 @@ def draw_lr_find(lrs: Sequence[float], losses: Sequence[float], suggested: float
         ax.axvline(suggested, color="C3", linestyle="--", label=f"suggested lr {suggested:.3g} ({how})")
         ax.legend(fontsize="small")
     figure.tight_layout()
-    return save_png(figure, Path(path))
+    return save_picture(figure, Path(path), write_output)
 
 
 
-def plot_runs(run_dirs: Sequence[str | Path], out: str | Path, metric: str | None = None) -> Path:
-    """Overlay the curves of `run_dirs` (also runs still training: their metrics.csv so far) in `out`.
+@dataclass
+class Plotted:
+    """What `dltool plot` wrote, and the runs it could not draw (one line each)."""
+
+    path: Path
+    notes: list[str] = field(default_factory=list)
+
+
+def plot_runs(run_dirs: Sequence[str | Path], out: str | Path, metric: str | None = None) -> Plotted:
+    """Overlay the curves of `run_dirs` (also runs still training: their metrics.csv so far) in `out`;
+    a folds or tune folder stands for its folds or trials, one line each.
 
     Raises:
-        ConfigError: a path is not a run folder with at least one epoch, or `metric` is in none of them.
-        Unwritable: the PNG could not be written.
+        ConfigError: a path holds no run with at least one epoch, `metric` is in none of them, `out`
+            is a place no picture may go (see dltool.store.writing.check_output) or names no picture type.
+        Unwritable: the picture could not be written.
     """
-    paths = [Path(p) for p in run_dirs]
-    runs = []
-    for path in paths:
-        rows = read_rows(path)
-        if not rows:
-            raise ConfigError(f"plot: {path} has no epochs to draw (no run folder with a metrics.csv row there; "
+    from dltool.store.writing import prepare_output, write_output
+
+    runs = [(label, read_rows(path), best_epoch(path)) for path, label in _labelled(run_dirs)]
+    picture_type(out)
+    prepare_output(out)
+    notes = []
+    if metric is not None:
+        lacking = [label for label, rows, _ in runs if not any(metric in row for row in rows)]
+        if len(lacking) < len(runs):
+            notes = [f"{label}: no column {metric!r} in its metrics.csv; not drawn" for label in lacking]
+            runs = [run for run in runs if run[0] not in lacking]
+    written = draw_runs(runs, out, metric, write=write_output)
+    return Plotted(written, notes)
+
+
+def _labelled(run_dirs: Sequence[str | Path]) -> list[tuple[Path, str]]:
+    """Each run folder to draw with its label: its name, or its path where names repeat; the folds or
+    trials of a folder that is no run itself, labelled folder/fold."""
+    from dltool.experiments.runs_table import find_runs
+
+    found = []
+    for given in map(Path, run_dirs):
+        inner = [] if not given.is_dir() or read_rows(given) else [p for p in find_runs(given) if read_rows(p)]
+        if not inner and not read_rows(given):
+            raise ConfigError(f"plot: {given} has no epochs to draw (no run folder with a metrics.csv row there; "
                               "one is written after each epoch)")
-        names = [p.name for p in paths]
-        runs.append((path.name if names.count(path.name) == 1 else str(path), rows, best_epoch(path)))
-    return draw_runs(runs, out, metric)
+        found += [(p, f"{given.name}/{p.relative_to(given)}") for p in inner] or [(given, given.name)]
+    labels = [label for _, label in found]
+    return [(p, label if labels.count(label) == 1 else str(p)) for p, label in found]

@@ -11,7 +11,7 @@ from typing import Any
 
 from dltool.errors import Unwritable
 from dltool.inference.evaluate import EvalResult
-from dltool.store.writing import write_atomic, writing
+from dltool.store.writing import write_output, writing
 
 # Wider confusion matrices are left to the CSV and PNG; a terminal cannot show them.
 TABLE_CLASSES = 20
@@ -46,7 +46,7 @@ def write_outputs(result: EvalResult, out_dir: str | Path) -> list[Path]:
 
 
 def _write_json(path: Path, data: Any) -> Path:
-    return write_atomic(path, json.dumps(data, indent=2) + "\n")
+    return write_output(path, json.dumps(data, indent=2) + "\n")
 
 
 def _write_csv(path: Path, header: list, rows: list[list]) -> Path:
@@ -54,7 +54,7 @@ def _write_csv(path: Path, header: list, rows: list[list]) -> Path:
     writer = csv.writer(text)
     writer.writerow(header)
     writer.writerows(rows)
-    return write_atomic(path, text.getvalue())
+    return write_output(path, text.getvalue())
 
 
 def draw_confusion(confusion: list[list[int]], classes: list[str], path: Path) -> Path:
@@ -80,7 +80,7 @@ def draw_confusion(confusion: list[list[int]], classes: list[str], path: Path) -
     figure.tight_layout()
     png = io.BytesIO()
     figure.savefig(png, format="png", dpi=100)
-    return write_atomic(path, png.getvalue())
+    return write_output(path, png.getvalue())
 
 
 def render(result: EvalResult) -> list[Any]:

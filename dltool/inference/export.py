@@ -86,7 +86,8 @@ def export(target: str | Path, fmt: str = "onnx", out: str | Path | None = None,
     from dltool.store.checkpoint import load_checkpoint, rebuild_model
 
     checkpoint = load_checkpoint(target)
-    path = prepare_out(Path(out) if out is not None else default_out(Path(target), Path(checkpoint["path"]), fmt))
+    read = Path(checkpoint["path"])
+    path = prepare_out(Path(out) if out is not None else default_out(Path(target), read, fmt), read)
     model, config = rebuild_model(checkpoint)
     plan = build_plan(config, checkpoint["input_shape"])
     metadata = {"classes": json.dumps(list(checkpoint.get("classes") or [])), "preprocess": json.dumps(plan),
@@ -95,9 +96,9 @@ def export(target: str | Path, fmt: str = "onnx", out: str | Path | None = None,
     inputs, source = check_inputs(checkpoint, config)
     writer = _onnx if fmt == "onnx" else _torchscript
     data, exporter, difference = writer(model, inputs, metadata, opset, checkpoint["path"])
-    from dltool.store.writing import write_atomic
+    from dltool.store.writing import write_output
 
-    write_atomic(path, data)
+    path = write_output(path, data, inputs=[read])
     return ExportResult(path, fmt, exporter, difference, len(inputs), source, opset if fmt == "onnx" else None)
 
 
@@ -110,23 +111,19 @@ def require_onnx() -> None:
             raise MissingExtra(f"export --format onnx needs {name}, which is not installed: {EXTRA}") from None
 
 
-def prepare_out(path: Path) -> Path:
+def prepare_out(path: Path, source: Path) -> Path:
     """`path`, its folder created, checked before the export's work rather than after it.
 
     Raises:
-        ConfigError: `path` is a folder, or a file stands where its folder should be.
+        ConfigError: `path` is a folder, a device node or FIFO, the checkpoint `source`, a run's file or
+            a checkpoint, or a file stands where its folder should be.
         Unwritable: the place refuses writes.
     """
-    from dltool.store.writing import writing
+    from dltool.store.writing import prepare_output
 
     if path.is_dir():
         raise ConfigError(f"--out: {path} is a folder; name the file to write, e.g. {path / 'model.onnx'}")
-    try:
-        with writing(path):
-            path.parent.mkdir(parents=True, exist_ok=True)
-    except (FileExistsError, NotADirectoryError):
-        raise ConfigError(f"--out: cannot write {path}: a file stands where a folder of that path should be") from None
-    return path
+    return prepare_output(path, inputs=[source])
 
 
 def default_out(target: Path, checkpoint: Path, fmt: str) -> Path:

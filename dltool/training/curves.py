@@ -12,7 +12,7 @@ import io
 import json
 import math
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from dltool.errors import ConfigError
 from dltool.store.writing import write_atomic
@@ -66,31 +66,57 @@ def new_figure(width: float, height: float) -> Any:
     return Figure(figsize=(width, height))
 
 
-def save_png(figure: Any, path: Path) -> Path:
-    png = io.BytesIO()
-    figure.savefig(png, format="png", dpi=100)
-    return write_atomic(path, png.getvalue())
+# a picture's type follows its name: never PNG bytes under a .jpg name
+PICTURE_TYPES = {".png": "png", ".jpg": "jpeg", ".jpeg": "jpeg", ".svg": "svg", ".pdf": "pdf"}
+
+
+def picture_type(path: str | Path, option: str = "--out") -> str:
+    """The matplotlib format `path`'s suffix names.
+
+    Raises:
+        ConfigError: a suffix that names no picture type dltool draws.
+    """
+    kind = PICTURE_TYPES.get(Path(path).suffix.lower())
+    if kind is None:
+        raise ConfigError(f"{option}: {path}: a picture's name ends in one of {', '.join(PICTURE_TYPES)}")
+    return kind
+
+
+def save_picture(figure: Any, path: Path, write: Callable[[Path, bytes], Path] = write_atomic) -> Path:
+    """Draw `figure` in the type its name says (a PNG for curves.png) and `write` it to `path`."""
+    picture = io.BytesIO()
+    figure.savefig(picture, format=picture_type(path), dpi=100)
+    return write(path, picture.getvalue())
 
 
 def draw_runs(runs: Sequence[tuple[str, Sequence[dict], int | None]], path: str | Path,
-              metric: str | None = None) -> Path:
-    """One PNG with a panel per quantity; each run a colour, train dashed, validation solid, its
+              metric: str | None = None, write: Callable[[Path, bytes], Path] = write_atomic) -> Path:
+    """One picture with a panel per quantity; each run a colour, train dashed, validation solid, its
     best epoch a dot on the validation line.
 
     Args:
         runs: (label, rows from `read_rows`, best epoch or None) per run.
-        path: the PNG to write.
+        path: the picture to write (its suffix says PNG, JPEG, SVG or PDF).
         metric: one column (`val_accuracy`, `train_loss`, `lr`, ...) instead of loss and accuracy.
+        write: how the picture's bytes reach `path`.
 
     Raises:
-        ConfigError: `metric` is in none of the runs.
-        Unwritable: the PNG could not be written.
+        ConfigError: `metric` is in none of the runs, or `path` names no picture type.
+        Unwritable: the picture could not be written.
     """
+    picture_type(path)
+    return save_picture(runs_figure(runs, metric), Path(path), write)
+
+
+def runs_figure(runs: Sequence[tuple[str, Sequence[dict], int | None]], metric: str | None = None) -> Any:
+    """The figure `draw_runs` writes; each panel's legend sits below it, so it never covers a curve."""
     from matplotlib.ticker import MaxNLocator
 
     panels = panels_for([r for _, rows, _ in runs for r in rows], metric)
-    width = 5.5 * len(panels)
-    figure = new_figure(width, 4)
+    lines = len(runs) * (1 if metric is not None else 2)
+    legend_rows = math.ceil(lines / 2)
+    width, height = 5.5 * len(panels), 4 + 0.22 * legend_rows
+    figure = new_figure(width, height)
     axes = figure.subplots(1, len(panels), squeeze=False)
     drawn = 0
     for ax, quantity in zip(axes[0], panels):
@@ -101,21 +127,23 @@ def draw_runs(runs: Sequence[tuple[str, Sequence[dict], int | None]], path: str 
         ax.set_ylabel(metric or quantity)
         ax.grid(alpha=0.3)
         if ax.get_legend_handles_labels()[0]:
-            ax.legend(fontsize="small")
+            ax.legend(fontsize="small", loc="upper center", bbox_to_anchor=(0.5, -0.13), ncol=2, frameon=False)
     if metric is not None and not drawn:
         raise ConfigError(f"--metric: no run has a column {metric!r} in its metrics.csv")
     if len(runs) == 1:
         label, _, best = runs[0]
         figure.suptitle(label if best is None else f"{label} (best epoch {best}: circled)")
     # fixed margins (in inches) rather than tight_layout, which draws the whole figure once more
-    figure.subplots_adjust(left=1.0 / width, right=1 - 0.15 / width, bottom=0.12, top=0.88, wspace=0.35)
-    return save_png(figure, Path(path))
+    bottom = (0.75 + 0.22 * legend_rows) / height
+    figure.subplots_adjust(left=1.0 / width, right=1 - 0.15 / width, bottom=bottom, top=1 - 0.45 / height,
+                           wspace=0.35)
+    return figure
 
 
 def _draw_lines(ax: Any, quantity: str, metric: str | None, label: str, rows: Sequence[dict], best: int | None,
                 colour: str) -> int:
     """Draw one run's lines for `quantity`; returns how many lines were drawn."""
-    columns = [metric] if metric is not None and quantity == metric else [f"train_{quantity}", f"val_{quantity}"]
+    columns = [metric] if metric is not None else [f"train_{quantity}", f"val_{quantity}"]
     drawn = 0
     for column in columns:
         points = [(r["epoch"], r[column]) for r in rows if column in r]
