@@ -133,8 +133,8 @@ def check_output(path: str | Path, inputs: Iterable[str | Path] = (), option: st
         target = path  # no link on the way: keep the name as the user gave it
     try:
         info = os.stat(target)
-    except FileNotFoundError:
-        return target
+    except (FileNotFoundError, NotADirectoryError):
+        return target  # a new file (or one whose folder cannot be made: prepare_output says so)
     except OSError as exc:
         raise Unwritable(refusal(path, exc)) from None
     named = path if target is path else f"{path} (a link to {target})"
