@@ -90,7 +90,7 @@ def test_tensorboard_events_hold_every_kind(run):
 def test_run_names_count_up_and_never_reuse_a_folder(tmp_path):
     names = [RunDir.create(tmp_path, "x").path.name for _ in range(3)]
     assert names == ["x", "x-2", "x-3"]
-    with pytest.raises(ConfigError, match=r"--name: 'a/b' is not a folder name \(no slashes\)"):
+    with pytest.raises(ConfigError, match=r"--name: 'a/b' is not a folder name \(no slashes, not \. or \.\.\); it names a folder inside --runs-dir"):
         RunDir.create(tmp_path, "a/b")
 
 

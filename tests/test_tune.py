@@ -179,3 +179,21 @@ def test_train_ignores_the_tune_section(tmp_path):
     config = load_config(write_config(tmp_path, LR_SPACE))
     assert config.tune["space"] == LR_SPACE["space"]
     assert "tune" not in load_config(QUICKSTART).to_data()
+
+
+@pytest.mark.parametrize("name", ["../escaped", "/tmp/dltool-abs-study", "..", "a/b"])
+@pytest.mark.parametrize("command", ["tune", "train"])
+def test_every_command_taking_name_keeps_it_inside_runs_dir(tmp_path, command, name):
+    config = write_config(tmp_path, LR_SPACE)
+    result = CliRunner().invoke(app, [command, str(config), "--runs-dir", str(tmp_path / "runs"), "--name", name,
+                                      *(["--trials", "1"] if command == "tune" else [])])
+    assert result.exit_code == 2, result.output
+    assert result.stderr.strip() == (f"error: --name: {name!r} is not a folder name (no slashes, not . or ..); "
+                                     "it names a folder inside --runs-dir")
+    assert not (tmp_path / "escaped").exists() and not Path("/tmp/dltool-abs-study").exists()
+
+
+def test_trials_below_one_is_one_line(tmp_path):
+    result = run_tune(write_config(tmp_path, LR_SPACE), tmp_path / "runs", "--trials", "0")
+    assert result.exit_code == 2
+    assert result.stderr.strip() == "error: --trials: must be 1 or more (finished trials the study should hold); got 0"

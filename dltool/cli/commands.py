@@ -100,7 +100,7 @@ def config_command(
 def tune_command(
     config: Path = typer.Argument(..., help="YAML config with a tune: section"),
     overrides: Optional[List[str]] = OverridesArg,
-    trials: int = typer.Option(..., "--trials", min=1, help="Run until the study holds N finished (complete or pruned) trials"),
+    trials: int = typer.Option(..., "--trials", help="Run until the study holds N finished (complete or pruned) trials"),
     storage: Optional[str] = typer.Option(None, "--storage", help="Optuna database URL shared by all workers (default: sqlite in runs/NAME/study.db)"),
     name: Optional[str] = typer.Option(None, "--name", help="Study name and folder (default: the config's file name)"),
     runs_dir: Path = typer.Option(Path("runs"), "--runs-dir", help="Where the study folder goes"),

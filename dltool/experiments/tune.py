@@ -27,7 +27,7 @@ from dltool.config.load import dump_yaml, load_config
 from dltool.config.spec import located
 from dltool.errors import ConfigError, Interrupted, RunFailed
 from dltool.experiments.space import Component, Param, TuneSpec, read_tune
-from dltool.store.writing import write_atomic, writing
+from dltool.store.writing import folder_name, write_atomic, writing
 from dltool.training.callbacks import Callback
 
 FINISHED = ("COMPLETE", "PRUNED")
@@ -104,14 +104,17 @@ def tune(config_path: str | Path, trials: int, *, storage: str | None = None, na
             when a trial this process ran ends.
 
     Raises:
-        ConfigError: no or bad `tune:` section, a bad storage URL; before any trial runs.
+        ConfigError: no or bad `tune:` section, a bad storage URL, --trials below 1, a --name that is
+            no plain folder name; before any trial runs.
         RunFailed: MAX_FAILED_IN_A_ROW trials in a row failed.
         Interrupted: a signal stopped the running trial (marked failed; a rerun goes on with the study).
     """
+    if trials < 1:
+        raise ConfigError(f"--trials: must be 1 or more (finished trials the study should hold); got {trials}")
     optuna = _optuna()
     base = load_config(config_path, overrides)
     spec = read_tune(base, overrides)
-    name = name or base.stem
+    name = folder_name(name if name is not None else base.stem)
     sampler = _build(optuna.samplers, spec.sampler, "tune.sampler", base.marks)
     pruner = _build(optuna.pruners, spec.pruner, "tune.pruner", base.marks) if spec.pruner else optuna.pruners.NopPruner()
     folder = Path(runs_dir) / name

@@ -112,6 +112,19 @@ def append_synced(path: str | Path, text: str) -> None:
             os.close(fd)
 
 
+def folder_name(name: str, option: str = "--name") -> str:
+    """`name` when it is a plain folder name, the one rule of every command that takes --name: a run
+    or study folder goes inside --runs-dir, never beside or above it.
+
+    Raises:
+        ConfigError: `name` is empty, `.` or `..`, or holds a slash or a NUL character.
+    """
+    if not name or name in (".", "..") or "/" in name or os.sep in name or "\0" in name:
+        raise ConfigError(f"{option}: {name!r} is not a folder name (no slashes, not . or ..); "
+                          "it names a folder inside --runs-dir")
+    return name
+
+
 def check_output(path: str | Path, inputs: Iterable[str | Path] = (), option: str = "--out") -> Path:
     """The file an output named `path` replaces: `path` itself, or the file its symlinks lead to.
 

@@ -24,7 +24,7 @@ from typing import Any, Sequence
 from dltool.config.load import dump_yaml
 from dltool.errors import ConfigError, RunBusy, RunFailed
 from dltool.store.checkpoint import checkpoint_in, remove_stale_temps, save_checkpoint
-from dltool.store.writing import append_synced, write_atomic, writing
+from dltool.store.writing import append_synced, folder_name, write_atomic, writing
 
 COLUMNS = ("epoch", "lr", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "epoch_seconds",
            "samples_per_second")
@@ -58,8 +58,7 @@ class RunDir:
             ConfigError: the name is not a plain folder name, or runs_dir cannot be created.
             Unwritable: runs_dir refuses a new folder (read-only, no permission, full, name too long).
         """
-        if not name or name in (".", "..") or "/" in name or os.sep in name:
-            raise ConfigError(f"--name: {name!r} is not a folder name (no slashes)")
+        folder_name(name)
         root = Path(runs_dir)
         try:
             with writing(root, "choose a writable --runs-dir"):
