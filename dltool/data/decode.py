@@ -8,12 +8,14 @@ limit guards against decompression bombs. Files are only ever opened for reading
 from __future__ import annotations
 
 import os
+import stat
 import warnings
 from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from dltool.data.walk import special_kind
 from dltool.errors import ImageError
 
 SIXTEEN_BIT = {"I;16", "I;16B", "I;16L", "I;16N"}
@@ -39,9 +41,15 @@ def read_header(path: str, max_pixels: int) -> Header:
         ImageError: empty, unreadable, not an image, or larger than `max_pixels`.
     """
     try:
-        size = os.path.getsize(path)
+        info = os.stat(path)
     except OSError as exc:
         raise ImageError(f"{path}: cannot read ({exc.strerror or exc})") from None
+    kind = special_kind(info.st_mode)
+    if kind is not None:  # never opened: a FIFO blocks the reader, /dev/zero never ends
+        raise ImageError(f"{path}: a {kind}, not an image file")
+    if stat.S_ISDIR(info.st_mode):
+        raise ImageError(f"{path}: a folder, not an image file")
+    size = info.st_size
     if size == 0:
         raise ImageError(f"{path}: empty file (0 bytes)")
     with _opened(path, max_pixels) as image:

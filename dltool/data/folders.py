@@ -12,6 +12,7 @@ from typing import Callable
 
 from dltool.config.registry import DATASETS
 from dltool.data.sources import RawSplit, Source
+from dltool.data.walk import special_kind, walk_images
 from dltool.errors import DataError
 
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp", ".gif")
@@ -26,22 +27,36 @@ def ImageFolder(root: str, train: str = "train", val: str | None = None, test: s
     and `test/` when present, else `root/<class>/...` split by data.val_split."""
     base = Path(root)
     if not base.is_dir():
+        kind = _kind(base)
+        if kind is not None:
+            raise DataError(f"ImageFolder: root {root} is a {kind}, not a folder; give the folder of class folders")
         raise DataError(f"ImageFolder: root folder not found: {root}{_absolute(base)}")
     exts = tuple(e.lower() if e.startswith(".") else f".{e.lower()}" for e in (extensions or IMG_EXTENSIONS))
     train_dir = base / train
+    skipped: list[tuple[str, str]] = []  # links the walk did not follow; the scan adds its bad files
     if not train_dir.is_dir():
         classes = _class_names(base)
-        return Source("ImageFolder", {"train": _folder_loader(base, base, classes, exts)}, root=str(base))
+        return Source("ImageFolder", {"train": _folder_loader(base, base, classes, exts, skipped)}, root=str(base),
+                      bad_files=skipped)
     classes = _class_names(train_dir)
-    loaders = {"train": _folder_loader(base, train_dir, classes, exts)}
+    loaders = {"train": _folder_loader(base, train_dir, classes, exts, skipped)}
     val_dir = base / val if val else next((base / a for a in VAL_ALIASES if (base / a).is_dir()), None)
     if val and not val_dir.is_dir():
         raise DataError(f"ImageFolder: val folder not found: {val_dir}{_absolute(val_dir)}")
     if val_dir is not None:
-        loaders["val"] = _folder_loader(base, val_dir, classes, exts)
+        loaders["val"] = _folder_loader(base, val_dir, classes, exts, skipped)
     if (base / test).is_dir():
-        loaders["test"] = _folder_loader(base, base / test, classes, exts)
-    return Source("ImageFolder", loaders, root=str(base))
+        loaders["test"] = _folder_loader(base, base / test, classes, exts, skipped)
+    return Source("ImageFolder", loaders, root=str(base), bad_files=skipped)
+
+
+def _kind(path: Path) -> str | None:
+    """What stands at `path` when it is there but no folder: a FIFO, a device, a file; None if nothing."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return None
+    return special_kind(mode) or "file"
 
 
 def _absolute(path: Path) -> str:
@@ -58,7 +73,8 @@ def _class_names(folder: Path) -> list[str]:
     return classes
 
 
-def _folder_loader(base: Path, folder: Path, classes: list[str], exts: tuple) -> Callable[[], RawSplit]:
+def _folder_loader(base: Path, folder: Path, classes: list[str], exts: tuple,
+                   skipped: list[tuple[str, str]]) -> Callable[[], RawSplit]:
     def load() -> RawSplit:
         extra = sorted(e.name for e in os.scandir(folder) if e.is_dir() and not e.name.startswith(".")
                        and e.name not in classes)
@@ -66,7 +82,7 @@ def _folder_loader(base: Path, folder: Path, classes: list[str], exts: tuple) ->
             raise DataError(f"ImageFolder: {folder} has class folders that the train split lacks: {', '.join(extra)}")
         paths, targets = [], []
         for index, name in enumerate(classes):
-            found = _image_files(folder / name, exts)
+            found = _image_files(folder / name, exts, skipped)
             if (folder / name).is_dir() and not found:
                 raise DataError(f"ImageFolder: class folder {folder / name} has no image files ({', '.join(exts)})")
             paths += found
@@ -77,15 +93,12 @@ def _folder_loader(base: Path, folder: Path, classes: list[str], exts: tuple) ->
     return load
 
 
-def _image_files(folder: Path, exts: tuple) -> list[str]:
+def _image_files(folder: Path, exts: tuple, skipped: list[tuple[str, str]]) -> list[str]:
     if not folder.is_dir():
         return []
-    found = []
-    for parent, dirs, files in os.walk(folder, followlinks=True):
-        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-        found += [os.path.join(parent, f) for f in sorted(files)
-                  if f.lower().endswith(exts) and not f.startswith(".")]
-    return found
+    walk = walk_images(folder, exts)
+    skipped += walk.skipped
+    return walk.files
 
 
 @DATASETS.register()
@@ -106,6 +119,9 @@ def ImageList(file: str, val: str | None = None, test: str | None = None, root: 
 
 def _read_list(file: Path, folder: Path, delimiter: str | None) -> list[tuple[str, str]]:
     path = str(file)
+    kind = _kind(file)
+    if kind not in (None, "file"):  # reading a FIFO would block, a device never end
+        raise DataError(f"ImageList: list file {path} is a {kind}, not a file")
     try:
         text = file.read_text(encoding="utf-8-sig")
     except (OSError, UnicodeDecodeError) as exc:

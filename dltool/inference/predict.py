@@ -70,8 +70,11 @@ def expand_inputs(inputs: Sequence[str]) -> list[tuple[str, str | None]]:
 
 
 def _folder_images(folder: Path) -> list[str]:
-    extensions = image_extensions()
-    return sorted(str(p) for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in extensions)
+    """Image files under `folder`, links followed once each (dltool.data.walk: a loop ends, a walk
+    into a system folder stops at its cap with one line)."""
+    from dltool.data.walk import walk_images
+
+    return sorted(walk_images(folder, tuple(image_extensions())).files)
 
 
 class Predictor:

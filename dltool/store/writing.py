@@ -17,6 +17,7 @@ import zipfile
 from pathlib import Path
 from typing import Iterable, Iterator
 
+from dltool.data.walk import special_kind
 from dltool.errors import ConfigError, Unwritable
 from dltool.store.checkpoint import fsync_folder
 
@@ -37,8 +38,6 @@ ADVICE = {
 RUN_FILES = ("config.yaml", "metrics.csv", "summary.json", "curves.png", ".lock")
 # special files a user plainly means to write into rather than replace
 WRITE_INTO = {"/dev/stdout": 1, "/dev/stderr": 2, "/dev/fd/1": 1, "/dev/fd/2": 2}
-KINDS = ((stat.S_ISFIFO, "FIFO (named pipe)"), (stat.S_ISCHR, "character device"),
-         (stat.S_ISBLK, "block device"), (stat.S_ISSOCK, "socket"))
 
 
 def refused(exc: BaseException) -> bool:
@@ -153,9 +152,9 @@ def check_output(path: str | Path, inputs: Iterable[str | Path] = (), option: st
     named = path if target is path else f"{path} (a link to {target})"
     if stat.S_ISDIR(info.st_mode):
         raise ConfigError(f"{option}: {named} is a folder; name the file to write in it")
-    for test, kind in KINDS:
-        if test(info.st_mode):
-            raise ConfigError(f"{option}: {named} is a {kind}, not a file; dltool writes only regular files "
+    kind = special_kind(info.st_mode)
+    if kind is not None:
+        raise ConfigError(f"{option}: {named} is a {kind}, not a file; dltool writes only regular files "
                               "(or into /dev/stdout); choose a file path")
     for source in inputs:
         with contextlib.suppress(OSError):
