@@ -78,3 +78,40 @@ def test_runs_of_a_missing_folder_is_one_line(tmp_path):
     assert result.exit_code == 2
     assert result.stderr.strip() == (f"error: runs: {tmp_path / 'nowhere'} is not a folder; give the folder that "
                                      "holds run folders (default: runs)")
+
+
+def test_one_hostile_summary_leaves_the_other_runs_listed_and_says_why(tmp_path, digits_run):
+    root = tmp_path / "runs"
+    for name in ("deep", "strings", "good", "copied"):
+        shutil.copytree(digits_run, root / name)
+    (root / "deep" / "summary.json").write_text("[" * 100_000 + "]" * 100_000)
+    summary = json.loads((root / "good" / "summary.json").read_text())
+    (root / "strings" / "summary.json").write_text(json.dumps({**summary, "train_seconds": "12.5"}))
+    shutil.rmtree(root / "copied" / "checkpoints")
+    result = CliRunner().invoke(app, ["runs", str(root), "--json"])
+    assert result.exit_code == 0, result.output
+    rows = {row["name"]: row for row in json.loads(result.stdout)}
+    assert rows["good"]["status"] == "finished" and "reason" not in rows["good"]
+    assert (rows["deep"]["status"], rows["deep"]["reason"]) == ("unreadable", "summary.json is nested too deep to read")
+    assert rows["deep"]["epochs_done"] == 2  # from metrics.csv
+    assert (rows["strings"]["status"], rows["strings"]["reason"]) == (
+        "unreadable", "summary.json: train_seconds is '12.5', not a number")
+    assert (rows["copied"]["status"], rows["copied"]["reason"]) == (
+        "no checkpoints", "not resumable: checkpoints/ holds no last.pt or best.pt (a copied folder?)")
+    result = CliRunner().invoke(app, ["runs", str(root)], terminal_width=120)
+    assert result.exit_code == 0, result.output
+    assert "deep: unreadable: summary.json is nested too deep to read" in result.stderr
+    out = tmp_path / "all.png"
+    result = CliRunner().invoke(app, ["plot", str(root / "deep"), str(root / "strings"), str(root / "good"),
+                                      "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert result.stderr.strip().splitlines() == [
+        "warning: deep: summary.json is nested too deep to read; its best epoch is not marked",
+        "warning: strings: summary.json: train_seconds is '12.5', not a number; its best epoch is not marked",
+        f"wrote {out}"]
+
+
+def test_runs_of_an_empty_folder_says_so(tmp_path):
+    result = CliRunner().invoke(app, ["runs", str(tmp_path)])
+    assert result.exit_code == 0
+    assert result.stderr.strip() == f"no runs in {tmp_path}"

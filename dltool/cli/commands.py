@@ -216,7 +216,8 @@ def runs_command(
     folder: Path = typer.Argument(Path("runs"), metavar="[DIR]", help="Folder holding run folders"),
     as_json: bool = typer.Option(False, "--json", help="Print JSON on stdout"),
 ) -> None:
-    """The run folders under DIR: status (finished, running, interrupted, failed, pruned), epochs, best metric, time."""
+    """The run folders under DIR: status (finished, running, interrupted, failed, pruned, no checkpoints,
+    unreadable), epochs, best metric, time."""
     from dltool.experiments.runs_table import list_runs
 
     with user_errors():
@@ -226,7 +227,14 @@ def runs_command(
         return
     from dltool.experiments.render import runs_table
 
-    stderr_console().print(runs_table(rows, f"runs in {folder}"))
+    console = stderr_console()
+    if not rows:
+        console.print(f"no runs in {folder}", markup=False, soft_wrap=True)
+        return
+    console.print(runs_table(rows, f"runs in {folder}"))
+    for row in rows:
+        if row.get("reason"):
+            console.print(f"{row['name']}: {row['status']}: {row['reason']}", markup=False, soft_wrap=True)
 
 
 @app.command("list")

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Sequence
 
 from dltool.errors import ConfigError
-from dltool.training.curves import best_epoch, draw_runs, new_figure, picture_type, read_rows, save_picture
+from dltool.training.curves import draw_runs, new_figure, picture_type, read_rows, read_summary, save_picture
 
 
 def draw_lr_find(lrs: Sequence[float], losses: Sequence[float], suggested: float | None, how: str,
@@ -53,14 +53,18 @@ def plot_runs(run_dirs: Sequence[str | Path], out: str | Path, metric: str | Non
     """
     from dltool.store.writing import prepare_output, write_output
 
-    runs = [(label, read_rows(path), best_epoch(path)) for path, label in _labelled(run_dirs)]
+    runs, notes = [], []
+    for path, label in _labelled(run_dirs):
+        summary, problem = read_summary(path)
+        runs.append((label, read_rows(path), summary.get("best_epoch")))
+        if problem:
+            notes.append(f"{label}: {problem}; its best epoch is not marked")
     picture_type(out)
     prepare_output(out)
-    notes = []
     if metric is not None:
         lacking = [label for label, rows, _ in runs if not any(metric in row for row in rows)]
         if len(lacking) < len(runs):
-            notes = [f"{label}: no column {metric!r} in its metrics.csv; not drawn" for label in lacking]
+            notes += [f"{label}: no column {metric!r} in its metrics.csv; not drawn" for label in lacking]
             runs = [run for run in runs if run[0] not in lacking]
     written = draw_runs(runs, out, metric, write=write_output)
     return Plotted(written, notes)

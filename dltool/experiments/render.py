@@ -8,7 +8,8 @@ from typing import Any, Sequence
 from rich.table import Table
 
 STATUS_STYLE = {"finished": "green", "COMPLETE": "green", "running": "cyan", "RUNNING": "cyan",
-                "interrupted": "yellow", "pruned": "dim", "PRUNED": "dim", "failed": "red", "FAIL": "red"}
+                "interrupted": "yellow", "pruned": "dim", "PRUNED": "dim", "failed": "red", "FAIL": "red",
+                "unreadable": "red", "no checkpoints": "yellow"}
 
 
 def _fmt(value: Any) -> str:

@@ -2,12 +2,13 @@
 
 A run's status comes from its summary.json (finished, interrupted, failed, pruned) unless a live
 process holds its `.lock` (running); a folder a killed process left without a summary is
-interrupted (it resumes from its last checkpoint).
+interrupted (it resumes from its last checkpoint). A finished or interrupted run without a checkpoint
+(a copied folder) is "no checkpoints", and one whose summary.json cannot be used is "unreadable":
+both carry a `reason`, and the other runs are listed as ever.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from pathlib import Path
@@ -58,10 +59,12 @@ def _created(path: Path) -> float:
 
 def run_row(path: Path, root: Path) -> dict[str, Any]:
     """One run as the fields of `runs --json` (DESIGN.md section 5)."""
-    from dltool.training.curves import read_rows
+    from dltool.training.curves import read_rows, read_summary
 
-    summary = _summary(path)
-    status = "running" if is_running(path) else summary.get("status") or "interrupted"
+    summary, problem = read_summary(path)
+    status = "running" if is_running(path) else "unreadable" if problem else summary.get("status") or "interrupted"
+    if status in ("finished", "interrupted") and not _has_checkpoint(path):
+        status, problem = "no checkpoints", "not resumable: checkpoints/ holds no last.pt or best.pt (a copied folder?)"
     rows = read_rows(path) if status == "running" or not summary else []
     name = str(path.relative_to(root)) if path != root else path.name
     row = {"name": name, "path": str(path), "status": status, "created": time.strftime(
@@ -77,15 +80,11 @@ def run_row(path: Path, root: Path) -> dict[str, Any]:
                     "best_value": best["val_accuracy"] if best else None,
                     "best_val_accuracy": best["val_accuracy"] if best else None,
                     "train_seconds": round(sum(r.get("epoch_seconds", 0.0) for r in rows), 4) if rows else None})
-    return {key: row.get(key) for key in FIELDS}
+    return {key: row.get(key) for key in FIELDS} | ({"reason": problem} if problem else {})
 
 
-def _summary(path: Path) -> dict:
-    try:
-        data = json.loads((path / "summary.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}
+def _has_checkpoint(path: Path) -> bool:
+    return any((path / "checkpoints" / name).is_file() for name in ("last.pt", "best.pt"))
 
 
 def list_runs(root: str | Path = "runs") -> list[dict[str, Any]]:

@@ -41,12 +41,44 @@ def _number(text: str | None) -> float | None:
     return value if math.isfinite(value) else None
 
 
-def best_epoch(run_dir: str | Path) -> int | None:
-    """The best epoch summary.json names, when the run has written one."""
+# the summary.json fields a reader uses, and the types dltool writes them with (bool is no number)
+SUMMARY_TYPES = {"status": (str,), "epochs_done": (int,), "best_epoch": (int,), "monitor": (str,),
+                 "best_value": (int, float), "best_val_accuracy": (int, float), "train_seconds": (int, float)}
+
+
+def read_summary(run_dir: str | Path) -> tuple[dict, str | None]:
+    """summary.json of `run_dir` and why it cannot be used: ({}, None) when there is none yet,
+    ({}, reason) when it is no JSON object of the types dltool writes (nested 100,000 deep, numbers
+    as strings), else (summary, None)."""
     try:
-        return json.loads((Path(run_dir) / "summary.json").read_text()).get("best_epoch")
-    except (OSError, ValueError, AttributeError):
-        return None
+        text = (Path(run_dir) / "summary.json").read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return {}, None
+    except (OSError, UnicodeDecodeError) as exc:
+        return {}, f"summary.json cannot be read ({getattr(exc, 'strerror', None) or exc})"
+    try:
+        data = json.loads(text)
+    except RecursionError:
+        return {}, "summary.json is nested too deep to read"
+    except ValueError as exc:
+        return {}, f"summary.json is no JSON ({exc})"
+    if not isinstance(data, dict):
+        return {}, "summary.json holds no JSON object"
+    for key, types in SUMMARY_TYPES.items():
+        value = data.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, types)):
+            return {}, f"summary.json: {key} is {_short(value)}, not {'text' if types == (str,) else 'a number'}"
+    return data, None
+
+
+def _short(value: Any) -> str:
+    text = repr(value) if isinstance(value, str) else type(value).__name__
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def best_epoch(run_dir: str | Path) -> int | None:
+    """The best epoch summary.json names, when the run has written a readable one."""
+    return read_summary(run_dir)[0].get("best_epoch")
 
 
 def panels_for(rows: Sequence[dict], metric: str | None) -> list[str]:
