@@ -153,3 +153,13 @@ def test_only_the_config_loader_reads_exponents_as_numbers():
     import dltool.config.load  # noqa: F401  (its loader is defined; PyYAML's own must stay as it was)
 
     assert yaml.safe_load("classes: [1e3, 3e-4]") == {"classes": ["1e3", "3e-4"]}
+
+
+@pytest.mark.parametrize("number", ["9" * 5000, "0x" + "f" * 5000])
+def test_an_integer_longer_than_python_reads_is_one_located_line(tmp_path, number):
+    path = write(tmp_path, f"train:\n  epochs: {number}\n")
+    assert error_of(path) == f"{path}:2:11: invalid YAML: an integer of more than 4,300 digits; write a smaller number"
+    override = error_of(write(tmp_path, "train: {epochs: 1}\n", "ok.yaml"), [f"train.epochs={number}"])
+    assert override == (f"override 'train.epochs={number}': the value is not valid YAML (an integer of more than "
+                        "4,300 digits; write a smaller number)")
+    assert load_config(path.with_name("ok.yaml"), ["train.epochs=12"]).train.epochs == 12

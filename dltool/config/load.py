@@ -11,6 +11,7 @@ import dataclasses
 import functools
 import math
 import re
+import sys
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,6 +32,22 @@ MAX_VALUES = 100_000
 class ConfigLoader(yaml.SafeLoader):
     """The safe loader, reading numbers as YAML 1.2 does: `1e-3`, `3e-4`, `1.0e-3` and `+1e3` are
     floats (YAML 1.1, PyYAML's default, reads an exponent without a dot or sign as text)."""
+
+    def construct_yaml_int(self, node: yaml.ScalarNode) -> int:
+        """An integer, or a located error for one longer than Python converts to text (4,300 digits),
+        also when written in hex, octal or binary (which Python reads without that limit)."""
+        limit = sys.get_int_max_str_digits()
+        try:
+            value = super().construct_yaml_int(node)
+        except ValueError:
+            value = None
+        if value is None or value.bit_length() > limit * math.log2(10):
+            raise yaml.constructor.ConstructorError(
+                None, None, f"an integer of more than {limit:,} digits; write a smaller number", node.start_mark)
+        return value
+
+
+ConfigLoader.add_constructor("tag:yaml.org,2002:int", ConfigLoader.construct_yaml_int)
 
 
 ConfigLoader.add_implicit_resolver(
