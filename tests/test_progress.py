@@ -19,7 +19,7 @@ def console(terminal: bool) -> Console:
 def test_epoch_line():
     assert epoch_line(ROW, 15, improved=True) == (
         "epoch 3/15  loss 0.2846  acc 92.5%  val_loss 0.2977  val_acc 90.53%  top5 99.7%  lr 0.0025  "
-        "1349 samples/s  1.1 s  *")
+        "1,349 samples/s  1.1 s  *")
 
 
 def test_plain_progress_off_a_terminal_prints_one_line_per_epoch():
@@ -43,7 +43,7 @@ def test_a_terminal_gets_the_live_bar_and_quiet_gets_nothing():
 def test_summary_table_golden():
     summary = {"status": "finished", "epochs_done": 8, "best_epoch": 6, "monitor": "val_accuracy", "best_value": 0.98607,
                "final": {"val_loss": 0.5981, "val_accuracy": 0.98329}, "train_seconds": 12.71,
-               "train_samples_per_second": 905.2}
+               "train_samples_per_second": 30130.4}
     out = console(False)
     out.print(summary_table(summary, "runs/quickstart"))
     assert out.file.getvalue() == (
@@ -55,5 +55,11 @@ def test_summary_table_golden():
         "│ val loss     │ 0.5981                  │\n"
         "│ val accuracy │ 0.9833                  │\n"
         "│ train time   │ 12.7 s                  │\n"
-        "│ throughput   │ 905.2 samples/s         │\n"
+        "│ throughput   │ 30,130 samples/s        │\n"
         "└──────────────┴─────────────────────────┘\n")
+
+
+def test_throughput_reads_as_people_read_it():
+    from dltool.cli.progress import rate
+
+    assert [rate(30130.4), rate(1348.9), rate(905.2), rate(12.46), rate(None)] == ["30,130", "1,349", "905", "12.5", "-"]

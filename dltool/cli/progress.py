@@ -13,8 +13,15 @@ from rich.table import Table
 from dltool.training.callbacks import Callback
 
 
+def rate(value: float | None) -> str:
+    """A throughput as people read it, the same in every line and table: 30,130 (not 3.013e+04), 12.5."""
+    if value is None:
+        return "-"
+    return f"{value:,.0f}" if value >= 100 else f"{value:.3g}"
+
+
 def epoch_line(row: dict, epochs: int, improved: bool) -> str:
-    """One epoch as text: `epoch 3/15  loss 0.285 acc 92.5%  val_loss 0.298 val_acc 90.5%  1349/s  1.1 s`."""
+    """One epoch as text: `epoch 3/15  loss 0.285 acc 92.5%  val_loss 0.298 val_acc 90.5%  1,349 samples/s  1.1 s`."""
     parts = [f"epoch {row['epoch']}/{epochs}", f"loss {row['train_loss']:.4f}"]
     if "train_accuracy" in row:
         parts.append(f"acc {100 * row['train_accuracy']:.1f}%")
@@ -28,7 +35,7 @@ def epoch_line(row: dict, epochs: int, improved: bool) -> str:
         parts.append(f"top5 {100 * row['val_top5_accuracy']:.1f}%")
     if "val_mae" in row:
         parts.append(f"val_mae {row['val_mae']:.4g}")
-    parts += [f"lr {row['lr']:.3g}", f"{row['samples_per_second']:.0f} samples/s", f"{row['epoch_seconds']:.1f} s"]
+    parts += [f"lr {row['lr']:.3g}", f"{rate(row['samples_per_second'])} samples/s", f"{row['epoch_seconds']:.1f} s"]
     return "  ".join(parts) + ("  *" if improved else "")
 
 
@@ -74,7 +81,7 @@ class RichProgress(PlainProgress):
 
     def on_step(self, epoch: int, batch: int, batches: int, metrics: dict) -> None:
         score = (f"acc {100 * metrics['accuracy']:.1f}%" if "accuracy" in metrics else f"mae {metrics['mae']:.4g}")
-        stats = f"loss {metrics['loss']:.4f}  {score}  {metrics['samples_per_second']:.0f} samples/s"
+        stats = f"loss {metrics['loss']:.4f}  {score}  {rate(metrics['samples_per_second'])} samples/s"
         self.progress.update(self.task, completed=batch, stats=stats, refresh=True)
 
     def on_eval_start(self, epoch: int, batches: int) -> None:
@@ -114,7 +121,7 @@ def summary_table(summary: dict, run_dir: Any) -> Table:
         rows.append(("best epoch", f"{summary.get('best_epoch')} ({summary.get('monitor')} {_fmt(summary.get('best_value'))})"))
     rows += [(key.replace("_", " "), _fmt(value)) for key, value in (summary.get("final") or {}).items()]
     rows += [("train time", f"{summary.get('train_seconds', 0):.1f} s"),
-             ("throughput", f"{_fmt(summary.get('train_samples_per_second'))} samples/s")]
+             ("throughput", f"{rate(summary.get('train_samples_per_second'))} samples/s")]
     if summary.get("compile_seconds"):
         rows.append(("compile time", f"{summary['compile_seconds']:.1f} s"))
     if summary.get("batch_splits", 1) > 1:
