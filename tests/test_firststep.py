@@ -118,10 +118,10 @@ def test_pos_weight_of_another_length_than_the_outputs(tmp_path, monkeypatch):
 
 
 def test_any_other_loss_failure_is_one_line_naming_the_loss(tmp_path, monkeypatch):
-    text = HEAD + MODEL + "loss: {name: CrossEntropyLoss, label_smoothing: 2}\n" + TAIL
+    text = HEAD + MODEL + "loss: MultiLabelMarginLoss\n" + TAIL
     assert_refused(train_cli(tmp_path, monkeypatch, text), tmp_path,
-                   "cfg.yaml:11:1: loss: CrossEntropyLoss cannot take the model's outputs of shape [32, 10] with "
-                   "targets of shape [32] (torch.int64): label_smoothing must be between 0.0 and 1.0. Got: 2")
+                   "cfg.yaml:11:1: loss: MultiLabelMarginLoss cannot take the model's outputs of shape [32, 10] with "
+                   "targets of shape [32] (torch.int64): inconsistent target size: [32] for input of size: [32, 10]")
 
 
 def test_every_parameter_frozen(tmp_path, monkeypatch):
@@ -170,3 +170,25 @@ def test_the_check_leaves_model_optimizer_and_random_states_as_they_were(tmp_pat
     assert all(torch.equal(weights[k], v) for k, v in session.model.state_dict().items())
     assert all(p.grad is None for p in session.model.parameters())
     assert repr(session.optimizer.state_dict()) == optimizer and repr(session.schedule.state_dict()) == scheduler
+
+
+def test_label_smoothing_out_of_range_is_a_range_error(tmp_path, monkeypatch):
+    text = HEAD + MODEL + "loss: {name: CrossEntropyLoss, label_smoothing: 1.5}\n" + TAIL
+    assert_refused(train_cli(tmp_path, monkeypatch, text), tmp_path,
+                   "cfg.yaml:11:32: loss.label_smoothing: label_smoothing must be between 0 and 1 (the share of "
+                   "each target spread over the classes); got 1.5")
+
+
+@pytest.mark.parametrize("layer, loss", [("Softmax", "CrossEntropyLoss"), ("LogSoftmax", "CrossEntropyLoss"),
+                                         ("Softmax", "NLLLoss")])
+def test_a_softmax_before_a_loss_that_takes_logits_is_warned_in_one_line(tmp_path, monkeypatch, layer, loss):
+    text = HEAD + MODEL + f"    - {{{layer}: {{dim: 1}}}}\nloss: {loss}\n" + TAIL
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "cfg.yaml").write_text(text)
+    result = CliRunner().invoke(app, ["train", "cfg.yaml"])
+    assert result.exit_code == 0, result.output
+    why = ("applies its own log-softmax to the outputs; drop the layer (eval and predict give probabilities either "
+           "way)" if loss == "CrossEntropyLoss" else "takes log-probabilities; use LogSoftmax, or drop the layer and "
+           "use CrossEntropyLoss")
+    assert result.stderr.splitlines()[0] == f"warning: cfg.yaml:11:7: model.layers.4: the last layer is {layer}, " \
+                                            f"but {loss} {why}"

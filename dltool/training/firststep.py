@@ -32,11 +32,14 @@ CLASS_INDEX_LOSSES = (nn.CrossEntropyLoss, nn.NLLLoss, nn.MultiMarginLoss)
 MAX_PLAN_STEPS = 200_000
 
 
-def check_first_step(session: Any) -> None:
+def check_first_step(session: Any) -> list[str]:
     """Run one batch of `session` through copies of its parts; raise what a user must fix.
 
     Args:
         session: a dltool.training.train.Session built but not yet started (no run folder yet).
+
+    Returns:
+        Warnings, one line each: what trains, but badly (a Softmax before CrossEntropyLoss).
 
     Raises:
         ConfigError: one located line naming the config key the failure comes from.
@@ -44,6 +47,7 @@ def check_first_step(session: Any) -> None:
     config = session.config
     check_transforms(config, session.bundle)
     _check_loss_fits(config, session.task, len(session.classes), session.loss_fn)
+    notes = _probabilities_into_the_loss(config, session.model, session.loss_fn)
     _check_trainable(config, session.model)
     saved = rng_state()
     try:
@@ -55,6 +59,25 @@ def check_first_step(session: Any) -> None:
         pass  # the run's own out-of-memory handling (smaller parts, a located message) takes it from here
     finally:
         set_rng_state(saved)
+    return notes
+
+
+def _probabilities_into_the_loss(config: Any, model: nn.Module, loss_fn: nn.Module) -> list[str]:
+    """A last Softmax (or LogSoftmax) layer before a loss that applies its own log-softmax (or, for
+    NLLLoss, expects log-probabilities): it trains, slowly or not at all, with no error."""
+    leaves = [m for m in model.modules() if not list(m.children())]
+    last = leaves[-1] if leaves else None
+    wrong = {nn.CrossEntropyLoss: (nn.Softmax, nn.LogSoftmax), nn.NLLLoss: (nn.Softmax,)}.get(type(loss_fn), ())
+    if last is None or not isinstance(last, wrong):
+        return []
+    layer, loss = type(last).__name__, type(loss_fn).__name__
+    if loss == "CrossEntropyLoss":
+        why, fix = "applies its own log-softmax to the outputs", "drop the layer (eval and predict give " \
+            "probabilities either way)"
+    else:
+        why, fix = "takes log-probabilities", "use LogSoftmax, or drop the layer and use CrossEntropyLoss"
+    key = config.model.layers[-1].key if config.model.layers else "model"
+    return ["warning: " + located(f"the last layer is {layer}, but {loss} {why}; {fix}", key, config.marks)]
 
 
 def _first_line(exc: BaseException) -> str:
@@ -125,6 +148,10 @@ def _check_loss_fits(config: Any, task: str, classes: int, loss_fn: nn.Module) -
         raise ConfigError(located(
             f"{name} takes class indices, but this dataset has numeric targets (regression); "
             "use MSELoss, L1Loss or HuberLoss", spec.key, marks))
+    smoothing = getattr(loss_fn, "label_smoothing", None)
+    if smoothing is not None and not 0 <= smoothing <= 1:
+        raise ConfigError(located(f"label_smoothing must be between 0 and 1 (the share of each target spread over "
+                                  f"the classes); got {smoothing}", f"{spec.key}.label_smoothing", marks))
     weight = getattr(loss_fn, "weight", None)
     if task == "classification" and isinstance(loss_fn, CLASS_INDEX_LOSSES) and weight is not None:
         if weight.numel() != classes:

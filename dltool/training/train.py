@@ -153,7 +153,9 @@ class Session:
             bundle = build_data(config, split_state=split_state)
         input_shape = resolve_input_shape(config, data=bundle)
         session = cls(config, bundle, input_shape, None, callback)  # a config that fails to build leaves no folder
-        check_first_step(session)  # one batch through copies: a config that cannot train leaves no folder either
+        # one batch through copies: a config that cannot train leaves no folder either
+        for note in check_first_step(session):
+            callback.on_message(note)
         columns = metric_columns(bundle.task, len(bundle.classes))
         if folder is None:
             session.rundir = distributed.create_run_dir(lambda: RunDir.take(runs_dir, name, columns))
