@@ -117,7 +117,7 @@ def test_data_grid_into_a_place_that_refuses_it_is_one_line(tmp_path):
     grid = blocker / "grid.png"  # a folder that cannot be made: its parent is a file
     result = CliRunner().invoke(app, ["data", "configs/quickstart.yaml", "--show", "4", "--out", str(grid)])
     assert result.exit_code == 2, result.output
-    assert result.stderr.startswith(f"error: cannot write {grid}: ") and result.stderr.count("\n") == 1
+    assert result.stderr.startswith(f"error: --out: cannot write {grid}: ") and result.stderr.count("\n") == 1
     assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]
 
 
@@ -139,3 +139,18 @@ def test_fakedata_gives_torchvisions_images_without_touching_the_global_rng():
     state = torch.get_rng_state()
     ours[3]
     assert torch.equal(torch.get_rng_state(), state)
+
+
+@pytest.mark.parametrize("existing", [False, True])
+def test_a_failed_download_leaves_nothing_behind(tmp_path, monkeypatch, existing):
+    for variable in ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY"):
+        monkeypatch.setenv(variable, "http://127.0.0.1:9")  # a real connection, refused at once: offline anywhere
+    monkeypatch.delenv("no_proxy", raising=False)
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    root = tmp_path / "data"
+    if existing:
+        (root / "kept").mkdir(parents=True)
+    config = config_from_data({"data": {"dataset": {"name": "MNIST", "root": str(root), "download": True}}})
+    with pytest.raises(DataError, match="the download failed"):
+        build_data(config)
+    assert sorted(p.name for p in root.iterdir()) == ["kept"] if existing else not root.exists()

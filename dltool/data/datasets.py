@@ -6,9 +6,11 @@ Each builder returns a `Source`; `build_data` turns it into transformed train/va
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import inspect
 import os
+import shutil
 from typing import Any, Callable
 from urllib.error import URLError
 
@@ -221,17 +223,51 @@ def _split_loader(cls: type, kwargs: dict, extra: dict) -> Callable[[], RawSplit
 
 
 def _construct(cls: type, kwargs: dict) -> Any:
+    root = kwargs.get("root")
+    before = _entries(root) if isinstance(root, str) else None
     try:
         return cls(**kwargs)
     except (URLError, OSError) as exc:
+        _remove_new(root, before)
         raise DataError(_missing_message(cls, kwargs, exc)) from None
     except (TypeError, ValueError) as exc:
         raise DataError(f"{cls.__name__}: its arguments do not work: {_first_line(exc)}") from None
     except RuntimeError as exc:
         text = str(exc).lower()
         if "not found" in text or "download" in text or "corrupted" in text:
+            _remove_new(root, before)
             raise DataError(_missing_message(cls, kwargs, exc)) from None
         raise
+
+
+def _entries(root: str) -> set[str] | None:
+    """What stands in `root` and one level below it (None: no root yet): where a download puts its
+    folders (root/MNIST/raw) and archives, listed without walking a large dataset beneath."""
+    if not os.path.isdir(root):
+        return None
+    found = set()
+    for name in os.listdir(root):
+        path = os.path.join(root, name)
+        found.add(path)
+        if os.path.isdir(path) and not os.path.islink(path):
+            found.update(os.path.join(path, inner) for inner in os.listdir(path))
+    return found
+
+
+def _remove_new(root: Any, before: set[str] | None) -> None:
+    """Remove what a failed download created in `root` (all of it when the root is new), so no empty
+    data/MNIST/raw is left to look like a dataset."""
+    if not isinstance(root, str) or not os.path.isdir(root):
+        return
+    if before is None:
+        shutil.rmtree(root, ignore_errors=True)
+        return
+    for path in sorted((_entries(root) or set()) - before):
+        if os.path.isdir(path) and not os.path.islink(path):
+            shutil.rmtree(path, ignore_errors=True)
+        elif os.path.lexists(path):
+            with contextlib.suppress(OSError):
+                os.unlink(path)
 
 
 def _first_line(exc: BaseException) -> str:
