@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from dltool.errors import ConfigError
-from dltool.store.writing import write_atomic
+from dltool.store.writing import WRITE_INTO, write_atomic
 
 
 def read_rows(run_dir: str | Path) -> list[dict[str, float]]:
@@ -108,6 +108,8 @@ def picture_type(path: str | Path, option: str = "--out") -> str:
     Raises:
         ConfigError: a suffix that names no picture type dltool draws.
     """
+    if str(path) in WRITE_INTO:
+        return "png"  # a picture piped on: PNG, the type every viewer reads
     kind = PICTURE_TYPES.get(Path(path).suffix.lower())
     if kind is None:
         raise ConfigError(f"{option}: {path}: a picture's name ends in one of {', '.join(PICTURE_TYPES)}")
