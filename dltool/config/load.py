@@ -20,6 +20,7 @@ import yaml
 
 from dltool.config.registry import suggest
 from dltool.config.spec import COMMAND_LINE, Mark, Marks, Spec, located, parse_spec
+from dltool.config.usercode import check_run_code
 from dltool.errors import ConfigError, with_location
 
 MAX_DEPTH = 50  # levels of nested mappings and lists a config may have
@@ -133,6 +134,7 @@ def load_config(path: str | Path, overrides: typing.Sequence[str] = ()) -> Confi
     Raises:
         ConfigError: the file is missing or unreadable, the YAML is invalid, or a value is wrong.
     """
+    check_run_code(Path(path))
     data, marks = load_yaml_tree(Path(path))
     for text in overrides:
         apply_override(data, marks, text)

@@ -56,6 +56,11 @@ class Registry:
 
         return add(obj) if obj is not None else add
 
+    def remove(self, name: str) -> None:
+        """Take an entry of the user's code out again (a caller that loads code files for a while)."""
+        if name.lower() in self._sources:
+            del self._entries[name.lower()], self._sources[name.lower()]
+
     def source(self, name: str) -> str:
         """Where entry `name` comes from: the user's file or plugin, or the module of a built-in."""
         own = self._sources.get(name.lower())

@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import inspect
+import json
 import os
 import re
 import sys
@@ -77,6 +78,7 @@ class Register:
 
 
 register = Register()
+KINDS = {"layer": LAYERS, "model": LAYERS, "dataset": DATASETS, "transform": TRANSFORMS, "loss": LOSSES}
 
 
 def _decorator(registry: Registry, target: Any, builder: Callable[[Any], Any]) -> Any:
@@ -234,6 +236,19 @@ def their_traceback(exc: BaseException) -> str:
     return "".join(lines).rstrip("\n")
 
 
+def forget() -> None:
+    """Unload every `--code` file: its names leave the registries, its module leaves sys.modules, and
+    child processes no longer load it (for a program that runs several commands in one process)."""
+    for record in [f for f in _files.values() if not f.plugin]:
+        for registry in {id(r): r for r in KINDS.values()}.values():
+            for name in record.names:
+                registry.remove(name)
+        for module in [m for m, value in sys.modules.items() if getattr(value, "__file__", None) == record.path]:
+            del sys.modules[module]
+        del _files[record.path]
+    os.environ.pop(ENVIRONMENT, None)
+
+
 def loaded() -> list[CodeFile]:
     """The sources loaded in this process."""
     return list(_files.values())
@@ -287,3 +302,16 @@ def check_code(record: Any, where: str) -> None:
                 warnings.warn(CodeChanged(f"{path} differs from the code {where} was trained with (sha256 "
                                           f"{str(entry.get('sha256'))[:12]} then, {_files[path].sha256[:12]} now); "
                                           "going on with it"), stacklevel=2)
+
+
+def check_run_code(config_path: Path) -> None:
+    """A run folder's config.yaml (lr-find, or a resume before the first checkpoint): its code/code.json
+    names what it needs, checked as a checkpoint's record is."""
+    record = config_path.parent / "code" / "code.json"
+    if config_path.name != "config.yaml" or not record.is_file():
+        return
+    try:
+        entries = json.loads(record.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return  # the record is for the reader; a damaged one leaves the names to the registries
+    check_code(entries, str(config_path.parent))
