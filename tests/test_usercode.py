@@ -452,3 +452,28 @@ def test_data_classes_refuses_unknown_repeated_and_single_classes(tmp_path, clas
     result = invoke("data", str(tmp_path / "c.yaml"), f"data.classes={classes}")
     assert result.exit_code == 2
     assert result.stderr.strip() == f"error: command line: {message}"
+
+
+def test_the_example_in_docs_your_code_trains_as_written(tmp_path, monkeypatch):
+    page = (Path(__file__).parents[1] / "docs" / "your-code.md").read_text()
+    (tmp_path / "mycode.py").write_text(page.split("```python\n")[1].split("```")[0])
+    (tmp_path / "tudui.yaml").write_text(page.split("```yaml\n")[1].split("```")[0])
+    rng = np.random.default_rng(0)
+    for split, count in (("train", 6), ("val", 2)):
+        for label, name in enumerate(("ants", "bees")):
+            folder = tmp_path / "data" / "hymenoptera_data" / split / name
+            folder.mkdir(parents=True)
+            for i in range(count):
+                pixels = rng.integers(0, 100, (40, 48, 3)) + 120 * label
+                Image.fromarray(pixels.astype(np.uint8), "RGB").save(folder / f"{i}.jpg")
+    monkeypatch.chdir(tmp_path)
+    trained = invoke("train", "tudui.yaml", "--code", "mycode.py", "--runs-dir", "runs", "--quiet",
+                     "train.epochs=1", "train.device=cpu")
+    assert trained.exit_code == 0, trained.output
+    state = torch.load(tmp_path / "runs" / "tudui" / "checkpoints" / "last.pt", weights_only=True)
+    assert state["classes"] == ["ants", "bees"]
+    assert state["model"]["0.model1.7.weight"].shape == (64, 1024)
+    assert state["model"]["0.model1.8.weight"].shape == (2, 64)  # num_classes from the data
+    evaluated = invoke("eval", "runs/tudui", "--code", "mycode.py", "--json")
+    assert evaluated.exit_code == 0, evaluated.output
+    assert json.loads(evaluated.stdout)["samples"] == 4
