@@ -65,8 +65,8 @@ class CsvImages(Dataset):
 
 
 @register.transform
-def invert(image, amount=1.0):
-    return amount - image
+def brighten(image, amount=0.0):
+    return (image + amount).clamp(0, 1)
 
 
 @register.loss("SmoothCE")
@@ -95,7 +95,7 @@ data:
   dataset: {name: CsvImages, path: data.csv}
   batch_size: 8
   transforms:
-    train: [ToTensor, {invert: {amount: 1.0}}]
+    train: [ToTensor, {brighten: {amount: 0.02}}]
     eval: [ToTensor]
 model:
   layers:
@@ -160,22 +160,23 @@ def test_a_run_trains_evaluates_predicts_and_exports_with_the_users_code(project
     record = json.loads((run / "code" / "code.json").read_text())
     digest = usercode.loaded()[0].sha256
     assert record == [{"path": str(project / "blocks.py"), "sha256": digest, "plugin": False,
-                       "names": ["SEBlock", "CsvImages", "invert", "SmoothCE"],
+                       "names": ["SEBlock", "CsvImages", "brighten", "SmoothCE"],
                        "copy": f"code/blocks-{digest[:8]}.py"}]
     assert (run / record[0]["copy"]).read_text() == BLOCKS
     state = torch.load(run / "checkpoints" / "last.pt", weights_only=True)  # plain data: nothing to import
-    assert state["code"][0]["names"] == ["SEBlock", "CsvImages", "invert", "SmoothCE"]
+    assert state["code"][0]["names"] == ["SEBlock", "CsvImages", "brighten", "SmoothCE"]
     assert state["classes"] == ["dark", "light"]
 
     usercode.forget()
     refused = invoke("eval", str(run))
     assert refused.exit_code == 2
     assert refused.stderr.strip() == (
-        f"error: {run / 'checkpoints' / 'best.pt'}: uses SEBlock, CsvImages, invert, SmoothCE from "
+        f"error: {run / 'checkpoints' / 'best.pt'}: uses SEBlock, CsvImages, brighten, SmoothCE from "
         f"{project / 'blocks.py'}, which is not loaded; add --code {project / 'blocks.py'}")
     evaluated = invoke("eval", str(run), "--code", "blocks.py", "--json")
     assert evaluated.exit_code == 0, evaluated.output
     assert json.loads(evaluated.stdout)["samples"] == 8
+    assert json.loads(evaluated.stdout)["accuracy"] > 0.8
     predicted = invoke("predict", "images/1.png", "--model", str(run), "--code", "blocks.py", "--format", "json")
     assert predicted.exit_code == 0, predicted.output
     assert {t["class"] for t in json.loads(predicted.stdout)[0]["top"]} == {"dark", "light"}
@@ -368,7 +369,7 @@ def test_resume_after_kill_9_needs_the_code_again(project):
     refused = invoke("train", "--resume", "runs/slow", "--quiet")
     assert refused.exit_code == 2
     assert refused.stderr.strip() == (
-        f"error: runs/slow/checkpoints/last.pt: uses SEBlock, CsvImages, invert, SmoothCE from "
+        f"error: runs/slow/checkpoints/last.pt: uses SEBlock, CsvImages, brighten, SmoothCE from "
         f"{project / 'blocks.py'}, which is not loaded; add --code {project / 'blocks.py'}")
     resumed = invoke("train", "--resume", "runs/slow", "train.epochs=3", "--code", "blocks.py", "--quiet")
     assert resumed.exit_code == 0, resumed.output
@@ -376,7 +377,7 @@ def test_resume_after_kill_9_needs_the_code_again(project):
     usercode.forget()
     lr = invoke("lr-find", "runs/slow/config.yaml", "--steps", "5")
     assert lr.exit_code == 2
-    assert lr.stderr.strip() == (f"error: runs/slow: uses SEBlock, CsvImages, invert, SmoothCE from "
+    assert lr.stderr.strip() == (f"error: runs/slow: uses SEBlock, CsvImages, brighten, SmoothCE from "
                                  f"{project / 'blocks.py'}, which is not loaded; add --code {project / 'blocks.py'}")
 
 
@@ -477,3 +478,19 @@ def test_the_example_in_docs_your_code_trains_as_written(tmp_path, monkeypatch):
     evaluated = invoke("eval", "runs/tudui", "--code", "mycode.py", "--json")
     assert evaluated.exit_code == 0, evaluated.output
     assert json.loads(evaluated.stdout)["samples"] == 4
+
+
+def test_a_loss_function_gets_the_yamls_arguments(project):
+    (project / "focal.py").write_text(
+        "import torch\nfrom torch import nn\nfrom dltool import register\n\n\n@register.loss\n"
+        "def focal(outputs, targets, gamma=2.0):\n"
+        "    ce = nn.functional.cross_entropy(outputs, targets, reduction='none')\n"
+        "    return ((1 - torch.exp(-ce)) ** gamma * ce).mean()\n")
+    listed = invoke("list", "losses", "focal", "--code", "focal.py", "--json")
+    assert json.loads(listed.stdout) == [{"argument": "gamma", "default": "2.0"}]
+    trained = invoke("train", "cfg.yaml", "--code", "blocks.py", "--code", "focal.py", "--runs-dir", "runs",
+                     "--quiet", "loss={name: focal, gamma: 1.5}", "train.epochs=1")
+    assert trained.exit_code == 0, trained.output
+    wrong = invoke("config", "cfg.yaml", "--code", "blocks.py", "--code", "focal.py", "loss={name: focal, gama: 1}")
+    assert wrong.exit_code == 2
+    assert "focal: unknown argument 'gama'; did you mean gamma? (allowed: gamma)" in wrong.stderr
