@@ -494,3 +494,19 @@ def test_a_loss_function_gets_the_yamls_arguments(project):
     wrong = invoke("config", "cfg.yaml", "--code", "blocks.py", "--code", "focal.py", "loss={name: focal, gama: 1}")
     assert wrong.exit_code == 2
     assert "focal: unknown argument 'gama'; did you mean gamma? (allowed: gamma)" in wrong.stderr
+
+
+def test_a_block_that_torch_cannot_export_is_named_with_its_op(project):
+    (project / "svd.py").write_text("import torch\nfrom torch import nn\nfrom dltool import register\n\n\n"
+                                    "@register.layer\nclass Spectrum(nn.Module):\n    def forward(self, x):\n"
+                                    "        return torch.linalg.svdvals(x)\n")
+    code = ["--code", "blocks.py", "--code", "svd.py"]
+    trained = invoke("train", "cfg.yaml", *code, "--runs-dir", "runs", "--quiet", "model.layers.1=Spectrum",
+                     "train.epochs=1")
+    assert trained.exit_code == 0, trained.output
+    exported = invoke("export", "runs/cfg", *code)
+    assert exported.exit_code == 1
+    assert exported.stderr.strip().startswith(
+        "error: runs/cfg/checkpoints/best.pt: layer 1 (Spectrum) cannot be exported: Exporting the operator "
+        "'aten::linalg_svdvals' to ONNX opset version")
+    assert not (project / "runs" / "cfg" / "model.onnx").exists()
