@@ -57,7 +57,7 @@ def _created(path: Path) -> float:
 
 
 def run_row(path: Path, root: Path) -> dict[str, Any]:
-    """One run as the fields of `runs --json` (DESIGN.md section 5)."""
+    """One run as the fields of `runs --json` (docs/outputs.md)."""
     from dltool.training.curves import read_rows
 
     summary = _summary(path)

@@ -1,4 +1,4 @@
-"""The `tune:` section (DESIGN.md section 2b) read into plain data and checked before any trial runs:
+"""The `tune:` section (docs/config.md#search-space) read into plain data and checked before any trial runs:
 the metric, the sampler and pruner by Optuna name, and the search space keyed by override paths."""
 
 from __future__ import annotations
@@ -62,7 +62,7 @@ def read_tune(config: Config, overrides: Sequence[str] = ()) -> TuneSpec:
     section, marks = config.tune, config.marks
     if section is None:
         raise ConfigError(f"{config.path}: no tune: section; add one with a space: of override paths to search "
-                          "(see DESIGN.md section 2b), e.g. tune: {space: {optimizer.lr: {log: [1.0e-4, 1.0e-1]}}}")
+                          "(see docs/config.md#search-space), e.g. tune: {space: {optimizer.lr: {log: [1.0e-4, 1.0e-1]}}}")
     for key in section:
         if key not in SECTION_KEYS:
             raise ConfigError(located(f"unknown key{suggest(str(key), SECTION_KEYS)} (allowed: "

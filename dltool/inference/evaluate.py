@@ -72,7 +72,7 @@ class EvalResult:
         return sorted(rows, key=lambda row: -row["confidence"])
 
     def to_json(self) -> dict:
-        """DESIGN.md section 5: loss, accuracy, top5_accuracy, per_class, confusion_matrix, samples."""
+        """docs/outputs.md: loss, accuracy, top5_accuracy, per_class, confusion_matrix, samples."""
         if self.task == "regression":
             return {**self.metrics, "samples": len(self.ids), "split": self.split, "checkpoint": self.checkpoint}
         averages = self.averages()

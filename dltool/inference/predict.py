@@ -33,7 +33,7 @@ class Prediction:
     error: str | None = None
 
     def to_json(self) -> dict:
-        """DESIGN.md section 5: {path, top: [{class, index, probability}]} or {path, error}."""
+        """docs/outputs.md: {path, top: [{class, index, probability}]} or {path, error}."""
         if self.error is not None:
             return {"path": self.path, "error": self.error}
         if self.value is not None:

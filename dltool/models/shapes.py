@@ -42,7 +42,7 @@ class ShapeReport:
     param_bytes: int
 
     def to_json(self) -> dict:
-        """The `shapes --json` document (DESIGN.md section 5)."""
+        """The `shapes --json` document (docs/outputs.md)."""
         layers = [{k: v for k, v in asdict(row).items() if k != "depth"} for row in self.rows]  # arguments last
         return {"input_shape": self.input_shape, "layers": layers, "total_params": self.total_params,
                 "trainable_params": self.trainable_params, "total_mult_adds": self.total_mult_adds}

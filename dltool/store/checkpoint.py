@@ -1,6 +1,6 @@
 """Checkpoints: atomic writes, safe loads (weights_only=True, always), run-directory resolution.
 
-A checkpoint is a plain dict of tensors, numbers, strings, lists and dicts (DESIGN.md section 4):
+A checkpoint is a plain dict of tensors, numbers, strings, lists and dicts (docs/run-folder.md#checkpoint):
 `model`, `optimizer`, `scheduler`, `epoch`, `step`, `config`, `classes`, `metrics`, `rng`, `versions`,
 and `output`: what a classifier's outputs are (dltool.models.outputs; absent in older checkpoints: softmax).
 """

@@ -1,4 +1,4 @@
-"""The run directory (DESIGN.md section 3): config.yaml, metrics.csv, summary.json, checkpoints/, tb/.
+"""The run directory (docs/run-folder.md): config.yaml, metrics.csv, summary.json, checkpoints/, tb/.
 
     runs/x/config.yaml          written before training starts
     runs/x/metrics.csv          one row per epoch

@@ -54,7 +54,7 @@ class TrainResult:
 
 def train(config: Config | str | Path | None = None, *, runs_dir: str | Path = "runs", name: str | None = None,
           resume: str | Path | None = None, overrides: Sequence[str] = (), callbacks: Sequence[Callback] | None = None) -> TrainResult:
-    """Train a model as `config` says and write its run folder (DESIGN.md section 3).
+    """Train a model as `config` says and write its run folder (docs/run-folder.md).
 
     Args:
         config: a Config, or the path of a YAML config (None with `resume`).
@@ -289,7 +289,7 @@ class Session:
         self.rundir.keep_metrics_until(self.state.epoch)
 
     def checkpoint(self) -> dict:
-        """The checkpoint dict (DESIGN.md section 4): plain data and tensors only."""
+        """The checkpoint dict (docs/run-folder.md#checkpoint): plain data and tensors only."""
         ema = self.opts.ema
         weights = (ema.module if ema is not None else self.model).state_dict()
         state = {
