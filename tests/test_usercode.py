@@ -510,3 +510,22 @@ def test_a_block_that_torch_cannot_export_is_named_with_its_op(project):
         "error: runs/cfg/checkpoints/best.pt: layer 1 (Spectrum) cannot be exported: Exporting the operator "
         "'aten::linalg_svdvals' to ONNX opset version")
     assert not (project / "runs" / "cfg" / "model.onnx").exists()
+
+
+def test_a_child_process_started_fresh_unpickles_the_users_dataset(project):
+    """What a spawned DataLoader worker does: `import dltool` there loads the parent's code files."""
+    import pickle
+
+    usercode.load_code(["blocks.py"])
+    from dltool.config.registry import DATASETS
+
+    dataset = DATASETS.get("CsvImages").user_class("data.csv")
+    (project / "dataset.pkl").write_bytes(pickle.dumps(dataset))
+    env = {**os.environ, usercode.ENVIRONMENT: os.environ[usercode.ENVIRONMENT],
+           "PYTHONPATH": str(Path(__file__).parents[1])}
+    child = subprocess.run([sys.executable, "-c", "import pickle; d = pickle.load(open('dataset.pkl', 'rb')); "
+                            "print(type(d).__module__, len(d), d[1][1])"],
+                           cwd=project, capture_output=True, text=True, env=env, timeout=120)
+    assert child.returncode == 0, child.stderr
+    assert child.stdout.split() == [type(dataset).__module__, "40", "1"]
+    assert type(dataset).__module__.startswith("dltool.code_blocks_")
