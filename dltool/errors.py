@@ -32,6 +32,21 @@ class RunBusy(ConfigError):
     """Another live process is training this run folder."""
 
 
+class CodeError(ConfigError):
+    """The user's own code (a `--code` file or an installed plugin) failed while loading.
+
+    `details` holds the traceback of the user's frames, shown above the one-line message.
+    """
+
+    def __init__(self, message: str, details: str = ""):
+        super().__init__(message)
+        self.details = details
+
+
+class CodeChanged(UserWarning):
+    """A `--code` file differs from the one a run was trained with (the run goes on)."""
+
+
 class ShapeError(DltoolError):
     """A layer cannot take the shape that arrives at it.
 

@@ -48,9 +48,46 @@ def user_errors(main_process: bool = True) -> Iterator[None]:
         from dltool.errors import Interrupted
 
         if main_process or not exc.everywhere:
+            details = getattr(exc, "details", "")
+            if details:  # the traceback of the user's own code, their frames only
+                sys.stderr.write(details + "\n")
             prefix = "" if isinstance(exc, Interrupted) else "[red]error:[/red] "
             stderr_console().print(f"{prefix}{escape(str(exc))}", soft_wrap=True)
         raise typer.Exit(code=exc.exit_code) from None
+
+
+CodeOption = typer.Option(
+    None, "--code", metavar="FILE.py",
+    help="A Python file of your own layers, datasets, transforms, losses or models, registered with "
+         "`from dltool import register` (repeatable; see docs/your-code.md)")
+
+
+def load_user_code(code: Optional[List[Path]]) -> None:
+    """Load the --code files and installed plugins; a changed code file is one warning line.
+
+    Raises:
+        DltoolError: a file is missing, raised while loading, or registers a name that is taken.
+    """
+    import warnings
+
+    from dltool.config.usercode import load_code
+
+    warnings.showwarning = _show_warning
+    load_code([str(path) for path in code or []])
+
+
+_python_showwarning = __import__("warnings").showwarning
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    from dltool.errors import CodeChanged
+
+    if not issubclass(category, CodeChanged):
+        _python_showwarning(message, category, filename, lineno, file, line)
+        return
+    from rich.markup import escape
+
+    stderr_console().print(f"[yellow]warning:[/yellow] {escape(str(message))}", soft_wrap=True)
 
 
 def print_json(data) -> None:
@@ -80,11 +117,13 @@ def config_command(
     config: Path = typer.Argument(..., help="YAML config file"),
     overrides: Optional[List[str]] = OverridesArg,
     as_json: bool = typer.Option(False, "--json", help="Print JSON on stdout"),
+    code: Optional[List[Path]] = CodeOption,
 ) -> None:
     """Print the resolved config, or the first error `train` would give before its first step."""
     from dltool.config.load import dump_yaml, load_config
 
     with user_errors():
+        load_user_code(code)
         loaded = load_config(config, overrides or [])
         from dltool.training.check import check_config
 
@@ -108,6 +147,7 @@ def tune_command(
     heartbeat: int = typer.Option(10, "--heartbeat", min=1, help="Seconds between a trial's heartbeats; a trial silent for twice that (its process killed) is retried"),
     as_json: bool = typer.Option(False, "--json", help="Print JSON on stdout"),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress output"),
+    code: Optional[List[Path]] = CodeOption,
 ) -> None:
     """Hyperparameter search with Optuna over the config's tune: section; each trial is a run in runs/NAME/trials/."""
     from dltool.experiments.render import trials_table
@@ -117,6 +157,7 @@ def tune_command(
     progress = _TrialsProgress(console, trials, quiet)
     with user_errors():  # after the bar stops, so the error line is the last one
         try:
+            load_user_code(code)
             result = tune(config, trials, storage=storage, name=name, runs_dir=runs_dir, overrides=overrides or [],
                           workers=workers, heartbeat=heartbeat, on_start=progress.start, on_trial=progress.trial)
         except KeyboardInterrupt:
@@ -177,11 +218,13 @@ def lr_find_command(
     steps: int = typer.Option(100, "--steps", help="Mini-batches, one per learning rate"),
     out: Optional[Path] = typer.Option(None, "--out", help="The PNG (default: <config name>-lr-find.png)"),
     as_json: bool = typer.Option(False, "--json", help="Print JSON on stdout"),
+    code: Optional[List[Path]] = CodeOption,
 ) -> None:
     """Learning-rate range test: loss against lr as a PNG, and a suggested optimizer.lr; writes no run folder."""
     from dltool.experiments.lrfind import lr_find
 
     with user_errors():
+        load_user_code(code)
         result = lr_find(config, overrides or [], start=start, end=end, steps=steps, out=out)
     if as_json:
         print_json(result.to_json())
@@ -242,11 +285,13 @@ def list_command(
     kind: Optional[str] = typer.Argument(None, help="layers, datasets, transforms, losses, optimizers, schedulers, models"),
     name: Optional[str] = typer.Argument(None, help="Show the arguments of one entry"),
     as_json: bool = typer.Option(False, "--json", help="Print JSON on stdout"),
+    code: Optional[List[Path]] = CodeOption,
 ) -> None:
     """List what the registries hold (or the arguments of one entry)."""
     from dltool.cli.listing import describe, registry_names
 
     with user_errors():
+        load_user_code(code)
         if name is not None:
             rows = describe(kind, name)
             if as_json:
@@ -284,6 +329,7 @@ def shapes_command(
     depth: int = typer.Option(3, "--depth", min=1, help="Levels of nested layers to list"),
     num_classes: Optional[int] = typer.Option(None, "--num-classes", min=1, help="Classes, instead of reading the dataset"),
     as_json: bool = typer.Option(False, "--json", help="Print JSON on stdout"),
+    code: Optional[List[Path]] = CodeOption,
 ) -> None:
     """Layer-by-layer output shapes, parameters and mult-adds (table on stderr)."""
     from dltool.cli.shapes import render_table, shapes_for_config
@@ -291,6 +337,7 @@ def shapes_command(
 
     console = stderr_console()
     with user_errors():
+        load_user_code(code)
         try:
             report = shapes_for_config(str(config), overrides or [], batch_size=batch_size,
                                        input_shape=input_shape, depth=depth, num_classes=num_classes)
@@ -312,6 +359,7 @@ def data_command(
     out: Optional[Path] = typer.Option(None, "--out", help="Where --show writes (default: <config>-samples.png)"),
     stats: bool = typer.Option(False, "--stats", help="Per-channel mean/std of the train split, for Normalize"),
     as_json: bool = typer.Option(False, "--json", help="Print JSON on stdout"),
+    code: Optional[List[Path]] = CodeOption,
 ) -> None:
     """Classes and counts per split, skipped files, sample shape; --stats, --show N."""
     from functools import partial
@@ -321,6 +369,7 @@ def data_command(
     from dltool.store.writing import write_output
 
     with user_errors():
+        load_user_code(code)
         report = inspect_data(load_config(config, overrides or []), stats=stats, show=show, out=out,
                               write=partial(write_output, inputs=[config]))
     if as_json:
@@ -339,6 +388,7 @@ def train_command(
     folds: Optional[int] = typer.Option(None, "--folds", min=2, help="K-fold cross-validation: one sub-run per fold"),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress output"),
     nproc: Optional[int] = typer.Option(None, "--nproc", min=1, help="Train in N local processes (one per GPU) through torchrun"),
+    code: Optional[List[Path]] = CodeOption,
 ) -> None:
     """Train a model from a YAML config; writes a run folder (config, metrics, checkpoints, TensorBoard)."""
     from dltool.cli.progress import make_progress, summary_table
@@ -350,6 +400,7 @@ def train_command(
         overrides.insert(0, config)  # `--resume runs/x train.epochs=30`: the first override lands in CONFIG
         config = None
     with user_errors():
+        load_user_code(code)
         check_config_or_resume(config, resume)
     if nproc is not None:
         _launch_train(nproc, config, overrides, resume, name, runs_dir, folds, quiet)
@@ -413,12 +464,14 @@ def eval_command(
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N"),
     as_json: bool = typer.Option(False, "--json", help="Print JSON on stdout"),
     out: Optional[Path] = typer.Option(None, "--out", help="Where report files go (default: the run folder's eval/)"),
+    code: Optional[List[Path]] = CodeOption,
 ) -> None:
     """Evaluate a checkpoint: loss, accuracy, per-class metrics, confusion matrix, mistakes."""
     from dltool.inference.eval_report import render, write_outputs
     from dltool.inference.evaluate import default_out_dir, evaluate_checkpoint
 
     with user_errors():
+        load_user_code(code)
         result = evaluate_checkpoint(target, overrides or [], split=split, batch_size=batch_size, device=device)
     # the results are shown first: a report folder that refuses the files does not hide them
     console = stderr_console()
@@ -441,6 +494,7 @@ def predict_command(
     output_format: str = typer.Option("table", "--format", help="table, json or csv"),
     batch_size: int = typer.Option(64, "--batch-size", min=1, help="Images per forward pass"),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N"),
+    code: Optional[List[Path]] = CodeOption,
 ) -> None:
     """Classify image files with a checkpoint (exit 2 when any input could not be read)."""
     from dltool.errors import ConfigError
@@ -449,6 +503,7 @@ def predict_command(
     with user_errors():
         if output_format not in ("table", "json", "csv"):
             raise ConfigError(f"--format: unknown format {output_format!r}; allowed: table, json, csv")
+        load_user_code(code)
         predictions = predict(inputs, model, topk=topk, batch_size=batch_size, device=device)
     if output_format == "json":
         print_json([p.to_json() for p in predictions])
@@ -477,11 +532,13 @@ def export_command(
     out: Optional[Path] = typer.Option(None, "--out", help="File to write (default: RUN/model.onnx, RUN/model.torchscript.pt)"),
     opset: Optional[int] = typer.Option(None, "--opset", min=7, help="ONNX opset (default: the exporter's)"),
     as_json: bool = typer.Option(False, "--json", help="Print JSON on stdout"),
+    code: Optional[List[Path]] = CodeOption,
 ) -> None:
     """Write a deployable ONNX or TorchScript file, checked against the checkpoint before it is kept."""
     from dltool.inference.export import export
 
     with user_errors():
+        load_user_code(code)
         result = export(target, output_format, out, opset)
     if as_json:
         print_json(result.to_json())

@@ -21,6 +21,7 @@ import yaml
 
 from dltool.config.registry import suggest
 from dltool.config.spec import COMMAND_LINE, Mark, Marks, Spec, located, parse_spec
+from dltool.config.usercode import check_run_code
 from dltool.errors import ConfigError, with_location
 
 MAX_DEPTH = 50  # levels of nested mappings and lists a config may have
@@ -82,6 +83,7 @@ class DataConfig:
     persistent_workers: bool = False
     sampler: Optional[Literal["balanced"]] = None
     channels: Optional[Literal[1, 3]] = None
+    classes: Optional[tuple[Any, ...]] = None  # names or indices: keep those classes, relabelled 0..k-1
     transforms: TransformsConfig = _f(factory=TransformsConfig)
     batch_transforms: tuple[Spec, ...] = ()
     cache: Literal["auto", "ram", "none"] = "auto"
@@ -149,6 +151,7 @@ def load_config(path: str | Path, overrides: typing.Sequence[str] = ()) -> Confi
     Raises:
         ConfigError: the file is missing or unreadable, the YAML is invalid, or a value is wrong.
     """
+    check_run_code(Path(path))
     data, marks = load_yaml_tree(Path(path))
     for text in overrides:
         apply_override(data, marks, text)
@@ -520,10 +523,28 @@ def validate(data: Mapping, marks: Marks, path: str | None) -> Config:
     Raises:
         ConfigError: unknown key (with a suggestion), wrong type, or value out of range.
     """
+    data = _whole_model(data, marks)
     values = _validate_dataclass(Config, data, "", marks)
     config = Config(**values, path=path, marks=marks)
     _check_optimizer(config.optimizer)
     return config
+
+
+def _whole_model(data: Mapping, marks: Marks) -> Mapping:
+    """`model: {name: MyNet, width: 32, input_shape: ...}`: one network by name (the user's code
+    registers it) is the one-layer stack `layers: [{name: MyNet, width: 32}]`."""
+    model = data.get("model")
+    if not isinstance(model, Mapping) or "name" not in model:
+        return data
+    if "layers" in model:
+        raise ConfigError(located("give either name: (one whole network) or layers:, not both", "model.name", marks))
+    own = {f.name for f in dataclasses.fields(ModelConfig)}
+    layer = {k: v for k, v in model.items() if k not in own}
+    for k in layer:
+        if f"model.{k}" in marks:
+            marks[f"model.layers.0.{k}"] = marks[f"model.{k}"]
+    marks.setdefault("model.layers.0", marks.at("model"))
+    return {**data, "model": {**{k: v for k, v in model.items() if k in own}, "layers": [layer]}}
 
 
 def _validate_dataclass(cls: type, data: Any, key: str, marks: Marks) -> dict:

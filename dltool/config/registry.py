@@ -26,21 +26,59 @@ class Registry:
         self._entries: dict[str, tuple[str, Callable]] = {}
         self._refused: dict[str, tuple[str, str]] = {}
         self._supplied: dict[str, dict[str, str]] = {}
+        self._sources: dict[str, str] = {}  # entries from the user's code: name -> the file or plugin
 
-    def register(self, name: str | None = None, obj: Callable | None = None) -> Callable:
+    def register(self, name: str | None = None, obj: Callable | None = None, *, source: str | None = None) -> Callable:
         """Register `obj` under `name` (default: its __name__); usable as a decorator.
 
+        `source` names where an entry from the user's code comes from (a `--code` file, a plugin);
+        such an entry may not take a name that a built-in or another source holds.
+
         Raises:
-            ValueError: the name (ignoring case) is taken already.
+            ValueError: a built-in name (ignoring case) is taken already.
+            RegistryError: a name from the user's code is taken already (both sources named).
         """
         def add(target: Callable) -> Callable:
             entry = name or target.__name__
+            if source is not None:
+                self._ensure_filled()
             if entry.lower() in self._entries:
-                raise ValueError(f"{self.kind} registry already has {entry!r}")
+                if source is None:
+                    raise ValueError(f"{self.kind} registry already has {entry!r}")
+                taken = self._entries[entry.lower()][0]
+                raise RegistryError(f"{source}: {self.noun} {entry!r} collides with {taken!r} from "
+                                    f"{self.source(taken)}; register it under another name, "
+                                    f"e.g. @register.{self.noun}(\"My{entry}\")")
             self._entries[entry.lower()] = (entry, target)
+            if source is not None:
+                self._sources[entry.lower()] = source
             return target
 
         return add(obj) if obj is not None else add
+
+    def remove(self, name: str) -> None:
+        """Take an entry of the user's code out again (a caller that loads code files for a while)."""
+        if name.lower() in self._sources:
+            del self._entries[name.lower()], self._sources[name.lower()]
+
+    def source(self, name: str) -> str:
+        """Where entry `name` comes from: the user's file or plugin, or the module of a built-in."""
+        own = self._sources.get(name.lower())
+        if own is not None:
+            return own
+        target = self._entries[name.lower()][1]
+        return f"built-in {getattr(target, '__module__', None) or 'dltool'}"
+
+    def from_user(self, name: str) -> bool:
+        """True for an entry that the user's code registered."""
+        return name.lower() in self._sources
+
+    def where(self, name: str, exc: BaseException) -> str:
+        """' (in FILE:LINE)': the last line of the user's file that `exc` passed through, for an entry
+        from their code (so a failure inside their block points at their line); else ''."""
+        source = self._sources.get(name.lower())
+        lines = [tb.tb_lineno for tb in _frames(exc.__traceback__) if tb.tb_frame.f_code.co_filename == source]
+        return f" (in {source}:{lines[-1]})" if lines else ""
 
     def refuse(self, name: str, reason: str) -> None:
         """Leave `name` out of the listing and make naming it an error that says `reason` (an entry
@@ -104,7 +142,7 @@ class Registry:
         try:
             return target(*args, *spec.args, **kwargs)
         except (TypeError, ValueError, AssertionError, RuntimeError) as exc:  # torch refuses some values with RuntimeError
-            raise RegistryError(spec.error(_first_line(exc))) from exc
+            raise RegistryError(spec.error(_first_line(exc) + self.where(spec.name, exc))) from exc
 
     def parameters(self, name: str) -> list[tuple[str, str]]:
         """(argument, default, 'required' or 'filled in: ...') for `dltool list KIND NAME`."""
@@ -173,6 +211,12 @@ def suggest(word: str, choices: Iterable[str]) -> str:
 
 def spec_error(spec: Spec | None, message: str) -> str:
     return located(message, spec.key, spec.marks) if spec is not None else message
+
+
+def _frames(tb: Any) -> Iterable[Any]:
+    while tb is not None:
+        yield tb
+        tb = tb.tb_next
 
 
 def _first_line(exc: BaseException) -> str:

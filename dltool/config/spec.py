@@ -116,9 +116,11 @@ def _checked(name: Any, args: Any, kwargs: dict, key: str, marks: Marks | None) 
     if not isinstance(name, str) or not name:
         raise ConfigError(located(f"a component name must be a non-empty string; got {_describe(name)}", key, marks))
     if "." in name:
+        last = name.rpartition(".")[2]
+        hint = f"; did you mean {last}?" if last[:1].isupper() else ""  # a class in the user's --code file
         raise ConfigError(located(f"{name}: components are named by their registered name (Conv2d, SGD, ...), not "
-                                  "an import path; nothing in a config imports code (dltool list shows the names)",
-                                  key, marks))
+                                  "an import path; nothing in a config imports code (dltool list shows the names)"
+                                  + hint, key, marks))
     if not isinstance(args, (list, tuple)):
         args = (args,)
     for arg in kwargs:

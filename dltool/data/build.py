@@ -15,6 +15,7 @@ from dltool.data.bundle import NO_VAL, DataBundle
 from dltool.data.scan import scan_split
 from dltool.data.sources import RawSplit, Source, stratified_split
 from dltool.data.specs import transform_specs
+from dltool.data.subset import subset_classes
 from dltool.data.transforms import build_pipeline, to_float_tensor
 from dltool.errors import DataError
 
@@ -84,6 +85,8 @@ def build_data(config: Any, splits: Sequence[str] = ("train", "val"), split_stat
     data = config.data
     source: Source = DATASETS.build(data.dataset)
     raws, split = _select(source, splits, data, config.seed, split_state, config.marks)
+    if data.classes is not None:
+        raws = subset_classes(raws, data.classes, config.marks)
     if source.images:
         channels = _channels(config, raws)
         train_tf, eval_tf = _pipelines(data.transforms)

@@ -18,6 +18,7 @@ from torch.utils.data import DataLoader
 from dltool.config.registry import TRANSFORMS, signature
 from dltool.config.spec import Spec
 from dltool.data.sampler import EpochSampler, epoch_seed
+from dltool.data.usercode import check_pickles
 from dltool.errors import RegistryError
 
 
@@ -95,6 +96,7 @@ def make_loader(dataset: Any, data: Any, *, train: bool, seed: int, device: str 
                              batch_transform=batch_transform)
         if held is not None:
             return held
+    check_pickles(getattr(dataset, "items", None), data.num_workers)
     pin = str(device).startswith("cuda") and data.pin_memory in ("auto", True)  # pinned pages help CUDA copies only
     loader = DataLoader(
         dataset, batch_size=data.batch_size if train else (data.eval_batch_size or data.batch_size),

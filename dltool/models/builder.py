@@ -184,6 +184,9 @@ class Stack:
             self.check_unambiguous(target, spec, shape, positional)
             given = dict(zip(positional[1:], spec.args))
         args, extra = (), {}
+        if self.num_classes is not None and "num_classes" in (p.name for p in params) \
+                and "num_classes" not in spec.kwargs and "num_classes" not in given:
+            extra["num_classes"] = self.num_classes  # a whole model of the user's: sized to the data
         for name in (p.name for p in params):
             if name not in CHANNEL_ARGS and name not in LAST_DIM_ARGS:
                 continue
@@ -297,7 +300,7 @@ def probe(module: nn.Module, spec: Spec, shape: tuple[int, ...]) -> tuple[int, .
         with torch.no_grad():
             out = module(torch.zeros(1, *shape))
     except PROBE_ERRORS as exc:
-        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0] + LAYERS.where(spec.name, exc)
         raise ShapeError(spec.error(f"cannot take an input of shape {fmt(shape)}: {reason}")) from None
     finally:
         module.train(was_training)

@@ -21,6 +21,7 @@ import zipfile
 from pathlib import Path
 from typing import Any
 
+from dltool.config.usercode import check_code
 from dltool.errors import CheckpointError, DltoolError
 
 REQUIRED_KEYS = ("model", "config")
@@ -165,6 +166,7 @@ def load_checkpoint(path: str | Path, map_location: Any = "cpu") -> dict:
         raise CheckpointError(f"{path}: not a dltool checkpoint: it holds {what}; dltool needs the "
                               "checkpoint `dltool train` writes (it stores the model config)")
     state["path"] = str(path)
+    check_code(state.get("code"), str(path))
     return state
 
 

@@ -86,7 +86,19 @@ def build_loss(spec: Spec, class_counts: Sequence[int] | None = None) -> nn.Modu
     for key in TENSOR_ARGS:
         if isinstance(kwargs.get(key), list):
             kwargs[key] = torch.tensor(kwargs[key], dtype=torch.float32)
-    return LOSSES.build(Spec(spec.name, spec.args, kwargs, key=spec.key, marks=spec.marks))
+    loss = LOSSES.build(Spec(spec.name, spec.args, kwargs, key=spec.key, marks=spec.marks))
+    return loss if isinstance(loss, nn.Module) else FunctionLoss(loss)
+
+
+class FunctionLoss(nn.Module):
+    """A loss function of the user's (`@register.loss` on a function) as a module, as the loop takes losses."""
+
+    def __init__(self, function):
+        super().__init__()
+        self.function = function
+
+    def forward(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        return self.function(outputs, targets)
 
 
 def build_optimizer(spec: Spec, model: nn.Module, *, device: torch.device | None = None) -> torch.optim.Optimizer:

@@ -5,6 +5,7 @@
     runs/x/summary.json         best epoch, final metrics, throughput
     runs/x/checkpoints/last.pt  every epoch and on interruption; best.pt when the monitor improves
     runs/x/tb/                  TensorBoard events (`tensorboard --logdir runs`)
+    runs/x/code/                copies of the `--code` files the run loaded, and code.json
     runs/x/.lock                held (flock) by the one process training the run; names it
 
 Every file goes through dltool.store.writing: atomic, and one line when the place refuses the write.
@@ -22,6 +23,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from dltool.config.load import dump_yaml
+from dltool.config.usercode import code_record
 from dltool.errors import ConfigError, RunBusy, RunFailed
 from dltool.store.checkpoint import checkpoint_in, remove_stale_temps, save_checkpoint
 from dltool.store.writing import append_synced, folder_name, write_atomic, writing
@@ -155,6 +157,24 @@ class RunDir:
 
     def write_config(self, data: dict) -> None:
         _write_text(self.path / "config.yaml", dump_yaml(data))
+        self.write_code(code_record(data))
+
+    def write_code(self, record: list[dict]) -> None:
+        """code/: a copy of each `--code` file the run loaded, and code.json (path, sha256, the names
+        the config uses). For the record: nothing ever runs these copies."""
+        files = [entry for entry in record if not entry["plugin"]]
+        if not files:
+            return
+        folder = self.path / "code"
+        if not folder.exists():
+            with writing(folder):
+                folder.mkdir()
+        for entry in files:
+            source = Path(entry["path"])
+            entry["copy"] = f"code/{source.stem}-{entry['sha256'][:8]}{source.suffix}"
+            with contextlib.suppress(OSError):  # a file removed since it was loaded: its record stays
+                write_atomic(self.path / entry["copy"], source.read_bytes())
+        _write_text(folder / "code.json", json.dumps(record, indent=2) + "\n")
 
     def write_bad_files(self, bad_files: Sequence[tuple[str, str]]) -> None:
         if bad_files:
@@ -202,6 +222,7 @@ class RunDir:
         Raises:
             RunFailed: the disk refused a write (full, read-only); the previous checkpoint is kept.
         """
+        state = {**state, "code": code_record(state.get("config"))}  # plain data: loading it imports nothing
         for kind, path in (("best", self.best), ("last", self.last)) if best else (("last", self.last),):
             try:
                 save_checkpoint(state, path)
