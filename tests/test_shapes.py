@@ -7,7 +7,7 @@ from rich.console import Console
 from typer.testing import CliRunner
 
 from dltool.cli import app
-from dltool.cli.shapes import render_table
+from dltool.cli.render_shapes import render_table
 from dltool.config.load import load_config
 from dltool.models.builder import collect_shapes
 

@@ -332,8 +332,9 @@ def shapes_command(
     code: Optional[List[Path]] = CodeOption,
 ) -> None:
     """Layer-by-layer output shapes, parameters and mult-adds (table on stderr)."""
-    from dltool.cli.shapes import render_table, shapes_for_config
+    from dltool.cli.render_shapes import render_table
     from dltool.errors import ShapeError
+    from dltool.training.inspect_model import shapes_for_config
 
     console = stderr_console()
     with user_errors():
