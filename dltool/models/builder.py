@@ -18,7 +18,7 @@ from torch import nn
 from dltool.config.registry import LAYERS, signature
 from dltool.config.spec import Spec, located, parse_spec
 from dltool.errors import ConfigError, RegistryError, ShapeError
-from dltool.models.plan import fmt
+from dltool.models.composite import fmt
 from dltool.models.shapes import ShapeReport, measure, module_rows
 
 # Channel-first layers and the (unbatched) ranks they take.

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from dltool.config.registry import LAYERS
-from dltool.models.plan import Plan, fmt
+from dltool.models.composite import Plan, fmt
 
 # Containers dltool writes itself, abstract bases, and wrappers that are not layers.
 NOT_LAYERS = {

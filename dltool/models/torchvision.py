@@ -19,8 +19,8 @@ from torch import nn
 
 from dltool.config.registry import MODELS
 from dltool.errors import CheckpointError, ShapeError
+from dltool.models.composite import Plan, fmt
 from dltool.models.init import apply_freeze
-from dltool.models.plan import Plan, fmt
 
 IMAGENET_CLASSES = 1000
 AUX_HEADS = ("aux1.", "aux2.", "AuxLogits.")
