@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 
 from dltool.cli import app
 from dltool.config.load import config_from_data
-from dltool.data.specs import transform_specs
+from dltool.data.transform_lists import transform_specs
 from dltool.data.transforms import build_pipeline, to_float_tensor
 from dltool.inference.plan import Unplannable, build_plan
 from dltool.inference.preprocess_numpy import NumpyPreprocess

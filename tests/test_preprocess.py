@@ -11,7 +11,7 @@ from dltool.config.spec import parse_spec
 from dltool.data import build_data
 from dltool.data import transforms as tv
 from dltool.data.build import _pipelines
-from dltool.data.specs import transform_specs
+from dltool.data.transform_lists import transform_specs
 from dltool.inference.preprocess import Preprocess, image_mode
 
 NATIVE_LISTS = [

@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 from dltool.cli import app
 from dltool.experiments.render import runs_table
 from dltool.experiments.runs_table import FIELDS, list_runs
-from dltool.training.runs import RunDir
+from dltool.training.run_folder import RunDir
 
 
 @pytest.fixture

@@ -12,7 +12,7 @@ from torchvision.transforms import v2
 
 from dltool.config.registry import TRANSFORMS
 from dltool.config.spec import parse_spec
-from dltool.data.specs import deterministic_part
+from dltool.data.transform_lists import deterministic_part
 from dltool.data.transforms import build_pipeline, build_transform, to_float_tensor
 from dltool.errors import RegistryError
 

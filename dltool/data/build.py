@@ -14,8 +14,8 @@ from dltool.config.spec import Spec, located
 from dltool.data.bundle import NO_VAL, DataBundle
 from dltool.data.scan import scan_split
 from dltool.data.sources import RawSplit, Source, stratified_split
-from dltool.data.specs import transform_specs
 from dltool.data.subset import subset_classes
+from dltool.data.transform_lists import transform_specs
 from dltool.data.transforms import build_pipeline, to_float_tensor
 from dltool.errors import DataError
 

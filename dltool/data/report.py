@@ -14,7 +14,7 @@ from dltool.config.registry import DATASETS, TRANSFORMS
 from dltool.data.build import build_data
 from dltool.data.bundle import DataBundle
 from dltool.data.sources import class_counts
-from dltool.data.specs import transform_specs
+from dltool.data.transform_lists import transform_specs
 from dltool.data.transforms import build_pipeline, to_float_tensor
 from dltool.errors import DataError
 

@@ -21,7 +21,7 @@ FIELDS = ("name", "path", "status", "epochs_done", "best_epoch", "monitor", "bes
 
 
 def is_running(run_dir: Path) -> bool:
-    """Whether a live process holds the run folder's lock (see dltool.training.runs.RunDir.hold)."""
+    """Whether a live process holds the run folder's lock (see dltool.training.run_folder.RunDir.hold)."""
     import fcntl
 
     try:

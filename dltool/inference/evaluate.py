@@ -284,6 +284,6 @@ def per_class(confusion: list[list[int]], classes: Sequence[str]) -> list[dict]:
 
 def default_out_dir(checkpoint: str | Path) -> Path:
     """The run folder's eval/ (a checkpoint outside a run: eval/ next to it)."""
-    from dltool.training.runs import run_dir_of
+    from dltool.training.run_folder import run_dir_of
 
     return run_dir_of(Path(checkpoint)) / "eval"

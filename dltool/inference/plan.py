@@ -39,7 +39,7 @@ def build_plan(config: Any, input_shape: Sequence[int]) -> dict:
     Raises:
         Unplannable: a step of data.transforms.eval (or its arguments) has no plain-data form.
     """
-    from dltool.data.specs import transform_specs
+    from dltool.data.transform_lists import transform_specs
     from dltool.inference.preprocess import image_mode
 
     specs = transform_specs(config.data.transforms)[1]

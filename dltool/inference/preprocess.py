@@ -18,7 +18,7 @@ import torch
 from PIL import Image, ImageOps
 
 from dltool.config.spec import Spec
-from dltool.data.specs import transform_specs
+from dltool.data.transform_lists import transform_specs
 from dltool.inference.preprocess_numpy import resized_size
 
 # PIL resampling filters for torchvision's InterpolationMode values (torchvision's pil_modes_mapping).

@@ -34,7 +34,7 @@ ADVICE = {
     errno.ELOOP: "its symlinks form a loop; choose another path",
 }
 
-# what a run folder holds (dltool.training.runs); its own files are never an output's place
+# what a run folder holds (dltool.training.run_folder); its own files are never an output's place
 RUN_FILES = ("config.yaml", "metrics.csv", "summary.json", "curves.png", ".lock")
 # special files a user plainly means to write into rather than replace
 WRITE_INTO = {"/dev/stdout": 1, "/dev/stderr": 2, "/dev/fd/1": 1, "/dev/fd/2": 2}

@@ -73,7 +73,7 @@ def _check_dataset(spec: Spec) -> None:
 
 
 def _check_transforms(transforms: Any) -> None:
-    from dltool.data.specs import transform_specs
+    from dltool.data.transform_lists import transform_specs
     from dltool.data.transforms import build_pipeline
 
     for specs in transform_specs(transforms):

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from dltool.errors import ConfigError
-from dltool.training.runs import RunDir
+from dltool.training.run_folder import RunDir
 from dltool.training.runtime import derived_seed
 
 ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK")

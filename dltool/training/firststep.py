@@ -92,7 +92,7 @@ def check_transforms(config: Any, bundle: Any) -> None:
     Raises:
         ConfigError: located at the transform's key.
     """
-    from dltool.data.specs import transform_specs
+    from dltool.data.transform_lists import transform_specs
 
     datasets = [d for d in (bundle.train, bundle.val, bundle.test) if d is not None and len(d)]
     if not datasets or not hasattr(datasets[0], "raw_image"):

@@ -17,7 +17,7 @@ from typing import Any, Sequence
 from dltool.config.load import Config
 from dltool.errors import ConfigError, DataError
 from dltool.training.callbacks import Callback, Callbacks
-from dltool.training.runs import RunDir
+from dltool.training.run_folder import RunDir
 
 
 def fold_splits(bundle: Any, folds: int, seed: int) -> list[dict]:

@@ -85,7 +85,7 @@ def launch_train(nproc: int, config: str | None, overrides: Sequence[str], *, re
     from pathlib import Path
 
     from dltool.config.load import load_config
-    from dltool.training.runs import never_saved, resume_checkpoint
+    from dltool.training.run_folder import never_saved, resume_checkpoint
 
     if resume is not None:
         if not never_saved(Path(resume)):

@@ -26,7 +26,7 @@ from dltool.training.callbacks import Callback, Callbacks
 from dltool.training.engine import FitPlan, LoopState, StepOptions, fit
 from dltool.training.firststep import check_first_step
 from dltool.training.optim import build_loss, build_optimizer, build_scheduler, monitor_mode, replay
-from dltool.training.runs import RunDir, metric_columns, never_saved, resume_checkpoint, run_dir_of
+from dltool.training.run_folder import RunDir, metric_columns, never_saved, resume_checkpoint, run_dir_of
 from dltool.training.runtime import (
     EMA,
     StopSignal,

@@ -60,10 +60,10 @@ def test_enospc_keeps_the_previous_checkpoint_and_removes_the_temp_file(tmp_path
 
 
 def test_train_stops_with_one_line_when_the_disk_fills(tmp_path, monkeypatch):
-    import dltool.training.runs
+    import dltool.training.run_folder
 
     config = write_config(tmp_path, data={**TINY, "train": {**TINY["train"], "epochs": 3}})
-    real_save, saves = dltool.training.runs.save_checkpoint, []
+    real_save, saves = dltool.training.run_folder.save_checkpoint, []
 
     def save_until_full(state, path):
         saves.append(state["epoch"])
@@ -71,7 +71,7 @@ def test_train_stops_with_one_line_when_the_disk_fills(tmp_path, monkeypatch):
             fill_disk(monkeypatch, 1000)
         return real_save(state, path)
 
-    monkeypatch.setattr(dltool.training.runs, "save_checkpoint", save_until_full)
+    monkeypatch.setattr(dltool.training.run_folder, "save_checkpoint", save_until_full)
     last = tmp_path / "runs" / "tiny" / "checkpoints" / "last.pt"
     result = CliRunner().invoke(app, ["train", str(config), "--runs-dir", str(tmp_path / "runs"), "--quiet"])
     monkeypatch.undo()

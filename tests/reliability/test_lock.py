@@ -17,7 +17,7 @@ import pytest
 from typer.testing import CliRunner
 
 from dltool.cli import app
-from dltool.training.runs import RunDir
+from dltool.training.run_folder import RunDir
 from dltool.training.train import train
 
 from .tools import TINY, dltool_command, one_line_error, run_dltool, write_config

@@ -173,16 +173,16 @@ def test_tensorboard_writer_thread_failure_is_one_line_not_a_thread_traceback(tm
 
 
 def test_summary_agrees_with_the_checkpoints_after_a_failed_save(tmp_path, monkeypatch):
-    import dltool.training.runs
+    import dltool.training.run_folder
 
-    real = dltool.training.runs.save_checkpoint
+    real = dltool.training.run_folder.save_checkpoint
 
     def full_from_epoch_3(state, path):
         if state["epoch"] >= 3:
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
         return real(state, path)
 
-    monkeypatch.setattr(dltool.training.runs, "save_checkpoint", full_from_epoch_3)
+    monkeypatch.setattr(dltool.training.run_folder, "save_checkpoint", full_from_epoch_3)
     config = write_config(tmp_path, data={**TINY, "train": {**TINY["train"], "epochs": 4}})
     result = invoke("train", str(config), "--runs-dir", str(tmp_path / "runs"), "--quiet")
     monkeypatch.undo()

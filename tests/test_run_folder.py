@@ -11,7 +11,7 @@ import torch
 import yaml
 
 from dltool.errors import ConfigError
-from dltool.training.runs import COLUMNS, RunDir, resume_checkpoint
+from dltool.training.run_folder import COLUMNS, RunDir, resume_checkpoint
 from dltool.training.train import train
 
 CONFIG = {
