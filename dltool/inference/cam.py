@@ -47,7 +47,8 @@ def method_name(name: str) -> str:
     by_lower = {m.lower(): m for m in METHODS} | ALIASES
     found = by_lower.get(name.lower())
     if found is None:
-        raise ConfigError(f"--cam-method: unknown method {name!r}{suggest(name, METHODS)}; "
+        hint = suggest(name, METHODS)
+        raise ConfigError(f"--cam-method: unknown method {name!r}{hint}{' ' if hint else '; '}"
                           f"allowed: {', '.join(METHODS)}")
     return found
 

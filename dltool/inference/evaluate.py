@@ -120,8 +120,12 @@ def evaluate_checkpoint(target: str | Path, overrides: Sequence[str] = (), *, sp
         raise ConfigError(f"--split: unknown split {split!r}; allowed: {', '.join(SPLITS)}")
     checkpoint = load_checkpoint(target)
     model, config = rebuild_model(checkpoint)
-    modes = _tta_modes(tta, config, checkpoint)
+    modes = _tta_modes(tta, checkpoint)
     data_config, bundle = _load_split(checkpoint, config, overrides, split, batch_size)
+    if modes:
+        from dltool.inference.tta import check_flips
+
+        check_flips(modes, data_config)  # with the overrides: data.flip_invariant=true is said on the command line
     kind = checkpoint.get("output", DEFAULT_OUTPUT)  # older checkpoints: softmax, as always
     metrics, outputs = _forward(model, config, data_config, bundle, split, _device(device), kind)
     targets = _targets(bundle.dataset(split), bundle.task)
@@ -145,16 +149,15 @@ def evaluate_checkpoint(target: str | Path, overrides: Sequence[str] = (), *, sp
     return result
 
 
-def _tta_modes(tta: str | None, config: Any, checkpoint: dict) -> tuple[str, ...]:
-    """The --tta modes, checked against the run (flips it refuses, a regressor)."""
+def _tta_modes(tta: str | None, checkpoint: dict) -> tuple[str, ...]:
+    """The --tta modes; refused for a regression model."""
     if tta is None:
         return ()
-    from dltool.inference.tta import check_flips, parse_mode
+    from dltool.inference.tta import parse_mode
 
     modes = parse_mode(tta)
     if checkpoint.get("task", "classification") == "regression":
         raise ConfigError("--tta averages class probabilities; this checkpoint is a regression model")
-    check_flips(modes, config)
     return modes
 
 
