@@ -133,9 +133,10 @@ def evaluate_checkpoint(target: str | Path, overrides: Sequence[str] = (), *, sp
                         metrics={}, ids=bundle.sample_ids(split), targets=targets, outputs=outputs, output=kind,
                         model=model, samples=bundle.dataset(split))
     if modes:
-        from dltool.inference.tta import averaged, describe, views
+        from dltool.inference.tta import describe, views
+        from dltool.inference.tta_model import Averaged
 
-        tta_metrics, tta_outputs = _forward(averaged(model, modes, kind), config, data_config, bundle, split,
+        tta_metrics, tta_outputs = _forward(Averaged(model, modes, kind), config, data_config, bundle, split,
                                             _device(device), kind)
         shape = checkpoint["input_shape"]
         result.tta = {"mode": describe(modes), "views": len(views(modes, shape[-2], shape[-1])),

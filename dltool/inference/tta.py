@@ -168,10 +168,3 @@ def _apply(x: Any, view: View) -> Any:
         return apply_numpy(x, view)
     return apply_torch(x[None], view)[0]
 
-
-def averaged(model: Any, modes: Sequence[str], output: str) -> Any:
-    """`model` wrapped to return, for a batch, outputs of kind `output` whose probabilities are the
-    mean over the views (so eval's loss and accuracy measure the averaged prediction)."""
-    from dltool.inference.tta_model import Averaged
-
-    return Averaged(model, modes, output)
