@@ -187,7 +187,9 @@ class PredictCams:
 
     def __init__(self, model_path: str | Path, *, device: str = "auto", method: str = "GradCAM",
                  layer: str | None = None, cam_class: str | None = None):
-        """Raises:
+        """Open the checkpoint and choose the layer, so that every mistake in the options is found first.
+
+        Raises:
             ConfigError: an exported file, a regression model, an unknown method, layer or class.
             MissingExtra: grad-cam is not installed.
         """
