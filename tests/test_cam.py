@@ -169,3 +169,15 @@ def test_the_default_layer_of_torchvision_models():
         assert layer.name == expected and layer.shape == (1, *layer.shape[1:2], 2, 2)
         maps = HeatMaps(model, (3, 64, 64), torch.device("cpu")).maps(torch.randn(2, 3, 64, 64), [0, 2])
         assert maps.shape == (2, 64, 64) and np.isfinite(maps).all()
+
+
+def test_a_regression_model_has_no_class_to_explain_or_average(make_checkpoint, tmp_path):
+    checkpoint = make_checkpoint(["Flatten", {"Linear": {"out_features": 1}}], classes=(), task="regression")
+    image = tmp_path / "x.png"
+    Image.fromarray(np.zeros((8, 8), np.uint8), "L").save(image)
+    expected = {("--cam", str(tmp_path / "c")): "error: --cam: a heat map explains a class; this checkpoint is a "
+                                                "regression model",
+                ("--tta", "crops"): "error: --tta averages class probabilities; this model is a regression model"}
+    for option, message in expected.items():
+        result = CliRunner().invoke(app, ["predict", str(image), "--model", str(checkpoint), *option])
+        assert result.exit_code == 2 and result.stderr.strip() == message
