@@ -94,7 +94,7 @@ TtaOption = typer.Option(
     None, "--tta", metavar="MODE",
     help="Test-time augmentation: average the probabilities over the original and its horizontal flip (flip), "
          "five crops (crops) or both (flip,crops)")
-CamMethodOption = typer.Option("GradCAM", "--cam-method", help="GradCAM, GradCAMPlusPlus, EigenCAM, ... (grad-cam's names)")
+CamMethodOption = typer.Option("GradCAM", "--cam-method", metavar="NAME", help="GradCAM, GradCAMPlusPlus, EigenCAM, ... (grad-cam's names)")
 CamLayerOption = typer.Option(None, "--cam-layer", metavar="NAME",
                               help="Layer to draw the heat map at, by dotted name (default: the last with a spatial output)")
 
@@ -475,7 +475,7 @@ def eval_command(
     out: Optional[Path] = typer.Option(None, "--out", help="Where report files go (default: the run folder's eval/)"),
     tta: Optional[str] = TtaOption,
     cam: int = typer.Option(0, "--cam", metavar="N", min=0,
-                            help="Heat maps of the N most confident mistakes into the report's cam/ (extra [cam])"),
+                            help="Heat maps of the N most confident mistakes into the report's cam/ (needs the cam extra)"),
     cam_method: str = CamMethodOption,
     cam_layer: Optional[str] = CamLayerOption,
     code: Optional[List[Path]] = CodeOption,
@@ -525,7 +525,7 @@ def predict_command(
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N"),
     tta: Optional[str] = TtaOption,
     cam: Optional[Path] = typer.Option(None, "--cam", metavar="DIR",
-                                       help="Write a Grad-CAM heat map of each image into DIR (extra [cam])"),
+                                       help="Write a Grad-CAM heat map of each image into DIR (needs the cam extra)"),
     cam_class: Optional[str] = typer.Option(None, "--cam-class", metavar="NAME",
                                             help="Class the heat map explains (default: the predicted one)"),
     cam_method: str = CamMethodOption,
