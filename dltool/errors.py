@@ -47,6 +47,10 @@ class CodeChanged(UserWarning):
     """A `--code` file differs from the one a run was trained with (the run goes on)."""
 
 
+class TtaWarning(UserWarning):
+    """Test-time augmentation shows the model views it never saw in training (the command goes on)."""
+
+
 class ShapeError(DltoolError):
     """A layer cannot take the shape that arrives at it.
 

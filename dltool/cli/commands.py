@@ -80,14 +80,23 @@ _python_showwarning = __import__("warnings").showwarning
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
-    from dltool.errors import CodeChanged
+    from dltool.errors import CodeChanged, TtaWarning
 
-    if not issubclass(category, CodeChanged):
+    if not issubclass(category, (CodeChanged, TtaWarning)):
         _python_showwarning(message, category, filename, lineno, file, line)
         return
     from rich.markup import escape
 
     stderr_console().print(f"[yellow]warning:[/yellow] {escape(str(message))}", soft_wrap=True)
+
+
+TtaOption = typer.Option(
+    None, "--tta", metavar="MODE",
+    help="Test-time augmentation: average the probabilities over the original and its horizontal flip (flip), "
+         "five crops (crops) or both (flip,crops)")
+CamMethodOption = typer.Option("GradCAM", "--cam-method", metavar="NAME", help="GradCAM, GradCAMPlusPlus, EigenCAM, ... (grad-cam's names)")
+CamLayerOption = typer.Option(None, "--cam-layer", metavar="NAME",
+                              help="Layer to draw the heat map at, by dotted name (default: the last with a spatial output)")
 
 
 def print_json(data) -> None:
@@ -465,6 +474,11 @@ def eval_command(
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N"),
     as_json: bool = typer.Option(False, "--json", help="Print JSON on stdout"),
     out: Optional[Path] = typer.Option(None, "--out", help="Where report files go (default: the run folder's eval/)"),
+    tta: Optional[str] = TtaOption,
+    cam: int = typer.Option(0, "--cam", metavar="N", min=0,
+                            help="Heat maps of the N most confident mistakes into the report's cam/ (needs the cam extra)"),
+    cam_method: str = CamMethodOption,
+    cam_layer: Optional[str] = CamLayerOption,
     code: Optional[List[Path]] = CodeOption,
 ) -> None:
     """Evaluate a checkpoint: loss, accuracy, per-class metrics, confusion matrix, mistakes."""
@@ -473,7 +487,13 @@ def eval_command(
 
     with user_errors():
         load_user_code(code)
-        result = evaluate_checkpoint(target, overrides or [], split=split, batch_size=batch_size, device=device)
+        if cam:
+            from dltool.inference.cam import import_gradcam, method_name
+
+            import_gradcam("--cam")
+            method_name(cam_method)
+        result = evaluate_checkpoint(target, overrides or [], split=split, batch_size=batch_size, device=device,
+                                     tta=tta)
     # the results are shown first: a report folder that refuses the files does not hide them
     console = stderr_console()
     if as_json:
@@ -485,6 +505,15 @@ def eval_command(
         written = write_outputs(result, out or default_out_dir(result.checkpoint))
     if not as_json:
         console.print(f"wrote {', '.join(str(p) for p in written)}")
+    if cam:
+        from dltool.inference.cam import eval_cams
+
+        with user_errors():
+            maps, how = eval_cams(result, cam, out or default_out_dir(result.checkpoint), method=cam_method,
+                                  layer=cam_layer)
+        where = f" into {maps[0].parent}" if maps else ""
+        console.print(f"wrote {len(maps)} heat maps of misclassified samples{where} ({how})", markup=False,
+                      soft_wrap=True)
 
 
 @app.command("predict")
@@ -495,6 +524,13 @@ def predict_command(
     output_format: str = typer.Option("table", "--format", help="table, json or csv"),
     batch_size: int = typer.Option(64, "--batch-size", min=1, help="Images per forward pass"),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N"),
+    tta: Optional[str] = TtaOption,
+    cam: Optional[Path] = typer.Option(None, "--cam", metavar="DIR",
+                                       help="Write a Grad-CAM heat map of each image into DIR (needs the cam extra)"),
+    cam_class: Optional[str] = typer.Option(None, "--cam-class", metavar="NAME",
+                                            help="Class the heat map explains (default: the predicted one)"),
+    cam_method: str = CamMethodOption,
+    cam_layer: Optional[str] = CamLayerOption,
     code: Optional[List[Path]] = CodeOption,
 ) -> None:
     """Classify image files with a checkpoint (exit 2 when any input could not be read)."""
@@ -505,7 +541,14 @@ def predict_command(
         if output_format not in ("table", "json", "csv"):
             raise ConfigError(f"--format: unknown format {output_format!r}; allowed: table, json, csv")
         load_user_code(code)
-        predictions = predict(inputs, model, topk=topk, batch_size=batch_size, device=device)
+        heat = None
+        if cam is not None:
+            from dltool.inference.cam import PredictCams
+
+            heat = PredictCams(model, device=device, method=cam_method, layer=cam_layer, cam_class=cam_class)
+        elif cam_class is not None or cam_layer is not None:
+            raise ConfigError("--cam-class and --cam-layer choose what --cam DIR draws; add --cam DIR")
+        predictions = predict(inputs, model, topk=topk, batch_size=batch_size, device=device, tta=tta)
     if output_format == "json":
         print_json([p.to_json() for p in predictions])
     elif output_format == "csv":
@@ -516,6 +559,11 @@ def predict_command(
         from rich.console import Console
 
         Console(highlight=False).print(render_table(predictions))
+    if heat is not None:
+        with user_errors():
+            maps = heat.write(predictions, cam)
+        stderr_console().print(f"wrote {len(maps)} heat maps into {cam} ({heat.heat.describe()})", markup=False,
+                               soft_wrap=True)
     failed = [p for p in predictions if p.error is not None]
     if failed:
         from rich.markup import escape

@@ -42,6 +42,7 @@ class DataConfig:
     cache: Literal["auto", "ram", "none"] = "auto"
     cache_budget_mb: int = _f(2048, min=0)
     max_image_pixels: int = _f(89_478_485, min=1)
+    flip_invariant: Optional[bool] = None  # false: a mirrored image may be another class (--tta refuses flips)
 
 
 @dataclass(frozen=True)

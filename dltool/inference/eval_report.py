@@ -102,11 +102,15 @@ def render(result: EvalResult) -> list[Any]:
 def _summary(result: EvalResult) -> Any:
     from rich.table import Table
 
-    table = Table(title=f"{result.split}: {len(result.ids)} samples", show_header=False)
+    tta = result.tta
+    table = Table(title=f"{result.split}: {len(result.ids)} samples", show_header=tta is not None)
     table.add_column("metric")
     table.add_column("value", justify="right")
+    if tta is not None:  # the plain and the averaged prediction side by side
+        table.add_column(f"with --tta {tta['mode']} ({tta['views']} views)", justify="right")
     for key, value in result.metrics.items():
-        table.add_row(key, f"{value:.4f}")
+        extra = [f"{tta['metrics'][key]:.4f}"] if tta is not None and key in tta["metrics"] else []
+        table.add_row(key, f"{value:.4f}", *extra)
     return table
 
 

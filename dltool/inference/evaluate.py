@@ -45,6 +45,9 @@ class EvalResult:
     per_class: list[dict] = field(default_factory=list)
     confusion: list[list[int]] = field(default_factory=list)
     output: str = DEFAULT_OUTPUT  # what the outputs are (dltool.models.outputs)
+    tta: dict | None = None  # with --tta: {"mode", "views", "metrics"} of the averaged prediction
+    model: Any = field(default=None, repr=False, compare=False)  # for heat maps (eval --cam)
+    samples: Any = field(default=None, repr=False, compare=False)  # the split's dataset, in `ids` order
 
     @property
     def probabilities(self) -> torch.Tensor:
@@ -66,7 +69,7 @@ class EvalResult:
         probs = self.probabilities
         confidence, predicted = probs.max(1)
         wrong = (predicted != self.targets).nonzero().flatten().tolist()
-        rows = [{"sample": self.ids[i], "true": self.classes[int(self.targets[i])],
+        rows = [{"sample": self.ids[i], "index": i, "true": self.classes[int(self.targets[i])],
                  "predicted": self.classes[int(predicted[i])], "confidence": float(confidence[i]),
                  "true_probability": float(probs[i, int(self.targets[i])])} for i in wrong]
         return sorted(rows, key=lambda row: -row["confidence"])
@@ -79,7 +82,7 @@ class EvalResult:
         return {**self.metrics, "per_class": self.per_class, "confusion_matrix": self.confusion,
                 "samples": len(self.ids), "macro_avg": averages["macro"], "weighted_avg": averages["weighted"],
                 "misclassified": len(self.misclassified()), "classes": self.classes, "split": self.split,
-                "checkpoint": self.checkpoint}
+                "checkpoint": self.checkpoint, **({"tta": self.tta} if self.tta else {})}
 
 
 class Recorder(nn.Module):
@@ -97,7 +100,7 @@ class Recorder(nn.Module):
 
 
 def evaluate_checkpoint(target: str | Path, overrides: Sequence[str] = (), *, split: str = "val",
-                        batch_size: int | None = None, device: str = "auto") -> EvalResult:
+                        batch_size: int | None = None, device: str = "auto", tta: str | None = None) -> EvalResult:
     """Evaluate a checkpoint (or a run folder's best.pt, else last.pt) on one split of its data.
 
     Args:
@@ -106,6 +109,7 @@ def evaluate_checkpoint(target: str | Path, overrides: Sequence[str] = (), *, sp
         split: val, test or train.
         batch_size: evaluation batch size (default: the run's).
         device: auto, cpu, cuda or cuda:N.
+        tta: also measure the probabilities averaged over views (dltool.inference.tta): flip, crops.
 
     Raises:
         CheckpointError: the checkpoint is unsafe, damaged or does not fit its model.
@@ -116,12 +120,27 @@ def evaluate_checkpoint(target: str | Path, overrides: Sequence[str] = (), *, sp
         raise ConfigError(f"--split: unknown split {split!r}; allowed: {', '.join(SPLITS)}")
     checkpoint = load_checkpoint(target)
     model, config = rebuild_model(checkpoint)
+    modes = _tta_modes(tta, checkpoint)
     data_config, bundle = _load_split(checkpoint, config, overrides, split, batch_size)
+    if modes:
+        from dltool.inference.tta import check_flips
+
+        check_flips(modes, data_config)  # with the overrides: data.flip_invariant=true is said on the command line
     kind = checkpoint.get("output", DEFAULT_OUTPUT)  # older checkpoints: softmax, as always
     metrics, outputs = _forward(model, config, data_config, bundle, split, _device(device), kind)
     targets = _targets(bundle.dataset(split), bundle.task)
     result = EvalResult(checkpoint=checkpoint["path"], split=split, task=bundle.task, classes=list(bundle.classes),
-                        metrics={}, ids=bundle.sample_ids(split), targets=targets, outputs=outputs, output=kind)
+                        metrics={}, ids=bundle.sample_ids(split), targets=targets, outputs=outputs, output=kind,
+                        model=model, samples=bundle.dataset(split))
+    if modes:
+        from dltool.inference.tta import describe, views
+        from dltool.inference.tta_model import Averaged
+
+        tta_metrics, tta_outputs = _forward(Averaged(model, modes, kind), config, data_config, bundle, split,
+                                            _device(device), kind)
+        shape = checkpoint["input_shape"]
+        result.tta = {"mode": describe(modes), "views": len(views(modes, shape[-2], shape[-1])),
+                      "metrics": classification_metrics(tta_metrics, tta_outputs, targets)}
     if bundle.task == "regression":
         result.metrics = regression_metrics(metrics["val_loss"], outputs, targets)
     else:
@@ -129,6 +148,18 @@ def evaluate_checkpoint(target: str | Path, overrides: Sequence[str] = (), *, sp
         result.confusion = confusion_matrix(result.probabilities.argmax(1), targets, len(bundle.classes))
         result.per_class = per_class(result.confusion, bundle.classes)
     return result
+
+
+def _tta_modes(tta: str | None, checkpoint: dict) -> tuple[str, ...]:
+    """The --tta modes; refused for a regression model."""
+    if tta is None:
+        return ()
+    from dltool.inference.tta import parse_mode
+
+    modes = parse_mode(tta)
+    if checkpoint.get("task", "classification") == "regression":
+        raise ConfigError("--tta averages class probabilities; this checkpoint is a regression model")
+    return modes
 
 
 def _load_split(checkpoint: dict, config: Any, overrides: Sequence[str], split: str,

@@ -99,6 +99,7 @@ class Predictor:
         self.input_shape = tuple(checkpoint["input_shape"])
         self.read = ImageReader(config, self.input_shape)
         self.path = checkpoint["path"]
+        self.config = config  # the run's: --tta checks its flips, --cam its layers
 
     def load(self, path: str) -> torch.Tensor:
         """The model input for one file.
@@ -125,7 +126,7 @@ class Predictor:
 
 
 def predict(inputs: Sequence[str], model_path: str | Path, *, topk: int = 5, batch_size: int = 64,
-            device: str = "auto") -> list[Prediction]:
+            device: str = "auto", tta: str | None = None) -> list[Prediction]:
     """Classify every image the inputs name, in batches; unreadable inputs get an error entry.
 
     Args:
@@ -134,17 +135,29 @@ def predict(inputs: Sequence[str], model_path: str | Path, *, topk: int = 5, bat
         topk: how many classes to list per image.
         batch_size: images per forward pass.
         device: auto, cpu, cuda or cuda:N.
+        tta: average each image's probabilities over views (dltool.inference.tta): flip, crops.
 
     Returns:
         One Prediction per file found (or per input that named nothing), in input order.
 
     Raises:
         CheckpointError: the checkpoint is unsafe, damaged or does not fit its model.
-        ConfigError: topk, batch_size or device is out of range.
+        ConfigError: topk, batch_size or device is out of range; --tta asks for flips the run refuses.
     """
     if topk < 1 or batch_size < 1:
         raise ConfigError(f"--topk and --batch-size must be >= 1; got {topk} and {batch_size}")
     predictor = open_predictor(model_path, device)
+    classify = predictor.classify
+    if tta is not None:
+        from dltool.inference import tta as augment
+
+        modes = augment.parse_mode(tta)
+        if predictor.task == "regression":
+            raise ConfigError("--tta averages class probabilities; this model is a regression model")
+        augment.check_flips(modes, getattr(predictor, "config", None))
+
+        def classify(tensors: list, k: int) -> list:
+            return augment.classify(predictor, tensors, k, modes)
     results: list[Prediction] = []
     for chunk in _chunks(expand_inputs(inputs), batch_size):
         ready, tensors = [], []
@@ -158,7 +171,7 @@ def predict(inputs: Sequence[str], model_path: str | Path, *, topk: int = 5, bat
                 except ImageError as exc:
                     prediction.error = _without_path(str(exc), path)
         if tensors:
-            for prediction, (top, value) in zip(ready, predictor.classify(tensors, topk)):
+            for prediction, (top, value) in zip(ready, classify(tensors, topk)):
                 prediction.top, prediction.value = top, value
     return results
 
