@@ -124,9 +124,12 @@ def config_command(
 
     with user_errors():
         load_user_code(code)
-        loaded = load_config(config, overrides or [])
+        from dltool.models import with_model_defaults
         from dltool.training.check import check_config
 
+        loaded, note = with_model_defaults(load_config(config, overrides or []))
+        if note:
+            stderr_console().print(note, markup=False, soft_wrap=True)
         check_config(loaded)
         data = loaded.to_data()
     if as_json:

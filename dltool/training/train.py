@@ -20,6 +20,7 @@ import dltool
 from dltool.config.load import Config, apply_override, config_from_data, load_config
 from dltool.config.spec import Marks, located
 from dltool.errors import CheckpointError, ConfigError, DltoolError, Interrupted, RunFailed, Unwritable
+from dltool.models import with_model_defaults
 from dltool.models.outputs import output_kind
 from dltool.training import distributed
 from dltool.training.callbacks import Callback, Callbacks
@@ -77,7 +78,9 @@ def train(config: Config | str | Path | None = None, *, runs_dir: str | Path = "
     check_config_or_resume(config, resume)
     if resume is not None:
         return Session.resumed(resume, overrides, callback).run()
-    config = fresh_config(config, overrides)
+    config, note = with_model_defaults(fresh_config(config, overrides))
+    if note:
+        callback.on_message(note)
     return Session.fresh(config, runs_dir, name or config.stem, callback).run()
 
 
