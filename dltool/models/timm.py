@@ -15,7 +15,6 @@ timm is imported only when a TimmModel is built or listed.
 from __future__ import annotations
 
 import contextlib
-import fnmatch
 import math
 from pathlib import Path
 from typing import Any, Iterator
@@ -47,13 +46,9 @@ def import_timm(what: str = "TimmModel") -> Any:
     return timm
 
 
-def model_names(pattern: str | None = None) -> list[str]:
-    """timm's model names matching `pattern` (wildcards; a plain word matches anywhere, any case)."""
-    names = import_timm("listing timm's models").list_models()
-    if not pattern:
-        return names
-    wanted = pattern.lower() if any(c in pattern for c in "*?[") else f"*{pattern.lower()}*"
-    return [n for n in names if fnmatch.fnmatchcase(n.lower(), wanted)]
+def model_names() -> list[str]:
+    """Every model name timm lists."""
+    return import_timm("listing timm's models").list_models()
 
 
 def architecture(name: Any, spec: Spec) -> str:
