@@ -87,10 +87,21 @@ def test_pretrained_weights_from_a_file_load_and_a_checkpoint_rebuild_needs_no_f
     assert torch.equal(model[0].conv1[0].weight, source.conv1[0].weight)
     assert model[0].fc.out_features == 5
     (tmp_path / "w.pth").unlink()
-    rebuilt = model_of(layer, (3, 32, 32), 5, pretrained=False)
+    rebuilt = model_of(layer, (3, 32, 32), 5, pretrained=False)  # as eval, predict and --resume rebuild it
     assert rebuilt.state_dict().keys() == model.state_dict().keys()
     with pytest.raises(CheckpointError, match=r"TimmModel: pretrained: weights file .*w.pth not found"):
         model_of(layer, (3, 32, 32), 5)
+
+
+def test_a_pretrained_run_resumes_without_its_weights_file(tmp_path):
+    torch.save(timm.create_model("test_resnet").state_dict(), tmp_path / "w.pth")
+    (tmp_path / "cfg.yaml").write_text(textwrap.dedent(CONFIG).replace("drop_rate: 0.1", "pretrained: w.pth"))
+    result = invoke("train", tmp_path / "cfg.yaml", "--runs-dir", tmp_path / "runs")
+    assert result.exit_code == 0, result.output
+    (tmp_path / "w.pth").unlink()
+    result = invoke("train", "--resume", tmp_path / "runs" / "cfg", "train.epochs=2")
+    assert result.exit_code == 0, result.output
+    assert json.loads((tmp_path / "runs" / "cfg" / "summary.json").read_text())["epochs_done"] == 2
 
 
 def test_pretrained_offline_is_one_line(tmp_path):

@@ -128,7 +128,8 @@ class Session:
         self.callback = callback if distributed.is_main() else Callback()
         configure_backends(self.device, train_cfg.deterministic)
         seed_all(config.seed)
-        model = build_model(config.model, self.input_shape, len(self.classes) or None)
+        # a resumed run's weights come from its checkpoint: pretrained ones are not read (nor downloaded) again
+        model = build_model(config.model, self.input_shape, len(self.classes) or None, pretrained=run is None)
         self.model = model.to(self.device, memory_format=_memory_format(train_cfg.channels_last))
         counts = [0] * len(self.classes)
         for target in bundle.train.targets if self.classes else ():
