@@ -93,7 +93,7 @@ def _errors() -> tuple[type[BaseException], ...]:
 
 
 def _client(uri: str) -> Any:
-    """A client on `uri`; a new local store is made quietly, its folder first."""
+    """A client on `uri` (for a local store, its folder made first)."""
     client_class = _mlflow()
     if uri.startswith("sqlite:///"):
         Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
