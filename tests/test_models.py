@@ -380,10 +380,12 @@ ARGS = {  # first key contained in the name wins, so specific keys come first
     "Upsampl": {"scale_factor": 2}, "Unfold": {"kernel_size": 2}, "Fold": {"output_size": [4, 4], "kernel_size": 2},
     "Parallel": {"branches": [["ReLU"], ["Identity"]]}, "Repeat": {"times": 2, "layers": ["ReLU"]},
     "Residual": {"body": ["ReLU"]}, "TorchvisionModel": {"name": "squeezenet1_1"},
+    "TimmModel": {"name": "test_resnet"},
 }
 SHAPES = {"1d": (4, 8), "2d": (4, 8, 8), "3d": (4, 6, 6, 6)}
 SPECIAL_SHAPES = {"Linear": (8,), "LazyLinear": (8,), "Cell": (8,), "TransformerEncoderLayer": (5, 8),
-                  "Unflatten": (8,), "Fold": (8, 9), "TorchvisionModel": (3, 64, 64), "PixelShuffle": (4, 4, 4),
+                  "Unflatten": (8,), "Fold": (8, 9), "TorchvisionModel": (3, 64, 64), "TimmModel": (3, 32, 32),
+                  "PixelShuffle": (4, 4, 4),
                   "BatchNorm1d": (4, 8)}
 NOT_STACKABLE = {  # a stack passes one tensor in and takes one tensor out
     "Bilinear": "takes two inputs", "CosineSimilarity": "takes two inputs", "PairwiseDistance": "takes two inputs",

@@ -133,9 +133,12 @@ def config_command(
 
     with user_errors():
         load_user_code(code)
-        loaded = load_config(config, overrides or [])
+        from dltool.models import with_model_defaults
         from dltool.training.check import check_config
 
+        loaded, note = with_model_defaults(load_config(config, overrides or []))
+        if note:
+            stderr_console().print(note, markup=False, soft_wrap=True)
         check_config(loaded)
         data = loaded.to_data()
     if as_json:
@@ -293,11 +296,12 @@ def runs_command(
 def list_command(
     kind: Optional[str] = typer.Argument(None, help="layers, datasets, transforms, losses, optimizers, schedulers, models"),
     name: Optional[str] = typer.Argument(None, help="Show the arguments of one entry"),
+    pattern: Optional[str] = typer.Option(None, "--filter", help="Only names matching this (wildcards, or a word anywhere in the name)"),
     as_json: bool = typer.Option(False, "--json", help="Print JSON on stdout"),
     code: Optional[List[Path]] = CodeOption,
 ) -> None:
-    """List what the registries hold (or the arguments of one entry)."""
-    from dltool.cli.listing import describe, registry_names
+    """List what the registries hold (or the arguments of one entry); models include timm's when installed."""
+    from dltool.cli.listing import describe, registry_names, timm_installed
 
     with user_errors():
         load_user_code(code)
@@ -308,7 +312,7 @@ def list_command(
             else:
                 stderr_console().print(_arguments_table(kind, name, rows))
             return
-        names = registry_names(kind)
+        names = registry_names(kind, pattern)
     if as_json:
         print_json(names)
         return
@@ -316,6 +320,8 @@ def list_command(
     for registry_kind, entries in (names.items() if isinstance(names, dict) else [(kind, names)]):
         console.print(f"[bold]{registry_kind}[/bold] ({len(entries)})")
         console.print("  " + ", ".join(entries), soft_wrap=False)
+        if registry_kind.lower() == "models" and not timm_installed():
+            console.print('  timm\'s models (TimmModel) need timm: pip install "dltool[timm]"', markup=False)
 
 
 def _arguments_table(kind: str, name: str, rows):

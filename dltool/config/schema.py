@@ -75,6 +75,7 @@ class TrainConfig:
     log_every: int = _f(10, min=1)
     unfreeze_at: Optional[int] = _f(None, min=1)
     threads: Optional[int] = _f(None, min=1)
+    loggers: tuple[Literal["tensorboard", "mlflow"], ...] = ("tensorboard",)  # mlflow: extra [mlflow]
 
 
 @dataclass(frozen=True)

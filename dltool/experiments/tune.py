@@ -29,6 +29,7 @@ from dltool.errors import ConfigError, Interrupted, RunFailed
 from dltool.experiments.space import Component, Param, TuneSpec, read_tune
 from dltool.store.writing import folder_name, write_atomic, writing
 from dltool.training.callbacks import Callback
+from dltool.training.loggers import child_runs_of, finish_study_run, study_run
 
 FINISHED = ("COMPLETE", "PRUNED")
 MAX_FAILED_IN_A_ROW = 5
@@ -122,6 +123,7 @@ def tune(config_path: str | Path, trials: int, *, storage: str | None = None, na
         folder.mkdir(parents=True, exist_ok=True)
     url = storage or default_storage(runs_dir, name)
     study = _study(optuna, spec.direction, sampler, pruner, name, url, heartbeat)
+    tracked = study_run(base, Path(runs_dir), study)  # train.loggers: mlflow: trials are its child runs
     started: list[int] = []  # the numbers of the trials this process ran
     objective = _objective(optuna, spec, Path(config_path), overrides, folder / "trials", started)
     if on_start is not None:
@@ -130,11 +132,15 @@ def tune(config_path: str | Path, trials: int, *, storage: str | None = None, na
             "--name", name, "--runs-dir", str(runs_dir), "--heartbeat", str(heartbeat), "--quiet", *overrides]
     helpers = _start_workers(argv, workers - 1, folder)
     try:
-        _optimize(study, objective, trials, started, lambda row, done: on_trial and on_trial(row, done, spec.metric))
+        with child_runs_of(tracked):
+            _optimize(study, objective, trials, started,
+                      lambda row, done: on_trial and on_trial(row, done, spec.metric))
     finally:
         for helper in helpers:
             helper.wait()
-    return write_results(study, spec, Path(config_path), overrides, folder, url)
+    result = write_results(study, spec, Path(config_path), overrides, folder, url)
+    finish_study_run(tracked, folder, result.best_value)
+    return result
 
 
 def _start_workers(argv: Sequence[str], count: int, folder: Path) -> list[subprocess.Popen]:

@@ -6,9 +6,11 @@ It may import data, config and errors; never store, training, inference or cli.
 
 from __future__ import annotations
 
+import dataclasses
+import json
 from typing import Any
 
-from dltool.config.spec import located
+from dltool.config.spec import located, parse_spec
 from dltool.errors import ConfigError
 
 
@@ -57,4 +59,32 @@ def parse_shape(value: Any) -> tuple[int, ...]:
     return shape
 
 
-__all__ = ["build_model", "resolve_input_shape", "parse_shape"]
+def with_model_defaults(config: Any) -> tuple[Any, str | None]:
+    """The config with the data defaults its pretrained model offers, and a note saying what they are.
+
+    A `TimmModel` with `pretrained` weights (first in `model.layers`) and no `data.transforms.eval`:
+    timm's eval preprocessing for those weights becomes data.transforms.eval (input size, mean, std,
+    interpolation, crop), and data.channels becomes 3 when the config does not say. Any other config
+    comes back as it is, with None.
+    """
+    spec = config.model.layers[0] if config.model.layers else None
+    if spec is None or spec.name.lower() != "timmmodel" or config.data.transforms.eval is not None:
+        return config, None
+    if spec.kwargs.get("pretrained") in (None, False) or "name" not in spec.kwargs:
+        return config, None
+    from dltool.models.timm import eval_transforms
+
+    channels = config.data.channels or 3
+    steps = eval_transforms(spec.kwargs["name"], channels)
+    if not steps:
+        return config, None
+    key = "data.transforms.eval"
+    specs = tuple(parse_spec(step, f"{key}.{i}") for i, step in enumerate(steps))
+    data = dataclasses.replace(config.data, channels=channels,
+                               transforms=dataclasses.replace(config.data.transforms, eval=specs))
+    shown = ", ".join(json.dumps(s.to_data()) for s in specs)
+    return dataclasses.replace(config, data=data), (
+        f"{key}: not given; using timm's preprocessing for the pretrained {spec.kwargs['name']}: {shown}")
+
+
+__all__ = ["build_model", "resolve_input_shape", "parse_shape", "with_model_defaults"]

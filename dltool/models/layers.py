@@ -216,4 +216,13 @@ def torchvision_model(name: str, weights: str | None = None, freeze: Any = ()) -
     return TorchvisionPlan(name, weights, freeze)
 
 
+@LAYERS.register("TimmModel")
+@composite
+def timm_model(name: str, pretrained: Any = False, freeze: Any = (), **kwargs: Any) -> Plan:
+    """A timm model by name (extra [timm]); num_classes and in_chans from the data, kwargs to timm.create_model."""
+    from dltool.models.timm import TimmPlan
+
+    return TimmPlan(name, pretrained, freeze, kwargs)
+
+
 register_torch_layers()

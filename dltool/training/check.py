@@ -34,9 +34,11 @@ def check_config(config: Any) -> None:
         ShapeError: a layer cannot take the shape arriving at it (when the input shape is known).
         DataError: an embedded dataset cannot give a sample through the transforms.
     """
+    from dltool.training.loggers import require
     from dltool.training.runtime import resolve_device
 
     resolve_device(config.train.device, config.marks)
+    require(config)
     data = _embedded_data(config)
     if data is not None:
         _first_step(config, data)

@@ -32,13 +32,13 @@ def shapes_for_config(path: str, overrides: Sequence[str] = (), *, batch_size: i
         CheckpointError: a run's checkpoint cannot be read.
     """
     from dltool.config.load import load_config
-    from dltool.models import parse_shape, resolve_input_shape
+    from dltool.models import parse_shape, resolve_input_shape, with_model_defaults
 
     cli_shape = parse_shape(input_shape) if input_shape else None
     if Path(path).is_dir() or Path(path).suffix in (".pt", ".pth"):
         config, shape, num_classes = _from_run(path, overrides)
         return collect_shapes(config, cli_shape or shape, batch_size, depth, num_classes)
-    config = load_config(path, overrides)
+    config, _ = with_model_defaults(load_config(path, overrides))  # the input size its eval transforms give
     data = None
     if not (config.model.input_shape or cli_shape) or (num_classes is None and needs_classes(config.model.layers)):
         data = _load_data(config)
@@ -89,10 +89,10 @@ def _from_run(path: str, overrides: Sequence[str]) -> tuple[Any, tuple[int, ...]
 
 
 def needs_classes(layers: Sequence[Any]) -> bool:
-    """True when a layer's arguments mention num_classes or it is a TorchvisionModel (head size)."""
+    """True when a layer's arguments mention num_classes or it is a TorchvisionModel or TimmModel (head size)."""
     def mentions(value: Any) -> bool:
         if isinstance(value, str):
-            return value == "num_classes" or value.lower() == "torchvisionmodel"
+            return value == "num_classes" or value.lower() in ("torchvisionmodel", "timmmodel")
         if isinstance(value, dict):
             return any(mentions(k) or mentions(v) for k, v in value.items())
         if isinstance(value, (list, tuple)):

@@ -20,11 +20,14 @@ import dltool
 from dltool.config.load import Config, apply_override, config_from_data, load_config
 from dltool.config.spec import Marks, located
 from dltool.errors import CheckpointError, ConfigError, DltoolError, Interrupted, RunFailed, Unwritable
+from dltool.models import with_model_defaults
 from dltool.models.outputs import output_kind
 from dltool.training import distributed
 from dltool.training.callbacks import Callback, Callbacks
 from dltool.training.engine import FitPlan, LoopState, StepOptions, fit
 from dltool.training.firststep import check_first_step
+from dltool.training.loggers import MlflowLogger
+from dltool.training.loggers import require as require_loggers
 from dltool.training.optim import build_loss, build_optimizer, build_scheduler, monitor_mode, replay
 from dltool.training.run_folder import RunDir, metric_columns, never_saved, resume_checkpoint, run_dir_of
 from dltool.training.runtime import (
@@ -77,7 +80,10 @@ def train(config: Config | str | Path | None = None, *, runs_dir: str | Path = "
     check_config_or_resume(config, resume)
     if resume is not None:
         return Session.resumed(resume, overrides, callback).run()
-    config = fresh_config(config, overrides)
+    config, note = with_model_defaults(fresh_config(config, overrides))
+    require_loggers(config)
+    if note:
+        callback.on_message(note)
     return Session.fresh(config, runs_dir, name or config.stem, callback).run()
 
 
@@ -122,7 +128,8 @@ class Session:
         self.callback = callback if distributed.is_main() else Callback()
         configure_backends(self.device, train_cfg.deterministic)
         seed_all(config.seed)
-        model = build_model(config.model, self.input_shape, len(self.classes) or None)
+        # a resumed run's weights come from its checkpoint: pretrained ones are not read (nor downloaded) again
+        model = build_model(config.model, self.input_shape, len(self.classes) or None, pretrained=run is None)
         self.model = model.to(self.device, memory_format=_memory_format(train_cfg.channels_last))
         counts = [0] * len(self.classes)
         for target in bundle.train.targets if self.classes else ():
@@ -137,6 +144,8 @@ class Session:
         self.forward = distributed.replicate(self.model, compile=train_cfg.compile)
         self.state = LoopState()
         self.board = None
+        self.tracker = None  # the MLflow run, when train.loggers names mlflow
+        self.ended = "FAILED"  # how the MLflow run ends: FINISHED, KILLED (interrupted) or FAILED
         self.collected = None
         self.resume_rng: dict | None = None
 
@@ -328,6 +337,8 @@ class Session:
         self.rundir.append_metrics(row)
         self.save(best=better)
         self.board.epoch(row, row["epoch"])
+        if self.tracker is not None:
+            self.tracker.epoch(row)
         if self.config.train.histograms:
             self.board.histograms(self.model, row["epoch"])
         self.board.flush()
@@ -358,6 +369,8 @@ class Session:
                     with contextlib.suppress(DltoolError):  # a failure closing it was reported first
                         self.board.close()
                 self._write_curves()
+                if self.tracker is not None:
+                    self.tracker.finish(self.ended)  # after curves.png and summary.json are written
                 self.rundir.release()
                 distributed.leave()
 
@@ -368,7 +381,12 @@ class Session:
             self.save(best=False)  # first of all: a folder without last.pt is one that never trained
         # a resumed run drops the events written after its checkpoint; a run started over, all of them
         purge = self.state.epoch + 1 if self.state.epoch else (0 if self.rundir.tb.exists() else None)
-        self.board = Board(self.rundir.tb, purge_step=purge) if distributed.is_main() else distributed.Silent()
+        main, loggers = distributed.is_main(), self.config.train.loggers
+        self.board = Board(self.rundir.tb, purge_step=purge) if main and "tensorboard" in loggers \
+            else distributed.Silent()
+        if main and "mlflow" in loggers:
+            self.tracker = MlflowLogger(self.rundir.path, self.callback.on_message)
+            self.tracker.start(self.config.to_data(), resumed=self.resume_rng is not None)
         if self.resume_rng is None:
             self._start_board()
         self.callback.on_fit_start(self._info())
@@ -386,6 +404,7 @@ class Session:
         if distributed.current() is not None:
             summary["replica_sha256"] = distributed.replica_digests(self.model)
         if state.interrupted:
+            self.ended = "KILLED"
             self.board.close()
             self.rundir.write_summary(summary)
             where = f"epoch {state.epoch + 1}, batch {state.batch}" if state.batch else f"the end of epoch {state.epoch}"
@@ -398,6 +417,7 @@ class Session:
         self._finish_board(summary)
         self.board.close()
         self.rundir.write_summary(summary)
+        self.ended = "FINISHED"
         self.callback.on_fit_end(summary)
         return TrainResult(self.rundir.path, summary, list(state.history))
 
