@@ -113,6 +113,11 @@ def test_flip_tta_makes_a_prediction_mirror_invariant(digits_run, tmp_path):
     assert plain[0] != pytest.approx(plain[1], abs=1e-3)
     a, b = probabilities("--tta", "flip")
     assert a == pytest.approx(b, abs=1e-6) and sum(a.values()) == pytest.approx(1, abs=1e-5)
+    alone = probabilities("--tta")  # --tta alone, last: flip
+    assert alone[0] == pytest.approx(a, abs=1e-6) and alone[1] == pytest.approx(b, abs=1e-6)
+    bare = _run("predict", tmp_path / "a.png", "--tta", "--model", digits_run, "--topk", "10", "--format", "json")
+    assert bare.exit_code == 0, bare.output  # --tta alone before another option: flip
+    assert {t["index"]: t["probability"] for t in json.loads(bare.stdout)[0]["top"]} == pytest.approx(a, abs=1e-6)
 
 
 def test_an_onnx_file_averages_the_views_as_its_checkpoint(make_checkpoint, tmp_path):

@@ -15,11 +15,36 @@ from pathlib import Path
 from typing import Iterator, List, NoReturn, Optional
 
 import typer
+from typer.core import TyperGroup
 
 from dltool.errors import DltoolError
 from dltool.training.callbacks import Callback
 
+
+class _Commands(TyperGroup):
+    """The command group: `--tta` given without a mode (last, or before another option) means flip."""
+
+    def get_command(self, ctx, name):
+        command = super().get_command(ctx, name)
+        if command is not None and any("--tta" in getattr(p, "opts", ()) for p in command.params):
+            parse = command.parse_args
+            command.parse_args = lambda ctx, args: parse(ctx, tta_with_default(args))
+        return command
+
+
+def tta_with_default(args: List[str]) -> List[str]:
+    """`--tta` with no mode after it is `--tta flip` (a value beginning with '-' is the next option)."""
+    out = list(args)
+    for i, arg in enumerate(out):
+        if arg == "--":
+            break
+        if arg == "--tta" and (i + 1 == len(out) or (out[i + 1].startswith("-") and out[i + 1] != "-")):
+            out.insert(i + 1, "flip")
+    return out
+
+
 app = typer.Typer(
+    cls=_Commands,
     name="dltool",
     help="Train image classifiers from one YAML file.",
     no_args_is_help=True,
@@ -92,8 +117,8 @@ def _show_warning(message, category, filename, lineno, file=None, line=None) -> 
 
 TtaOption = typer.Option(
     None, "--tta", metavar="MODE",
-    help="Test-time augmentation: average the probabilities over the original and its horizontal flip (flip), "
-         "five crops (crops) or both (flip,crops)")
+    help="Test-time augmentation: average the probabilities over the original and its horizontal flip (flip; "
+         "also --tta alone), five crops (crops) or both (flip,crops)")
 CamMethodOption = typer.Option("GradCAM", "--cam-method", metavar="NAME", help="GradCAM, GradCAMPlusPlus, EigenCAM, ... (grad-cam's names)")
 CamLayerOption = typer.Option(None, "--cam-layer", metavar="NAME",
                               help="Layer to draw the heat map at, by dotted name (default: the last with a spatial output)")
