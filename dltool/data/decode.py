@@ -20,8 +20,6 @@ from dltool.errors import ImageError
 
 SIXTEEN_BIT = {"I;16", "I;16B", "I;16L", "I;16N"}
 WIDE = SIXTEEN_BIT | {"I", "F"}
-# The last bytes a complete file of these formats ends with; other formats are fully decoded.
-TRAILERS = {"JPEG": (b"\xff\xd9",), "PNG": (b"IEND\xaeB`\x82",), "GIF": (b";",)}
 
 
 @dataclass(frozen=True)
@@ -54,17 +52,6 @@ def read_header(path: str, max_pixels: int) -> Header:
         raise ImageError(f"{path}: empty file (0 bytes)")
     with _opened(path, max_pixels) as image:
         return Header(image.format or "?", image.width, image.height, image.mode)
-
-
-def looks_complete(path: str, header: Header) -> bool:
-    """True when the file ends as a complete file of its format does (a fast truncation check)."""
-    trailers = TRAILERS.get(header.format)
-    if trailers is None:
-        return False
-    with open(path, "rb") as f:
-        f.seek(max(0, os.path.getsize(path) - 64))
-        tail = f.read().rstrip(b"\x00\r\n ")
-    return any(tail.endswith(t) for t in trailers)
 
 
 def load_image(path: str, max_pixels: int) -> Image.Image:

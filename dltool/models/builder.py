@@ -9,6 +9,7 @@ Shapes here never include the batch dimension.
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 from typing import Any, Callable, Sequence
 
@@ -226,7 +227,7 @@ class Stack:
         if name == "in_features" and len(shape) >= 3:
             raise self.shape_error(spec, (
                 f"the input is {fmt(shape)}, not flat; add Flatten before this layer "
-                f"(it then gets {_prod(shape)} features)"))
+                f"(it then gets {math.prod(shape)} features)"))
         return shape[-1]
 
     def check_given(self, name: str, given: Any, value: int, spec: Spec, shape: tuple[int, ...]) -> None:
@@ -327,13 +328,6 @@ def _per_dim(value: Any, n: int) -> tuple[int, ...]:
     if isinstance(value, (list, tuple)):
         return tuple(value)
     return (value,) * n
-
-
-def _prod(shape: tuple[int, ...]) -> int:
-    total = 1
-    for s in shape:
-        total *= s
-    return total
 
 
 def collect_shapes(config: Any, input_shape: Sequence[int], batch_size: int = 1, depth: int | None = None,

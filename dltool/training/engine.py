@@ -25,7 +25,6 @@ from dltool.training.callbacks import Callback
 from dltool.training.optim import Schedule, current_lr
 from dltool.training.runtime import EMA, seed_epoch
 
-MONITORS = ("val_loss", "val_accuracy", "val_top5_accuracy", "val_mae", "train_loss", "train_accuracy", "train_mae")
 SOFT_TARGET_LOSSES = (nn.BCEWithLogitsLoss, nn.BCELoss, nn.MultiLabelSoftMarginLoss)
 
 
