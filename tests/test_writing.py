@@ -7,11 +7,12 @@ import errno
 import os
 import shutil
 import stat
+import threading
 
 import pytest
 
 from dltool.errors import ConfigError, Unwritable
-from dltool.store.writing import append_synced, refusal, write_atomic, write_output
+from dltool.store.writing import append_synced, refusal, replace_atomically, write_atomic, write_output
 
 
 def test_write_atomic_replaces_the_file_and_leaves_no_temp_file(tmp_path):
@@ -36,6 +37,33 @@ def test_a_refused_write_keeps_the_old_file_removes_the_temp_file_and_names_the_
     assert str(info.value) == f"cannot write {target}: no space left on device; free some space there, or write elsewhere"
     assert target.read_text() == "old\n"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["summary.json"]
+
+
+def test_a_write_stopped_midway_keeps_the_old_file_and_leaves_no_temp_file(tmp_path):
+    target = tmp_path / "last.pt"
+    target.write_bytes(b"old")
+    seen = []
+
+    def half_then_interrupted(handle):
+        seen.append(os.path.basename(os.readlink(f"/proc/self/fd/{handle.fileno()}")))
+        handle.write(b"ne")
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        replace_atomically(target, half_then_interrupted)
+    assert target.read_bytes() == b"old"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.pt"]
+    assert seen[0].startswith(".last.pt.") and seen[0].endswith(".tmp")  # what remove_stale_temps removes
+
+
+def test_a_fifo_in_the_way_is_replaced_never_opened(tmp_path):
+    fifo = tmp_path / "metrics.json"
+    os.mkfifo(fifo)
+    writer = threading.Thread(target=write_atomic, args=(fifo, "{}\n"), daemon=True)
+    writer.start()
+    writer.join(timeout=30)
+    assert not writer.is_alive(), "the writer opened the FIFO and waits for a reader"
+    assert stat.S_ISREG(os.lstat(fifo).st_mode) and fifo.read_text() == "{}\n"
 
 
 def test_an_append_cut_short_by_a_full_disk_is_cut_back_to_the_last_whole_line(tmp_path, monkeypatch):

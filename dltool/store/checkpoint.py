@@ -1,4 +1,4 @@
-"""Checkpoints: atomic writes, safe loads (weights_only=True, always), run-directory resolution.
+"""Checkpoints: atomic saves, safe loads (weights_only=True, always), run-directory resolution.
 
 A checkpoint is a plain dict of tensors, numbers, strings, lists and dicts (docs/run-folder.md#checkpoint):
 `model`, `optimizer`, `scheduler`, `epoch`, `step`, `config`, `classes`, `metrics`, `rng`, `versions`,
@@ -7,15 +7,11 @@ and `output`: what a classifier's outputs are (dltool.models.outputs; absent in 
 
 from __future__ import annotations
 
-import contextlib
-import glob
+import functools
 import io
-import os
 import pickle
 import pickletools
 import re
-import tempfile
-import time
 import warnings
 import zipfile
 from pathlib import Path
@@ -23,40 +19,33 @@ from typing import Any
 
 from dltool.config.usercode import check_code
 from dltool.errors import CheckpointError, DltoolError
+from dltool.store.writing import remove_stale_temps, replace_atomically
 
 REQUIRED_KEYS = ("model", "config")
 
 
 def save_checkpoint(state: dict, path: str | Path) -> Path:
-    """Write `state` to `path` atomically: temp file in the same folder, flush, fsync, rename, fsync folder.
+    """Write `state` to `path` atomically (`dltool.store.writing.replace_atomically`), first removing
+    the temp files of `path` that a killed save left.
 
     A crash at any moment leaves either the previous file or the new one, never a torn file.
     """
-    import torch
-
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_temps(path.parent, path.name)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    return replace_atomically(path, functools.partial(_torch_save, state))
+
+
+def _torch_save(state: dict, handle: Any) -> None:
+    import torch
+
+    sink = _WriteSink(handle)
     try:
-        with os.fdopen(fd, "wb") as handle:
-            sink = _WriteSink(handle)
-            try:
-                torch.save(state, sink)
-            except RuntimeError:
-                if sink.error is not None:  # torch reports a failed write (disk full) as a RuntimeError
-                    raise sink.error from None
-                raise
-            handle.flush()
-            os.fsync(handle.fileno())
-        _pause_for_fault_injection()
-        os.replace(tmp_name, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp_name)
+        torch.save(state, sink)
+    except RuntimeError:
+        if sink.error is not None:  # torch reports a failed write (disk full) as a RuntimeError
+            raise sink.error from None
         raise
-    fsync_folder(path.parent)
-    return path
 
 
 class _WriteSink:
@@ -75,35 +64,6 @@ class _WriteSink:
 
     def flush(self) -> None:
         self.handle.flush()
-
-
-def remove_stale_temps(folder: Path, name: str | None = None) -> None:
-    """Delete the temp files (of file `name`, or of any file) that a writer killed before its rename left.
-
-    One process writes a run's files, so a temp file found here is never one still being written.
-    """
-    pattern = f".{glob.escape(name)}.*.tmp" if name else ".*.tmp"
-    for stale in folder.glob(pattern):
-        with contextlib.suppress(OSError):
-            stale.unlink()
-
-
-def _pause_for_fault_injection() -> None:
-    # DLTOOL_TEST_PAUSE_IN_SAVE=<seconds> exists only for the fault-injection tests
-    # (tests/reliability): it holds the complete temp file unrenamed so a kill -9 can land there
-    pause = os.environ.get("DLTOOL_TEST_PAUSE_IN_SAVE")
-    if pause:
-        time.sleep(float(pause))
-
-
-def fsync_folder(folder: Path) -> None:
-    """Make a rename inside `folder` durable."""
-    with contextlib.suppress(OSError):
-        fd = os.open(folder, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
 
 
 def checkpoint_in(folder: Path, names: tuple[str, ...]) -> Path | None:

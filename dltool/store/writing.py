@@ -11,15 +11,16 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import glob
 import os
 import stat
+import tempfile
 import zipfile
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import BinaryIO, Callable, Iterable, Iterator
 
 from dltool.data.walk import special_kind
 from dltool.errors import ConfigError, Unwritable
-from dltool.store.checkpoint import fsync_folder
 
 # what to do about each way a place can refuse a write
 ADVICE = {
@@ -63,28 +64,61 @@ def writing(path: str | Path, advice: str | None = None) -> Iterator[None]:
 
 
 def write_atomic(path: str | Path, data: str | bytes, advice: str | None = None) -> Path:
-    """Write `data` to `path` so that a crash leaves the old file or the new one, never a torn or
-    empty one: a temp file in the same folder, fsynced, then renamed over `path`.
+    """Write `data` to `path` through `replace_atomically`.
 
     Raises:
         Unwritable: the place refused the write; the temp file is gone and `path` is as it was.
     """
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
     payload = data.encode("utf-8") if isinstance(data, str) else data
     with writing(path, advice):
-        try:
-            with open(tmp, "wb") as handle:
-                handle.write(payload)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            raise
+        return replace_atomically(path, lambda handle: handle.write(payload))
+
+
+def replace_atomically(path: str | Path, fill: Callable[[BinaryIO], object]) -> Path:
+    """The one way dltool replaces a file: `fill` writes the new content into a temp file beside
+    `path` (`.NAME.XXXXXXXX.tmp`, created exclusively), which is flushed, fsynced and renamed over
+    `path`, and then the folder is fsynced. A crash at any moment leaves the old file or the new one,
+    never a torn or empty one; the rename puts a new file in place and never writes into what was
+    there (a FIFO or device node named `path` is not opened).
+
+    Raises:
+        OSError: the write failed (or `fill` raised it); the temp file is gone and `path` is as it was.
+    """
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            fill(handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
     fsync_folder(path.parent)
     return path
+
+
+def fsync_folder(folder: Path) -> None:
+    """Make a rename inside `folder` durable."""
+    with contextlib.suppress(OSError):
+        fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def remove_stale_temps(folder: Path, name: str | None = None) -> None:
+    """Delete the temp files (of file `name`, or of any file) that a writer killed before its rename left.
+
+    One process writes a run's files, so a temp file found here is never one still being written.
+    """
+    pattern = f".{glob.escape(name)}.*.tmp" if name else ".*.tmp"
+    for stale in folder.glob(pattern):
+        with contextlib.suppress(OSError):
+            stale.unlink()
 
 
 def append_synced(path: str | Path, text: str) -> None:

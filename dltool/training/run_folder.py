@@ -25,8 +25,8 @@ from typing import Any, Sequence
 from dltool.config.load import dump_yaml
 from dltool.config.usercode import code_record
 from dltool.errors import ConfigError, RunBusy, RunFailed
-from dltool.store.checkpoint import checkpoint_in, remove_stale_temps, save_checkpoint
-from dltool.store.writing import append_synced, folder_name, write_atomic, writing
+from dltool.store.checkpoint import checkpoint_in, save_checkpoint
+from dltool.store.writing import append_synced, folder_name, remove_stale_temps, write_atomic, writing
 
 COLUMNS = ("epoch", "lr", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "epoch_seconds",
            "samples_per_second")

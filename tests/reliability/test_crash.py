@@ -8,6 +8,7 @@ import os
 import random
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -19,9 +20,15 @@ from dltool.store.checkpoint import load_checkpoint, save_checkpoint
 from dltool.training.callbacks import Callback
 from dltool.training.train import train
 
-from .tools import TINY, dltool_command, record, weights_hash, write_config
+from .tools import TINY, record, weights_hash, write_config
 
 PAUSE = "0.3"  # seconds each save holds its complete temp file before the rename
+PAUSING = Path(__file__).with_name("pause_in_save.py")
+
+
+def pausing_command(*args: str) -> list[str]:
+    """`dltool ARGS` in a subprocess whose checkpoint saves pause PAUSE seconds before their rename."""
+    return [sys.executable, str(PAUSING), PAUSE, *args]
 
 
 @pytest.fixture(scope="module")
@@ -85,12 +92,11 @@ def crash_and_resume(folder: Path, seed: int, kills: int) -> dict:
     then finish in-process. Returns the figures and the final run folder."""
     rng = random.Random(seed)
     run = folder / "runs" / "tiny"
-    env = {**os.environ, "DLTOOL_TEST_PAUSE_IN_SAVE": PAUSE}
-    command = dltool_command("train", str(write_config(folder)), "--runs-dir", str(folder / "runs"), "--quiet")
+    command = pausing_command("train", str(write_config(folder)), "--runs-dir", str(folder / "runs"), "--quiet")
     done, newest, restarts = 0, 0, 0
     for i in range(kills):
         restarts += "--resume" in command
-        process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         if not kill_at(process, run, rng, in_save=i % 2 == 0):
             assert process.returncode == 0, process.stderr.read()
             break
@@ -99,7 +105,7 @@ def crash_and_resume(folder: Path, seed: int, kills: int) -> dict:
         epoch = saved_epoch(run)  # loadable: the kill never leaves a torn last.pt
         assert epoch >= newest
         newest = epoch
-        command = dltool_command("train", "--resume", str(run), "--quiet")
+        command = pausing_command("train", "--resume", str(run), "--quiet")
     if saved_epoch(run) < TINY["train"]["epochs"]:
         start = StartEpoch()
         train(resume=run, callbacks=[start])
@@ -126,9 +132,8 @@ def test_kill_inside_a_save_and_at_random_then_resume_gives_the_same_weights(tmp
 
 def test_a_kill_before_the_first_checkpoint_then_resume_starts_the_run_over(tmp_path, reference):
     run = tmp_path / "runs" / "tiny"
-    command = dltool_command("train", str(write_config(tmp_path)), "--runs-dir", str(tmp_path / "runs"), "--quiet")
-    process = subprocess.Popen(command, env={**os.environ, "DLTOOL_TEST_PAUSE_IN_SAVE": PAUSE},
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    command = pausing_command("train", str(write_config(tmp_path)), "--runs-dir", str(tmp_path / "runs"), "--quiet")
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     assert wait_until(lambda: bool(temp_files(run / "checkpoints")), process)  # inside the very first save
     process.send_signal(signal.SIGKILL)
     process.wait()
