@@ -110,3 +110,10 @@ def with_location(message: str, file: str | None = None, key: str | None = None,
                 place += f":{column}"
     prefix = ": ".join(part for part in (place, key) if part)
     return f"{prefix}: {message}" if prefix else message
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of `exc`'s message, or its type's name when the message is empty: what a
+    library's (often multi-line) error says, in the one line a dltool message has room for."""
+    lines = str(exc).strip().splitlines()
+    return lines[0] if lines else type(exc).__name__

@@ -10,7 +10,7 @@ import yaml
 from dltool.config.inherit import component_name
 from dltool.config.spec import COMMAND_LINE, Mark, Marks
 from dltool.config.yaml_read import MAX_DEPTH, check_depth, load_document
-from dltool.errors import ConfigError
+from dltool.errors import ConfigError, first_line
 
 APPEND = "+"  # the last part of an override key that appends to a list: model.layers.+=Dropout
 
@@ -75,7 +75,7 @@ def _override_value(raw: str, where: str, key: str) -> Any:
     try:
         value, _ = load_document(raw, where, key)
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{where}: the value is not valid YAML ({str(exc).splitlines()[0]})") from None
+        raise ConfigError(f"{where}: the value is not valid YAML ({first_line(exc)})") from None
     except RecursionError:
         raise ConfigError(f"{where}: the value is nested more than {MAX_DEPTH} levels deep") from None
     check_depth(value, where)

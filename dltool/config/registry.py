@@ -12,7 +12,7 @@ import inspect
 from typing import Any, Callable, Iterable
 
 from dltool.config.spec import Spec, located
-from dltool.errors import RegistryError
+from dltool.errors import RegistryError, first_line
 
 
 class Registry:
@@ -142,7 +142,7 @@ class Registry:
         try:
             return target(*args, *spec.args, **kwargs)
         except (TypeError, ValueError, AssertionError, RuntimeError) as exc:  # torch refuses some values with RuntimeError
-            raise RegistryError(spec.error(_first_line(exc) + self.where(spec.name, exc))) from exc
+            raise RegistryError(spec.error(first_line(exc) + self.where(spec.name, exc))) from exc
 
     def parameters(self, name: str) -> list[tuple[str, str]]:
         """(argument, default, 'required' or 'filled in: ...') for `dltool list KIND NAME`."""
@@ -195,7 +195,7 @@ def check_arguments(target: Callable, args: tuple, kwargs: dict, spec: Spec) -> 
     try:
         sig.bind(*args, **kwargs)
     except TypeError as exc:
-        raise RegistryError(spec.error(_first_line(exc))) from exc
+        raise RegistryError(spec.error(first_line(exc))) from exc
 
 
 def suggest(word: str, choices: Iterable[str]) -> str:
@@ -217,11 +217,6 @@ def _frames(tb: Any) -> Iterable[Any]:
     while tb is not None:
         yield tb
         tb = tb.tb_next
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip() or type(exc).__name__
-    return text.splitlines()[0]
 
 
 LAYERS = Registry("layers", fill=["dltool.models.layers"])

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from dltool.config.registry import DATASETS, LAYERS, LOSSES, TRANSFORMS, Registry
-from dltool.errors import CodeChanged, CodeError, ConfigError
+from dltool.errors import CodeChanged, CodeError, ConfigError, first_line
 
 ENVIRONMENT = "DLTOOL_CODE"
 PLUGIN_GROUP = "dltool.plugins"
@@ -220,7 +220,7 @@ def _run(record: CodeFile, load: Callable[[], Any]) -> None:
     except ConfigError:
         raise
     except Exception as exc:
-        what = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}".rstrip(": ")
+        what = f"{type(exc).__name__}: {first_line(exc)}".rstrip(": ") if str(exc).strip() else type(exc).__name__
         raise CodeError(f"{record.path}: loading this code failed ({what}); the traceback above is its own",
                         details=their_traceback(exc)) from None
     finally:

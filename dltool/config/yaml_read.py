@@ -11,7 +11,7 @@ from typing import Any
 import yaml
 
 from dltool.config.spec import Mark, Marks
-from dltool.errors import ConfigError, with_location
+from dltool.errors import ConfigError, first_line, with_location
 
 MAX_DEPTH = 50  # levels of nested mappings and lists a config may have
 # Values a config may hold once YAML aliases (*name) are expanded: real configs hold a few hundred,
@@ -65,7 +65,7 @@ def parse_yaml(text: str, file: str) -> tuple[Any, Marks]:
         column = mark.column + 1 if mark else None
         raise ConfigError(with_location(f"invalid YAML: {problem}", file, None, line, column)) from None
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{file}: invalid YAML: {str(exc).splitlines()[0]}") from None
+        raise ConfigError(f"{file}: invalid YAML: {first_line(exc)}") from None
     except RecursionError:
         raise ConfigError(f"{file}: invalid YAML: nested more than {MAX_DEPTH} levels deep") from None
     check_depth(data, file)

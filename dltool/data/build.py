@@ -17,7 +17,7 @@ from dltool.data.sources import RawSplit, Source, stratified_split
 from dltool.data.subset import subset_classes
 from dltool.data.transform_lists import transform_specs
 from dltool.data.transforms import build_pipeline, to_float_tensor
-from dltool.errors import DataError
+from dltool.errors import DataError, first_line
 
 GRAY_MODES = {"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F"}
 MODES = {1: "L", 3: "RGB"}
@@ -246,7 +246,7 @@ def _first_sample_shape(sample: TransformedDataset, train_tf: Any, eval_tf: Any)
             to_float_tensor(train_tf(image))
         return tuple(to_float_tensor(eval_tf(image)).shape)
     except (TypeError, ValueError, RuntimeError, MemoryError) as exc:
-        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        reason = first_line(exc)
         raise DataError(f"data.transforms: the transforms cannot process the first sample ({reason}); "
                         "check their arguments") from None
 

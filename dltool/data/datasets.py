@@ -24,7 +24,7 @@ from dltool.config.registry import DATASETS
 from dltool.data import folders  # noqa: F401  (registers ImageFolder and ImageList)
 from dltool.data.idx import GZIP_AWARE
 from dltool.data.sources import RawSplit, Source
-from dltool.errors import DataError
+from dltool.errors import DataError, first_line
 
 # Datasets that take `train: bool`; the others below take `split:` with these values per split.
 TRAIN_FLAG = ("MNIST", "FashionMNIST", "KMNIST", "EMNIST", "QMNIST", "CIFAR10", "CIFAR100", "USPS")
@@ -216,7 +216,7 @@ def _split_loader(cls: type, kwargs: dict, extra: dict) -> Callable[[], RawSplit
         try:
             targets = _targets(dataset)
         except (TypeError, ValueError, RuntimeError) as exc:  # arguments torchvision takes unchecked (FakeData)
-            raise DataError(f"{cls.__name__}: its arguments do not work: {_first_line(exc)}") from None
+            raise DataError(f"{cls.__name__}: its arguments do not work: {first_line(exc)}") from None
         return RawSplit(dataset, targets, list(range(len(targets))), _classes(dataset, targets))
 
     return load
@@ -231,7 +231,7 @@ def _construct(cls: type, kwargs: dict) -> Any:
         _remove_new(root, before)
         raise DataError(_missing_message(cls, kwargs, exc)) from None
     except (TypeError, ValueError) as exc:
-        raise DataError(f"{cls.__name__}: its arguments do not work: {_first_line(exc)}") from None
+        raise DataError(f"{cls.__name__}: its arguments do not work: {first_line(exc)}") from None
     except RuntimeError as exc:
         text = str(exc).lower()
         if "not found" in text or "download" in text or "corrupted" in text:
@@ -270,14 +270,10 @@ def _remove_new(root: Any, before: set[str] | None) -> None:
                 os.unlink(path)
 
 
-def _first_line(exc: BaseException) -> str:
-    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-
-
 def _missing_message(cls: type, kwargs: dict, exc: BaseException) -> str:
     name = cls.__name__
     root = str(kwargs.get("root", "data"))
-    reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0].rstrip(":")
+    reason = first_line(exc).rstrip(":")
     if kwargs.get("download"):
         how, then = "the download failed", "or run again where there is network"
     else:

@@ -16,7 +16,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from dltool.data.walk import special_kind
-from dltool.errors import ImageError
+from dltool.errors import ImageError, first_line
 
 SIXTEEN_BIT = {"I;16", "I;16B", "I;16L", "I;16N"}
 WIDE = SIXTEEN_BIT | {"I", "F"}
@@ -68,7 +68,7 @@ def load_image(path: str, max_pixels: int) -> Image.Image:
         try:
             image.load()
         except (OSError, SyntaxError, ValueError) as exc:
-            raise ImageError(f"{path}: cannot decode ({_reason(exc)})") from None
+            raise ImageError(f"{path}: cannot decode ({first_line(exc)})") from None
         image = ImageOps.exif_transpose(image)
         return to_8bit(image)
 
@@ -90,9 +90,9 @@ class _opened:
             raise ImageError(f"{self.path}: not an image (no known image format)") from None
         except Image.DecompressionBombError as exc:
             raise ImageError(f"{self.path}: too many pixels for Pillow's decompression-bomb guard "
-                             f"({_reason(exc)})") from None
+                             f"({first_line(exc)})") from None
         except (OSError, SyntaxError, ValueError) as exc:
-            raise ImageError(f"{self.path}: cannot open ({_reason(exc)})") from None
+            raise ImageError(f"{self.path}: cannot open ({first_line(exc)})") from None
         pixels = self.image.width * self.image.height
         if pixels > self.max_pixels:
             self.image.close()
@@ -103,10 +103,6 @@ class _opened:
     def __exit__(self, *exc_info: object) -> None:
         if self.image is not None:
             self.image.close()
-
-
-def _reason(exc: BaseException) -> str:
-    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
 
 
 def to_8bit(image: Image.Image) -> Image.Image:

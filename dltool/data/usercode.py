@@ -18,7 +18,7 @@ from PIL import Image
 
 from dltool.config.registry import DATASETS
 from dltool.data.sources import RawSplit, Source
-from dltool.errors import DataError
+from dltool.errors import DataError, first_line
 
 
 def user_source(cls: type, kwargs: dict) -> Source:
@@ -42,7 +42,7 @@ def _loader(cls: type, kwargs: dict, extra: dict) -> Callable[[], RawSplit]:
             items = UserItems(dataset)
             targets = _targets(dataset, items)
         except (TypeError, ValueError, OSError, KeyError, IndexError, RuntimeError) as exc:
-            reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            reason = first_line(exc)
             split = f" with {', '.join(f'{k}={v!r}' for k, v in extra.items())}" if extra else ""
             raise DataError(f"{cls.__name__}{split}: {reason}{DATASETS.where(cls.__name__, exc)}") from None
         return RawSplit(items, targets, list(range(len(items))), _classes(dataset, targets))
@@ -114,5 +114,5 @@ def check_pickles(items: Any, num_workers: int) -> None:
     except Exception as exc:  # pickling raises TypeError, AttributeError, PicklingError, ...
         name = type(items.dataset).__name__
         raise DataError(f"data.num_workers: {num_workers} sends the dataset to worker processes, but {name} does "
-                        f"not pickle ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); keep "
+                        f"not pickle ({type(exc).__name__}: {first_line(exc) if str(exc).strip() else ''}); keep "
                         "open files and lambdas out of its attributes, or set data.num_workers: 0") from None

@@ -25,7 +25,7 @@ from typing import Any, Callable, Sequence
 
 from dltool.config.load import dump_yaml, load_config
 from dltool.config.spec import located
-from dltool.errors import ConfigError, Interrupted, RunFailed
+from dltool.errors import ConfigError, Interrupted, RunFailed, first_line
 from dltool.experiments.space import Component, Param, TuneSpec, read_tune
 from dltool.store.writing import folder_name, write_atomic, writing
 from dltool.training.callbacks import Callback
@@ -172,7 +172,7 @@ def _study(optuna: Any, direction: str, sampler: Any, pruner: Any, name: str, ur
         return optuna.create_study(study_name=name, storage=storage, load_if_exists=True, direction=direction,
                                    sampler=sampler, pruner=pruner)
     except (SQLAlchemyError, ImportError) as exc:
-        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        first = first_line(exc)
         raise ConfigError(f"--storage: cannot open {redact(url)}: {first}") from None
 
 

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from dltool.errors import ConfigError, DltoolError, ExportError, MissingExtra
+from dltool.errors import ConfigError, DltoolError, ExportError, MissingExtra, first_line
 
 FORMATS = ("onnx", "torchscript")
 SUFFIXES = {"onnx": ".onnx", "torchscript": ".torchscript.pt"}
@@ -260,7 +260,7 @@ def onnx_exports(module: Any, args: tuple) -> str | None:
             torch.onnx.export(module, args, buffer, dynamo=False)
         return None
     except Exception as exc:  # noqa: BLE001 - any failure is the answer
-        reason = _first_line(exc)
+        reason = _reason(exc)
     try:
         with _quiet():
             torch.onnx.export(module, args, None, dynamo=True, verbose=False, report=False)
@@ -269,10 +269,8 @@ def onnx_exports(module: Any, args: tuple) -> str | None:
         return reason
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    line = text[0] if text else type(exc).__name__
-    return line.split(" Please feel free")[0].removeprefix("Unsupported: ")[:200]
+def _reason(exc: BaseException) -> str:
+    return first_line(exc).split(" Please feel free")[0].removeprefix("Unsupported: ")[:200]
 
 
 def _onnx_runner(data: bytes) -> Callable[[Any], Any]:
@@ -319,7 +317,7 @@ def torchscript_exports(module: Any, args: tuple) -> str | None:
             torch.jit.trace(module, args, check_trace=False)
         return None
     except Exception as exc:  # noqa: BLE001 - any failure is the answer
-        reason = _first_line(exc)
+        reason = _reason(exc)
     try:
         with _quiet():
             torch.jit.script(module)

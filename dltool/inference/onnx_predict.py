@@ -14,7 +14,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from dltool.errors import CheckpointError, ConfigError, MissingExtra
+from dltool.errors import CheckpointError, ConfigError, MissingExtra, first_line
 from dltool.inference.preprocess_numpy import NumpyPreprocess, checked_input
 
 EXTRA = 'pip install "dltool[onnx]"'
@@ -64,7 +64,7 @@ def open_session(path: Path, device: str = "cpu") -> tuple[Any, dict[str, str]]:
     try:
         session = ort.InferenceSession(str(path), options, providers=providers(ort, device))
     except ort_errors(ort) as exc:
-        reason = str(exc).split(":", 3)[-1].strip().splitlines()[0][:160]
+        reason = first_line(exc).split(":", 3)[-1].strip()[:160]
         raise CheckpointError(f"{path}: not a readable ONNX model ({reason}); export it again with "
                               "`dltool export RUN --format onnx`") from None
     return session, dict(session.get_modelmeta().custom_metadata_map)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dltool.errors import CheckpointError
+from dltool.errors import CheckpointError, first_line
 from dltool.inference.onnx_predict import read_metadata, top_entries
 from dltool.inference.preprocess_numpy import NumpyPreprocess, checked_input
 
@@ -46,7 +46,7 @@ class TorchScriptPredictor:
                 warnings.simplefilter("ignore", FutureWarning)  # torch deprecates TorchScript; it still loads
                 self.model = torch.jit.load(self.path, map_location=self.device, _extra_files=extra)
         except (RuntimeError, ValueError) as exc:
-            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
+            first = first_line(exc)[:160]
             raise CheckpointError(f"{self.path}: not a readable TorchScript file ({first})") from None
         metadata = {k: v.decode() if isinstance(v, bytes) else v for k, v in extra.items() if v}
         self.classes, self.task, self.output, plan = read_metadata(metadata, self.path)

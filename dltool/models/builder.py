@@ -18,7 +18,7 @@ from torch import nn
 
 from dltool.config.registry import LAYERS, signature
 from dltool.config.spec import Spec, located, parse_spec
-from dltool.errors import ConfigError, RegistryError, ShapeError
+from dltool.errors import ConfigError, RegistryError, ShapeError, first_line
 from dltool.models.composite import fmt
 from dltool.models.shapes import ShapeReport, measure, module_rows
 
@@ -301,7 +301,7 @@ def probe(module: nn.Module, spec: Spec, shape: tuple[int, ...]) -> tuple[int, .
         with torch.no_grad():
             out = module(torch.zeros(1, *shape))
     except PROBE_ERRORS as exc:
-        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0] + LAYERS.where(spec.name, exc)
+        reason = first_line(exc) + LAYERS.where(spec.name, exc)
         raise ShapeError(spec.error(f"cannot take an input of shape {fmt(shape)}: {reason}")) from None
     finally:
         module.train(was_training)

@@ -19,7 +19,7 @@ from torch import nn
 
 from dltool.config.registry import LAYERS, suggest
 from dltool.config.spec import Marks, Spec, located, parse_spec
-from dltool.errors import ConfigError
+from dltool.errors import ConfigError, first_line
 
 
 def uniform_fan_in(tensor: torch.Tensor, fan_in: int | None = None) -> torch.Tensor:
@@ -97,7 +97,7 @@ def _apply(spec: Spec, tensor: torch.Tensor) -> None:
         with torch.no_grad():
             SCHEMES[_name(spec)](tensor, *spec.args, **spec.kwargs)
     except (TypeError, ValueError, AttributeError, RuntimeError) as exc:  # its arguments, from the config
-        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        reason = first_line(exc)
         raise ConfigError(spec.error(f"cannot initialise a tensor of shape {list(tensor.shape)}: {reason}")) from None
 
 

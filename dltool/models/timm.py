@@ -23,7 +23,7 @@ from torch import nn
 
 from dltool.config.registry import suggest
 from dltool.config.spec import Spec
-from dltool.errors import CheckpointError, MissingExtra, RegistryError, ShapeError
+from dltool.errors import CheckpointError, MissingExtra, RegistryError, ShapeError, first_line
 from dltool.models.composite import Plan, fmt
 from dltool.models.init import apply_freeze
 
@@ -112,14 +112,14 @@ def create(name: str, pretrained: Any, num_classes: int | None, shape: tuple[int
         if not load:
             raise
         raise CheckpointError(spec.error(
-            f"cannot load timm's {name} weights ({_first_line(exc)}); run once online to fill the Hugging Face "
+            f"cannot load timm's {name} weights ({first_line(exc)}); run once online to fill the Hugging Face "
             f"cache (HF_HOME), or set pretrained: path/to/weights.pth, or pretrained: false")) from None
     except RuntimeError as exc:
         if not load:
-            raise RegistryError(spec.error(_first_line(exc))) from None
-        raise CheckpointError(spec.error(f"timm's {name} weights do not fit: {_first_line(exc)}")) from None
+            raise RegistryError(spec.error(first_line(exc))) from None
+        raise CheckpointError(spec.error(f"timm's {name} weights do not fit: {first_line(exc)}")) from None
     except CREATE_ERRORS as exc:  # an argument the model does not take, or a value it refuses
-        raise RegistryError(spec.error(_first_line(exc))) from None
+        raise RegistryError(spec.error(first_line(exc))) from None
 
 
 def weights_file(value: Any, spec: Spec) -> Path:
@@ -186,8 +186,3 @@ def _quiet_hub() -> Iterator[None]:
         yield
     finally:
         hub_logging.set_verbosity(level)
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__

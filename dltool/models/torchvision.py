@@ -18,7 +18,7 @@ import torchvision
 from torch import nn
 
 from dltool.config.registry import MODELS
-from dltool.errors import CheckpointError, ShapeError
+from dltool.errors import CheckpointError, ShapeError, first_line
 from dltool.models.composite import Plan, fmt
 from dltool.models.init import apply_freeze
 
@@ -126,7 +126,7 @@ def _hub_file(name: str, entry: Any, spec) -> Path:
     try:
         torch.hub.download_url_to_file(entry.url, str(path), progress=False)
     except OSError as exc:
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        reason = first_line(exc)
         raise CheckpointError(spec.error(
             f"cannot download the {name} weights ({reason}); download {entry.url} and put it at {path}, "
             f"or set weights: path/to/{path.name}")) from None
@@ -144,7 +144,7 @@ def _load_file(path: Path, spec) -> dict:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except (OSError, RuntimeError, EOFError, ValueError) as exc:
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        reason = first_line(exc)
         raise CheckpointError(spec.error(f"cannot read weights file {path}: {reason}")) from None
     if isinstance(state, dict) and isinstance(state.get("model"), dict):
         state = state["model"]

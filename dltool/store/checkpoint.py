@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from dltool.config.usercode import check_code
-from dltool.errors import CheckpointError, DltoolError
+from dltool.errors import CheckpointError, DltoolError, first_line
 from dltool.store.writing import remove_stale_temps, replace_atomically
 
 REQUIRED_KEYS = ("model", "config")
@@ -169,9 +169,7 @@ def _unreadable(path: Path, exc: BaseException) -> str:
 
 
 def _short(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    first = text[0] if text else type(exc).__name__
-    return first.split(". ")[0].removeprefix("PytorchStreamReader failed reading zip archive: ")[:160]
+    return first_line(exc).split(". ")[0].removeprefix("PytorchStreamReader failed reading zip archive: ")[:160]
 
 
 def rebuild_model(checkpoint: dict) -> tuple[Any, Any]:

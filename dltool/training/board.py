@@ -17,7 +17,7 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
-from dltool.errors import Unwritable
+from dltool.errors import Unwritable, first_line
 from dltool.store.writing import refusal, refused
 
 SCALARS = {
@@ -66,7 +66,7 @@ class Board:
                 warnings.simplefilter("ignore")  # the tracer's warnings are about tracing, not the run
                 self.writer.add_graph(model, example)
         except (RuntimeError, TypeError, ValueError) as exc:
-            return f"TensorBoard graph skipped: {str(exc).splitlines()[0][:200]}"
+            return f"TensorBoard graph skipped: {first_line(exc)[:200]}"
         finally:
             model.train(was_training)
         return None

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from dltool.config.spec import located
-from dltool.errors import ConfigError, DltoolError
+from dltool.errors import ConfigError, DltoolError, first_line
 from dltool.training.runtime import rng_state, set_rng_state
 
 # Losses that compare outputs with numbers: they do not take class labels.
@@ -80,10 +80,6 @@ def _probabilities_into_the_loss(config: Any, model: nn.Module, loss_fn: nn.Modu
     return ["warning: " + located(f"the last layer is {layer}, but {loss} {why}; {fix}", key, config.marks)]
 
 
-def _first_line(exc: BaseException) -> str:
-    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-
-
 def check_transforms(config: Any, bundle: Any) -> None:
     """Each listed transform on the first sample, one at a time: a Normalize with other channels
     than the image has there, or a transform that fails, is named by its own key (the lists of
@@ -124,7 +120,7 @@ def _walk(image: Any, specs: Any, steps: list, marks: Any) -> None:
         try:
             image = step(image)
         except Exception as exc:  # noqa: BLE001 - any failure of a user's transform is named by its key
-            raise ConfigError(located(f"{spec.name} cannot process the first sample: {_first_line(exc)}",
+            raise ConfigError(located(f"{spec.name} cannot process the first sample: {first_line(exc)}",
                                       spec.key, marks)) from None
 
 
@@ -194,19 +190,19 @@ def _one_step(session: Any) -> None:
     except Exception as exc:  # noqa: BLE001
         raise ConfigError(located(
             f"{type(loss_fn).__name__} cannot take the model's outputs of shape {list(out.shape)} with targets of "
-            f"shape {list(y.shape)} ({y.dtype}): {_first_line(exc)}", session.config.loss.key,
+            f"shape {list(y.shape)} ({y.dtype}): {first_line(exc)}", session.config.loss.key,
             session.config.marks)) from None
     optimizer.zero_grad(set_to_none=True)
     try:
         loss.backward()
     except Exception as exc:  # noqa: BLE001
-        raise ConfigError(located(f"backward through the model failed: {_first_line(exc)}", "model.layers",
+        raise ConfigError(located(f"backward through the model failed: {first_line(exc)}", "model.layers",
                                   session.config.marks)) from None
     try:
         type(optimizer).step(optimizer)  # not optimizer.step: a scheduler wraps it around the original optimizer
     except Exception as exc:  # noqa: BLE001
         spec = session.config.optimizer
-        raise ConfigError(located(f"{spec.name} cannot take a step: {_first_line(exc)}", spec.key,
+        raise ConfigError(located(f"{spec.name} cannot take a step: {first_line(exc)}", spec.key,
                                   session.config.marks)) from None
 
 
@@ -241,7 +237,7 @@ def _first_batch(session: Any) -> tuple[torch.Tensor, torch.Tensor]:
         raise
     except Exception as exc:  # noqa: BLE001
         key = "data.batch_transforms" if config.data.batch_transforms else "data.transforms.train"
-        raise ConfigError(located(f"the first train batch cannot be made: {_first_line(exc)}", key,
+        raise ConfigError(located(f"the first train batch cannot be made: {first_line(exc)}", key,
                                   config.marks)) from None
 
 
@@ -257,7 +253,7 @@ def _forward_error(session: Any, x: torch.Tensor, exc: Exception) -> str:
         return located(f"gives samples of shape {eval_shape} but data.transforms.train gives {sample}, and the "
                        "model is built for one of them; make both lists end in the same size (e.g. the same Resize)",
                        "data.transforms.eval", marks)
-    return located(f"the model cannot take a batch of shape {list(x.shape)}: {_first_line(exc)}", "model.layers", marks)
+    return located(f"the model cannot take a batch of shape {list(x.shape)}: {first_line(exc)}", "model.layers", marks)
 
 
 def declared_shape_error(declared: list, sample: list, transforms_key: str, marks: Any) -> str:
@@ -283,6 +279,6 @@ def _check_plan(session: Any) -> None:
             scheduler.step()
     except Exception as exc:  # noqa: BLE001
         run = f"{steps} optimizer steps ({epochs} epochs)" if schedule.interval == "step" else f"{epochs} epochs"
-        raise ConfigError(located(f"{spec.name} cannot follow this run's {run}: {_first_line(exc)}", spec.key,
+        raise ConfigError(located(f"{spec.name} cannot follow this run's {run}: {first_line(exc)}", spec.key,
                                   session.config.marks)) from None
 

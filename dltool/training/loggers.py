@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from dltool.errors import MissingExtra
+from dltool.errors import MissingExtra, first_line
 
 EXTRA = 'pip install "dltool[mlflow]"'
 EXPERIMENT = "dltool"  # unless MLFLOW_EXPERIMENT_NAME names another
@@ -189,7 +189,7 @@ class MlflowLogger:
                 yield
         except _errors() as exc:
             self.run_id = None
-            self.on_message(f"mlflow: {what} at {_shown(self.uri)} ({_first_line(exc)}); training goes on without "
+            self.on_message(f"mlflow: {what} at {_shown(self.uri)} ({_reason(exc)}); training goes on without "
                             f"mlflow, and {self.run_dir} keeps every row")
 
 
@@ -265,11 +265,11 @@ def _shown(uri: str) -> str:
     return urlunsplit(parts._replace(netloc=f"{parts.username}:***@{host}"))
 
 
-def _first_line(exc: BaseException) -> str:
+def _reason(exc: BaseException) -> str:
     """The reason in a few words: a refused connection as such, else the first line, shortened."""
     text = str(exc).strip()
     refused = re.search(r"Failed to establish a new connection: \[Errno -?\d+\] ([^'\"()]+)", text)
     if refused:
         return refused.group(1).strip()
-    line = text.splitlines()[0] if text else type(exc).__name__
+    line = first_line(exc)
     return line if len(line) <= 200 else line[:197] + "..."
