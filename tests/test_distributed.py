@@ -21,6 +21,7 @@ from dltool.cli import app
 from dltool.data.sampler import EpochSampler
 from dltool.training.distributed import FollowerRunDir, state_digest
 from dltool.training.launch import exit_code, free_port, launcher_args
+from dltool.training.run_folder import RunDir
 from dltool.training.train import train
 
 QUICKSTART = Path(__file__).resolve().parent.parent / "configs" / "quickstart.yaml"
@@ -137,13 +138,33 @@ def test_single_process_sampler_is_unchanged_by_sharding_support():
     assert list(two[0]) == whole[0::2] and list(two[1]) == whole[1::2]
 
 
+def files_in(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
 def test_follower_run_dir_writes_nothing(tmp_path):
-    run = FollowerRunDir(tmp_path / "x")
-    run.write_config({"seed": 0})
-    run.append_metrics({"epoch": 1})
-    run.write_summary({})
-    run.save({"model": {}}, best=True)
-    assert not (tmp_path / "x").exists()
+    """Rank 0 created the folder, holds it and wrote its files; another rank's every write and folder
+    operation leaves them byte for byte as they are."""
+    main = RunDir.take(tmp_path / "runs", "x")
+    main.write_config({"seed": 0})
+    main.append_metrics({"epoch": 1, "lr": 0.1})
+    main.write_summary({"status": "running"})
+    main.save({"model": {"w": torch.ones(2)}, "config": {"seed": 0}, "epoch": 1}, best=True)
+    before = files_in(main.path)
+    run = FollowerRunDir(main.path, main.columns)
+    assert run.hold() is run  # rank 0 holds the folder's lock: taking it here would raise RunBusy
+    run.write_config({"seed": 1})
+    run.write_bad_files([("a.png", "truncated")])
+    run.append_metrics({"epoch": 2, "lr": 0.05})
+    run.keep_metrics_until(0)
+    run.write_summary({"status": "finished"})
+    run.save({"model": {"w": torch.zeros(2)}, "config": {"seed": 1}, "epoch": 2}, best=True)
+    run.release()
+    run.abandon()
+    assert files_in(main.path) == before
+    assert sorted(before) == [".lock", "checkpoints/best.pt", "checkpoints/last.pt", "config.yaml", "metrics.csv",
+                              "summary.json"]
+    main.release()
 
 
 def test_launcher_arguments_and_exit_codes():

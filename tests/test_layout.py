@@ -5,6 +5,7 @@ this checkout's dltool (not on whichever copy is installed).
 """
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -96,10 +97,32 @@ def test_at_most_six_modules_at_the_top():
     assert len(top) <= 6, top
 
 
+def stage_order() -> list[str]:
+    """The stages of the layers contract in pyproject.toml, top (cli) to bottom (errors)."""
+    text = (ROOT / "pyproject.toml").read_text()  # read as text: tomllib is not in Python 3.10
+    block = re.search(r'type = "layers".*?\nlayers = \[(.*?)\]', text, re.S)
+    assert block, "pyproject.toml has no layers contract"
+    return re.findall(r'"(\w+)"', block.group(1))
+
+
+def allowed_by_docstring(package: str, text: str, stages: list[str]) -> set[str]:
+    """The stages named in a package docstring's "It may import ..." clause (up to its first `;`, `:` or `.`)."""
+    found = re.search(r"It may import ([^;:.]*)", text)
+    assert found, f"{package}/__init__.py: the docstring has no 'It may import ...' sentence"
+    clause = found.group(1)
+    if clause.startswith("every other package"):
+        return set(stages) - {package}
+    return {stage for stage in stages if re.search(rf"\b{stage}\b", clause)}
+
+
 def test_every_package_says_what_it_holds_and_may_import():
+    stages = stage_order()
     packages = sorted(p.parent for p in PACKAGE.glob("*/__init__.py"))
     assert {p.name for p in packages} >= {"cli", "config", "data", "inference", "models", "store", "training"}
+    assert {p.name for p in packages} == set(stages) - {"errors"}  # each package is a stage of the contract
     for package in packages:
         text = (package / "__init__.py").read_text()
         assert text.startswith('"""'), package
-        assert "import" in text.split('"""')[1], f"{package.name}: the docstring says what it may import"
+        below = set(stages[stages.index(package.name) + 1:])
+        assert allowed_by_docstring(package.name, text.split('"""')[1], stages) == below, (
+            f"{package.name}/__init__.py: the stages it says it may import are not those below it in pyproject.toml")

@@ -195,6 +195,8 @@ def test_table_render(tmp_path):
 def test_depth_must_be_positive(tmp_path, depth):
     result = CliRunner().invoke(app, ["shapes", str(write(tmp_path, TINY)), "--depth", depth])
     assert result.exit_code == 2
+    assert f"Invalid value for '--depth': {depth} is not in the range x>=1." in result.stderr
+    assert result.stdout == ""  # refused before any table
 
 
 @pytest.mark.parametrize("written, shown", [
