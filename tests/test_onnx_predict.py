@@ -183,5 +183,5 @@ def test_an_exported_file_says_what_its_outputs_are(make_checkpoint, tmp_path):
     state = load_checkpoint(make_checkpoint(MLP, (1, 8, 8), classes=["no", "yes"]))
     state["output"] = "sigmoid"
     checkpoint = save_checkpoint(state, tmp_path / "binary.pt")
-    predictor = OnnxPredictor(export(checkpoint, "onnx").path)
+    predictor = OnnxPredictor.load(export(checkpoint, "onnx").path)
     assert predictor.output == "sigmoid" and predictor.classes == ["no", "yes"]

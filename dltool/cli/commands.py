@@ -463,15 +463,18 @@ def eval_command(
     batch_size: Optional[int] = typer.Option(None, "--batch-size", min=1, help="Evaluation batch size (default: the run's)"),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N"),
     as_json: bool = typer.Option(False, "--json", help="Print JSON on stdout"),
-    out: Optional[Path] = typer.Option(None, "--out", help="Where report files go (default: the run folder's eval/)"),
+    out: Optional[Path] = typer.Option(None, "--out", help="Report folder, replaced as a whole (default: the run folder's "
+                                       "eval/, or eval-test/, eval-train/ for those splits)"),
     code: Optional[List[Path]] = CodeOption,
 ) -> None:
     """Evaluate a checkpoint: loss, accuracy, per-class metrics, confusion matrix, mistakes."""
-    from dltool.inference.eval_report import render, write_outputs
+    from dltool.inference.eval_report import prepare_report_dir, render, write_outputs
     from dltool.inference.evaluate import default_out_dir, evaluate_checkpoint
 
     with user_errors():
         load_user_code(code)
+        report_dir = out or default_out_dir(target, split)
+        prepare_report_dir(report_dir)  # before the work: a place that cannot take the report is said at once
         result = evaluate_checkpoint(target, overrides or [], split=split, batch_size=batch_size, device=device)
     # the results are shown first: a report folder that refuses the files does not hide them
     console = stderr_console()
@@ -481,7 +484,7 @@ def eval_command(
         for part in render(result):
             console.print(part)
     with user_errors():
-        written = write_outputs(result, out or default_out_dir(result.checkpoint))
+        written = write_outputs(result, report_dir)
     if not as_json:
         console.print(f"wrote {', '.join(str(p) for p in written)}")
 
@@ -494,6 +497,10 @@ def predict_command(
     output_format: str = typer.Option("table", "--format", help="table, json or csv"),
     batch_size: int = typer.Option(64, "--batch-size", min=1, help="Images per forward pass"),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N"),
+    trust_program: bool = typer.Option(
+        False, "--trust-program",
+        help="Run a TorchScript --model file: it is a program, and loading it runs its code; only for files you "
+             "trust (ONNX files run no code)"),
     code: Optional[List[Path]] = CodeOption,
 ) -> None:
     """Classify image files with a checkpoint (exit 2 when any input could not be read)."""
@@ -504,7 +511,8 @@ def predict_command(
         if output_format not in ("table", "json", "csv"):
             raise ConfigError(f"--format: unknown format {output_format!r}; allowed: table, json, csv")
         load_user_code(code)
-        predictions = predict(inputs, model, topk=topk, batch_size=batch_size, device=device)
+        predictions = predict(inputs, model, topk=topk, batch_size=batch_size, device=device,
+                              trust_program=trust_program)
     if output_format == "json":
         print_json([p.to_json() for p in predictions])
     elif output_format == "csv":
@@ -529,8 +537,10 @@ def predict_command(
 def export_command(
     target: Path = typer.Argument(..., metavar="RUN_OR_CKPT", help="Run folder (best.pt, else last.pt) or checkpoint"),
     output_format: str = typer.Option("onnx", "--format", help="onnx or torchscript"),
-    out: Optional[Path] = typer.Option(None, "--out", help="File to write (default: RUN/model.onnx, RUN/model.torchscript.pt)"),
-    opset: Optional[int] = typer.Option(None, "--opset", min=7, help="ONNX opset (default: the exporter's)"),
+    out: Optional[Path] = typer.Option(None, "--out", help="File to write (default: RUN/model.onnx, RUN/model.torchscript.pt; "
+                                       "an .onnx name holds ONNX only)"),
+    opset: Optional[int] = typer.Option(None, "--opset", help="ONNX opset, within what this torch exports "
+                                        "(default: the exporter's); --json reports the opset written"),
     as_json: bool = typer.Option(False, "--json", help="Print JSON on stdout"),
     code: Optional[List[Path]] = CodeOption,
 ) -> None:
