@@ -162,7 +162,7 @@ def test_without_onnxruntime_predict_names_the_extra(onnx_model, monkeypatch):
 
 
 def test_output_kinds_become_the_probabilities_torch_computes():
-    from dltool.inference.onnx_predict import to_probabilities
+    from dltool.inference.predictors import to_probabilities
 
     logits = torch.randn(6, 4, generator=torch.Generator().manual_seed(0))
     single = logits[:, :1]

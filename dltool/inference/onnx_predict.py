@@ -9,7 +9,7 @@ one-image predict so costs a fraction of `import torch`.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -75,28 +75,6 @@ def open_session(path: Path, device: str = "cpu") -> tuple[Any, dict[str, str]]:
         raise CheckpointError(f"{path}: not a readable ONNX model ({reason}); export it again with "
                               "`dltool export RUN --format onnx`") from None
     return session, dict(session.get_modelmeta().custom_metadata_map)
-
-
-def to_probabilities(outputs: np.ndarray, kind: str) -> np.ndarray:
-    """(N, classes) probabilities from (N, outputs) model outputs of `kind` (softmax: logits,
-    sigmoid: independent logits, log_softmax, probabilities); a single output p becomes [1 - p, p]."""
-    if kind == "sigmoid":
-        probs = 1 / (1 + np.exp(-outputs))
-    elif kind == "log_softmax":
-        probs = np.exp(outputs)
-    elif kind == "probabilities":
-        probs = outputs
-    else:
-        shifted = np.exp(outputs - outputs.max(axis=1, keepdims=True))
-        probs = shifted / shifted.sum(axis=1, keepdims=True)
-    return np.concatenate([1 - probs, probs], axis=1) if probs.shape[1] == 1 else probs
-
-
-def top_rows(probs: np.ndarray, classes: Sequence[str], topk: int) -> list[list[dict]]:
-    """Each row's `topk` most probable classes: {class, index, probability}, most probable first."""
-    order = np.argsort(-probs, axis=1, kind="stable")[:, :min(topk, probs.shape[1])]
-    return [[{"class": classes[int(i)], "index": int(i), "probability": float(row[i])} for i in ix]
-            for row, ix in zip(probs, order)]
 
 
 class OnnxPredictor(Predictor):

@@ -4,9 +4,9 @@ Images are read exactly as training read its eval samples (dltool.inference.prep
 decoding, channel conversion and eval transforms), batched, and run under `torch.inference_mode`.
 A file that cannot be read gets an error entry and the others are still classified.
 
-Every model file goes through the one Predictor interface (dltool.inference.predictors), chosen by
-the file's content: an ONNX file through onnxruntime, so torch is imported only for checkpoints; a
-TorchScript file only with trust_program, since it is a program.
+Every model file goes through the one Predictor interface (dltool.inference.predictors); OPENERS
+below picks the implementation by the file's content: an ONNX file through onnxruntime, so torch is
+imported only for checkpoints; a TorchScript file only with trust_program, since it is a program.
 """
 
 from __future__ import annotations
@@ -15,10 +15,11 @@ import glob
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
-from dltool.errors import ConfigError, ImageError
-from dltool.inference.predictors import open_predictor
+from dltool.errors import CheckpointError, ConfigError, ImageError
+from dltool.inference import kinds
+from dltool.inference.predictors import CheckpointPredictor, Predictor
 
 
 @dataclass
@@ -113,6 +114,46 @@ def predict(inputs: Sequence[str], model_path: str | Path, *, topk: int = 5, bat
             for prediction, (top, value) in zip(ready, predictor.classify(tensors, topk)):
                 prediction.top, prediction.value = top, value
     return results
+
+
+def _torchscript(path: str | Path, device: str, trust_program: bool) -> Predictor:
+    if not trust_program:
+        raise CheckpointError(f"{path}: a TorchScript program: loading it runs the code inside it, so it was not "
+                              "loaded; if you trust where it came from, run it knowingly with --trust-program "
+                              "(an ONNX export runs no code)")
+    from dltool.inference.torchscript_predict import TorchScriptPredictor
+
+    return TorchScriptPredictor.load(path, device)
+
+
+def _onnx(path: str | Path, device: str, trust_program: bool) -> Predictor:
+    from dltool.inference.onnx_predict import OnnxPredictor
+
+    return OnnxPredictor.load(path, device)
+
+
+def _checkpoint(path: str | Path, device: str, trust_program: bool) -> Predictor:
+    return CheckpointPredictor.load(path, device)
+
+
+# file kind -> how `predict` opens it
+OPENERS: dict[str, Callable[[str | Path, str, bool], Predictor]] = {
+    kinds.CHECKPOINT: _checkpoint, kinds.ONNX: _onnx, kinds.TORCHSCRIPT: _torchscript,
+}
+
+
+def open_predictor(path: str | Path, device: str = "auto", *, trust_program: bool = False) -> Predictor:
+    """The predictor for what --model names, chosen by the file's content, whatever its name.
+
+    Args:
+        path: a checkpoint, run folder, or exported ONNX or TorchScript file.
+        device: auto, cpu, cuda or cuda:N.
+        trust_program: load a TorchScript file, which runs its code (never without it).
+
+    Raises:
+        CheckpointError: the file is damaged, hostile, inconsistent, or a TorchScript program not trusted.
+    """
+    return OPENERS[kinds.file_kind(path)](path, device, trust_program)
 
 
 def _chunks(items: list, size: int) -> Iterator[list]:

@@ -1,16 +1,17 @@
-"""One interface for every model file `predict` takes, and the table that picks its implementation.
+"""One interface for every model file `predict` takes, and its checkpoint implementation.
 
 A Predictor is opened by `load` (the file checked, its classes and preprocessing read once), turns
 an image file into the model's input with `preprocess`, runs a batch with `run`, and names its
-`classes`. The table goes from the file's kind (dltool.inference.kinds, told by content) to the
-implementation: a checkpoint (torch), an ONNX file (onnxruntime, no torch) or a TorchScript file,
-which is a program and runs only when the caller trusts it.
+`classes`; `classify` (shared) turns outputs into top classes. The implementations: a checkpoint
+(here, torch), an ONNX file (dltool.inference.onnx_predict: onnxruntime, no torch) and a TorchScript
+file (dltool.inference.torchscript_predict). dltool.inference.predict holds the table from a file's
+kind to its implementation. Nothing here imports torch at module level.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Callable, ClassVar, Protocol
+from typing import Any, Callable, ClassVar, Protocol, Sequence
 
 import numpy as np
 
@@ -50,14 +51,10 @@ class Predictor(Protocol):
 
     def probabilities(self, outputs: np.ndarray) -> np.ndarray:
         """(N, classes) class probabilities of (N, outputs) outputs, as the file's `output` says."""
-        from dltool.inference.onnx_predict import to_probabilities
-
         return to_probabilities(outputs, self.output)
 
     def classify(self, inputs: list, topk: int) -> list[tuple[list[dict] | None, list[float] | None]]:
         """(top entries, None) per row for a classifier, (None, outputs) for a regressor."""
-        from dltool.inference.onnx_predict import top_rows
-
         outputs = self.run(inputs).astype(np.float32).reshape(len(inputs), -1)
         if self.task == "regression":
             return [(None, [float(v) for v in row]) for row in outputs]
@@ -66,6 +63,28 @@ class Predictor(Protocol):
             raise CheckpointError(f"{self.path}: names {len(self.classes)} classes but its model gives {width} "
                                   "outputs; the file is inconsistent")
         return [(top, None) for top in top_rows(self.probabilities(outputs), self.classes, topk)]
+
+
+def to_probabilities(outputs: np.ndarray, kind: str) -> np.ndarray:
+    """(N, classes) probabilities from (N, outputs) model outputs of `kind` (softmax: logits,
+    sigmoid: independent logits, log_softmax, probabilities); a single output p becomes [1 - p, p]."""
+    if kind == "sigmoid":
+        probs = 1 / (1 + np.exp(-outputs))
+    elif kind == "log_softmax":
+        probs = np.exp(outputs)
+    elif kind == "probabilities":
+        probs = outputs
+    else:
+        shifted = np.exp(outputs - outputs.max(axis=1, keepdims=True))
+        probs = shifted / shifted.sum(axis=1, keepdims=True)
+    return np.concatenate([1 - probs, probs], axis=1) if probs.shape[1] == 1 else probs
+
+
+def top_rows(probs: np.ndarray, classes: Sequence[str], topk: int) -> list[list[dict]]:
+    """Each row's `topk` most probable classes: {class, index, probability}, most probable first."""
+    order = np.argsort(-probs, axis=1, kind="stable")[:, :min(topk, probs.shape[1])]
+    return [[{"class": classes[int(i)], "index": int(i), "probability": float(row[i])} for i in ix]
+            for row, ix in zip(probs, order)]
 
 
 def device_of(device: str) -> Any:
@@ -123,44 +142,3 @@ class CheckpointPredictor(Predictor):
         from dltool.models.outputs import to_probabilities
 
         return to_probabilities(torch.from_numpy(outputs), self.output).numpy()
-
-
-def _torchscript(path: str | Path, device: str, trust_program: bool) -> Predictor:
-    if not trust_program:
-        raise CheckpointError(f"{path}: a TorchScript program: loading it runs the code inside it, so it was not "
-                              "loaded; if you trust where it came from, run it knowingly with --trust-program "
-                              "(an ONNX export runs no code)")
-    from dltool.inference.torchscript_predict import TorchScriptPredictor
-
-    return TorchScriptPredictor.load(path, device)
-
-
-def _onnx(path: str | Path, device: str, trust_program: bool) -> Predictor:
-    from dltool.inference.onnx_predict import OnnxPredictor
-
-    return OnnxPredictor.load(path, device)
-
-
-def _checkpoint(path: str | Path, device: str, trust_program: bool) -> Predictor:
-    return CheckpointPredictor.load(path, device)
-
-
-# file kind -> how `predict` opens it
-OPENERS: dict[str, Callable[[str | Path, str, bool], Predictor]] = {
-    kinds.CHECKPOINT: _checkpoint, kinds.ONNX: _onnx, kinds.TORCHSCRIPT: _torchscript,
-}
-
-
-def open_predictor(path: str | Path, device: str = "auto", *, trust_program: bool = False) -> Predictor:
-    """The predictor for what --model names, chosen by the file's content, whatever its name.
-
-    Args:
-        path: a checkpoint, run folder, or exported ONNX or TorchScript file.
-        device: auto, cpu, cuda or cuda:N.
-        trust_program: load a TorchScript file, which runs its code (never without it).
-
-    Raises:
-        CheckpointError: the file is damaged, hostile, inconsistent, or a TorchScript program not trusted.
-    """
-    return OPENERS[kinds.file_kind(path)](path, device, trust_program)
-
