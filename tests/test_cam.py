@@ -71,12 +71,12 @@ def corner_run(tmp_path_factory):
 
 @pytest.mark.parametrize("method", ["GradCAM", "GradCAMPlusPlus"])
 def test_the_heat_lies_on_the_digit_wherever_it_is(corner_run, method):
-    from dltool.inference.predict import Predictor
+    from dltool.inference.predictors import CheckpointPredictor
 
     run, pictures = corner_run
-    predictor = Predictor(run, device="cpu")
+    predictor = CheckpointPredictor.load(run, device="cpu")
     heat = HeatMaps(predictor.model, predictor.input_shape, predictor.device, method)
-    batch = torch.stack([predictor.load(str(path)) for path in pictures.values()])
+    batch = torch.stack([predictor.preprocess(str(path)) for path in pictures.values()])
     with torch.no_grad():
         predicted = predictor.model(batch).argmax(1).tolist()
     maps = heat.maps(batch, predicted)

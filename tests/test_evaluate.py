@@ -255,3 +255,65 @@ def test_eval_of_a_cross_validation_run_names_its_fold_folders(tmp_path, monkeyp
     assert result.exit_code == 2
     assert result.stderr == ("error: runs/kfold: a cross-validation run: each fold is a run of its own; give one of "
                              "runs/kfold/fold-1, runs/kfold/fold-2\n")
+
+
+def _report(folder):
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
+
+
+def test_an_out_that_cannot_take_the_report_is_refused_before_the_work(digits_run, tmp_path):
+    file = tmp_path / "report.txt"
+    file.write_text("mine\n")
+    mixed = tmp_path / "mixed"
+    mixed.mkdir()
+    (mixed / "notes.txt").write_text("mine\n")
+    for out, why in ((file, "it is a file; give --out a folder"),
+                     (mixed, "it holds files that are not an eval report (notes.txt), which the report would "
+                             "replace; give --out a new folder")):
+        result = CliRunner().invoke(app, ["eval", str(digits_run), "--json", "--out", str(out)])
+        assert result.exit_code == 2
+        assert result.stdout == ""  # refused before the evaluation, not after printing it
+        assert result.stderr.strip() == f"error: cannot write the report into {out}: {why}"
+    assert file.read_text() == "mine\n" and (mixed / "notes.txt").read_text() == "mine\n"
+
+
+def test_each_split_writes_its_own_report_folder(digits_run):
+    val = CliRunner().invoke(app, ["eval", str(digits_run), "--json"])
+    assert val.exit_code == 0, val.output
+    before = _report(digits_run / "eval")
+    train = CliRunner().invoke(app, ["eval", str(digits_run), "--json", "--split", "train"])
+    assert train.exit_code == 0, train.output
+    assert _report(digits_run / "eval") == before
+    assert json.loads((digits_run / "eval-train" / "metrics.json").read_text())["split"] == "train"
+    assert json.loads(before["metrics.json"])["split"] == "val"
+
+
+def test_a_killed_eval_leaves_the_earlier_report_whole(digits_run, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    out = tmp_path / "report"
+    assert CliRunner().invoke(app, ["eval", str(digits_run), "--out", str(out), "--split", "train"]).exit_code == 0
+    before = _report(out)
+    # the same eval on the validation split, killed (SIGKILL) right after its second report file
+    script = ("import os, signal, sys\n"
+              "import dltool.inference.eval_report as report\n"
+              "write = report._write\n"
+              "def killed(staging, out, name, data):\n"
+              "    write(staging, out, name, data)\n"
+              "    if name == 'confusion_matrix.csv': os.kill(os.getpid(), signal.SIGKILL)\n"
+              "    return name\n"
+              "report._write = killed\n"
+              "from dltool.cli.commands import main\n"
+              "sys.argv = ['dltool', 'eval', sys.argv[1], '--out', sys.argv[2]]\n"
+              "main()\n")
+    env = {**os.environ, "PYTHONPATH": os.getcwd()}
+    done = subprocess.run([sys.executable, "-c", script, str(digits_run), str(out)], env=env, capture_output=True)
+    assert done.returncode == -9, done.stderr.decode()
+    assert _report(out) == before  # not a mix of the train report and the killed validation one
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".report.")]  # its unfinished copy
+    result = CliRunner().invoke(app, ["eval", str(digits_run), "--json", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert json.loads((out / "metrics.json").read_text())["split"] == "val"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["report"]  # the next eval removed it

@@ -50,8 +50,9 @@ def test_onnx_predictions_equal_the_checkpoints_on_the_quickstart_run(digits_run
         bundle.val.raw_image(i).save(tmp_path / f"{i:03d}.png")
     outputs = {}
     for model in (digits_run, *quickstart_files):
+        trust = ["--trust-program"] if model.name.endswith(".torchscript.pt") else []
         result = CliRunner().invoke(app, ["predict", str(tmp_path), "--model", str(model), "--format", "json",
-                                          "--topk", "10"])
+                                          "--topk", "10", *trust])
         assert result.exit_code == 0, result.output
         outputs[model] = json.loads(result.stdout)
     expected = outputs.pop(digits_run)
@@ -187,11 +188,57 @@ def test_an_out_path_that_cannot_be_a_file_is_refused_before_the_work(make_check
                                      "folder of that path should be")
 
 
-def test_opset_is_used(make_checkpoint, tmp_path):
-    result = _export(make_checkpoint(MLP, (1, 8, 8)), "--opset", "17", "--out", tmp_path / "m17.onnx")
+@pytest.mark.parametrize("opset", [9, 11, 13, 17, 18, 20])
+def test_each_opset_asked_is_the_opset_written_and_reported(make_checkpoint, tmp_path, opset):
+    out = tmp_path / f"m{opset}.onnx"
+    result = _export(make_checkpoint(MLP, (1, 8, 8)), "--opset", opset, "--out", out, "--json")
     assert result.exit_code == 0, result.output
-    opsets = {o.domain: o.version for o in onnx.load(str(tmp_path / "m17.onnx")).opset_import}
-    assert opsets[""] == 17
+    opsets = {o.domain: o.version for o in onnx.load(str(out)).opset_import}
+    assert opsets[""] == opset and json.loads(result.stdout)["opset"] == opset
+    assert json.loads(result.stdout)["exporter"] == ("dynamo" if opset >= 18 else "torchscript")
+
+
+def test_without_opset_the_opset_written_is_reported(make_checkpoint, tmp_path):
+    result = _export(make_checkpoint(MLP, (1, 8, 8)), "--out", tmp_path / "m.onnx", "--json")
+    assert result.exit_code == 0, result.output
+    written = {o.domain: o.version for o in onnx.load(str(tmp_path / "m.onnx")).opset_import}[""]
+    assert json.loads(result.stdout)["opset"] == written
+
+
+@pytest.mark.parametrize("opset", [5, 99])
+def test_an_opset_the_exporter_cannot_write_is_refused_before_the_work(make_checkpoint, tmp_path, opset):
+    from torch.onnx import _constants
+
+    result = _export(make_checkpoint(MLP, (1, 8, 8)), "--opset", opset, "--out", tmp_path / "m.onnx")
+    assert result.exit_code == 2
+    assert result.output.strip() == (f"error: --opset: {opset} is not an opset this torch's ONNX exporter writes; "
+                                     f"allowed: {_constants.ONNX_MIN_OPSET} to {_constants.ONNX_MAX_OPSET}")
+    assert not (tmp_path / "m.onnx").exists()
+
+
+def test_the_format_is_read_in_any_case(make_checkpoint, tmp_path):
+    result = _export(make_checkpoint(MLP, (1, 8, 8)), "--format", "ONNX", "--out", tmp_path / "m.onnx", "--json")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["format"] == "onnx"
+    onnx.checker.check_model(onnx.load(str(tmp_path / "m.onnx")))
+
+
+def test_an_onnx_name_for_a_torchscript_file_is_refused(make_checkpoint, tmp_path):
+    out = tmp_path / "m.onnx"
+    result = _export(make_checkpoint(MLP, (1, 8, 8)), "--format", "torchscript", "--out", out)
+    assert result.exit_code == 2
+    assert result.output.strip() == (f"error: --out: {out} ends in .onnx but --format torchscript writes a "
+                                     "TorchScript program; name it .pt (or ask for --format onnx)")
+    assert not out.exists()
+
+
+def test_an_exported_file_given_to_export_is_named(make_checkpoint, tmp_path):
+    exported = tmp_path / "m.onnx"
+    assert _export(make_checkpoint(MLP, (1, 8, 8)), "--out", exported).exit_code == 0
+    result = _export(exported, "--out", tmp_path / "again.onnx")
+    assert result.exit_code == 2
+    assert result.output.strip() == (f"error: {exported}: an ONNX model file, which export does not take; it goes "
+                                     f"to `dltool predict IMAGE --model {exported}`")
 
 
 def _zoo_checkpoint(stem: str, tmp_path: Path) -> Path:

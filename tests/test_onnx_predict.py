@@ -162,7 +162,7 @@ def test_without_onnxruntime_predict_names_the_extra(onnx_model, monkeypatch):
 
 
 def test_output_kinds_become_the_probabilities_torch_computes():
-    from dltool.inference.onnx_predict import to_probabilities
+    from dltool.inference.predictors import to_probabilities
 
     logits = torch.randn(6, 4, generator=torch.Generator().manual_seed(0))
     single = logits[:, :1]
@@ -183,5 +183,5 @@ def test_an_exported_file_says_what_its_outputs_are(make_checkpoint, tmp_path):
     state = load_checkpoint(make_checkpoint(MLP, (1, 8, 8), classes=["no", "yes"]))
     state["output"] = "sigmoid"
     checkpoint = save_checkpoint(state, tmp_path / "binary.pt")
-    predictor = OnnxPredictor(export(checkpoint, "onnx").path)
+    predictor = OnnxPredictor.load(export(checkpoint, "onnx").path)
     assert predictor.output == "sigmoid" and predictor.classes == ["no", "yes"]

@@ -13,7 +13,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from dltool.cli import app
-from dltool.inference.predict import Predictor
+from dltool.inference.predictors import CheckpointPredictor
 from dltool.models.outputs import to_probabilities
 from dltool.store.checkpoint import load_checkpoint, rebuild_model, save_checkpoint
 
@@ -67,10 +67,10 @@ def test_predict_gives_the_probabilities_the_loss_implies(tmp_path, images, setu
     result = CliRunner().invoke(app, ["predict", *files, "-m", str(run), "--format", "json", "--device", "cpu"])
     assert result.exit_code == 0, result.output
     predicted = json.loads(result.stdout)
-    predictor = Predictor(run, device="cpu")
+    predictor = CheckpointPredictor.load(run, device="cpu")
     model, _ = rebuild_model(checkpoint)
     with torch.no_grad():
-        expected = SETUPS[setup][3](model(torch.stack([predictor.load(f) for f in files])))
+        expected = SETUPS[setup][3](model(torch.stack([predictor.preprocess(f) for f in files])))
     for row, probs in zip(predicted, expected):
         by_class = {entry["class"]: entry["probability"] for entry in row["top"]}
         assert set(by_class) == {"cat", "dog"}
@@ -102,9 +102,9 @@ def test_a_checkpoint_without_an_output_key_reads_as_softmax(tmp_path, images):
     result = CliRunner().invoke(app, ["predict", file, "-m", str(tmp_path / "old.pt"), "--format", "json",
                                       "--device", "cpu"])
     assert result.exit_code == 0, result.output
-    predictor = Predictor(tmp_path / "old.pt", device="cpu")
+    predictor = CheckpointPredictor.load(tmp_path / "old.pt", device="cpu")
     with torch.no_grad():
-        expected = predictor.model(predictor.load(file)[None]).softmax(1)[0]
+        expected = predictor.model(predictor.preprocess(file)[None]).softmax(1)[0]
     top = {entry["class"]: entry["probability"] for entry in json.loads(result.stdout)[0]["top"]}
     assert top["dog"] == pytest.approx(float(expected[1]), abs=1e-6)
 

@@ -14,7 +14,8 @@ from dltool.cli import app
 from dltool.config.load import config_from_data
 from dltool.data import build_data
 from dltool.inference.evaluate import evaluate_checkpoint
-from dltool.inference.predict import Predictor, expand_inputs
+from dltool.inference.predict import expand_inputs
+from dltool.inference.predictors import CheckpointPredictor
 from dltool.store.checkpoint import load_checkpoint
 
 LENET = [{"Conv2d": {"out_channels": 6, "kernel_size": 5, "padding": 2}}, "Sigmoid",
@@ -39,9 +40,9 @@ def test_predict_gives_the_probabilities_eval_computes(digits_run, val_bundle, t
     evaluated = evaluate_checkpoint(digits_run, device="cpu")
     for i in range(64):  # eval's first batch, in the same order
         val_bundle.val.raw_image(i).save(tmp_path / f"{i:03d}.png")
-    predictor = Predictor(digits_run, device="cpu")
+    predictor = CheckpointPredictor.load(digits_run, device="cpu")
     for i in range(0, 64, 9):
-        assert torch.equal(predictor.load(str(tmp_path / f"{i:03d}.png")), val_bundle.val[i][0])
+        assert torch.equal(predictor.preprocess(str(tmp_path / f"{i:03d}.png")), val_bundle.val[i][0])
     result = _predict(tmp_path, "--model", digits_run, "--format", "json", "--topk", "10", "--batch-size", "64")
     assert result.exit_code == 0, result.output
     predictions = json.loads(result.stdout)
@@ -137,8 +138,8 @@ def test_colour_and_grey_files_give_the_same_answer_to_a_grey_model(make_checkpo
     grey = Image.effect_noise((24, 24), 60)
     grey.save(tmp_path / "grey.png")
     grey.convert("RGB").save(tmp_path / "colour.png")
-    predictor = Predictor(model, device="cpu")
-    assert torch.equal(predictor.load(str(tmp_path / "grey.png")), predictor.load(str(tmp_path / "colour.png")))
+    predictor = CheckpointPredictor.load(model, device="cpu")
+    assert torch.equal(predictor.preprocess(str(tmp_path / "grey.png")), predictor.preprocess(str(tmp_path / "colour.png")))
 
 
 def test_a_size_the_model_cannot_take_is_named(make_checkpoint, tmp_path):

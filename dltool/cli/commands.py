@@ -504,7 +504,8 @@ def eval_command(
     batch_size: Optional[int] = typer.Option(None, "--batch-size", min=1, help="Evaluation batch size (default: the run's)"),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N"),
     as_json: bool = typer.Option(False, "--json", help="Print JSON on stdout"),
-    out: Optional[Path] = typer.Option(None, "--out", help="Where report files go (default: the run folder's eval/)"),
+    out: Optional[Path] = typer.Option(None, "--out", help="Report folder, replaced as a whole (default: the run folder's "
+                                       "eval/, or eval-test/, eval-train/ for those splits)"),
     tta: Optional[str] = TtaOption,
     cam: int = typer.Option(0, "--cam", metavar="N", min=0,
                             help="Heat maps of the N most confident mistakes into the report's cam/ (needs the cam extra)"),
@@ -513,7 +514,7 @@ def eval_command(
     code: Optional[List[Path]] = CodeOption,
 ) -> None:
     """Evaluate a checkpoint: loss, accuracy, per-class metrics, confusion matrix, mistakes."""
-    from dltool.inference.eval_report import render, write_outputs
+    from dltool.inference.eval_report import prepare_report_dir, render, write_outputs
     from dltool.inference.evaluate import default_out_dir, evaluate_checkpoint
 
     with user_errors():
@@ -523,6 +524,8 @@ def eval_command(
 
             import_gradcam("--cam")
             method_name(cam_method)
+        report_dir = out or default_out_dir(target, split)
+        prepare_report_dir(report_dir)  # before the work: a place that cannot take the report is said at once
         result = evaluate_checkpoint(target, overrides or [], split=split, batch_size=batch_size, device=device,
                                      tta=tta)
     # the results are shown first: a report folder that refuses the files does not hide them
@@ -533,14 +536,14 @@ def eval_command(
         for part in render(result):
             console.print(part)
     with user_errors():
-        written = write_outputs(result, out or default_out_dir(result.checkpoint))
+        written = write_outputs(result, report_dir)
     if not as_json:
         console.print(f"wrote {', '.join(str(p) for p in written)}")
     if cam:
         from dltool.inference.cam import eval_cams
 
         with user_errors():
-            maps, how = eval_cams(result, cam, out or default_out_dir(result.checkpoint), method=cam_method,
+            maps, how = eval_cams(result, cam, report_dir, method=cam_method,
                                   layer=cam_layer)
         where = f" into {maps[0].parent}" if maps else ""
         console.print(f"wrote {len(maps)} heat maps of misclassified samples{where} ({how})", markup=False,
@@ -562,6 +565,10 @@ def predict_command(
                                             help="Class the heat map explains (default: the predicted one)"),
     cam_method: str = CamMethodOption,
     cam_layer: Optional[str] = CamLayerOption,
+    trust_program: bool = typer.Option(
+        False, "--trust-program",
+        help="Run a TorchScript --model file: it is a program, and loading it runs its code; only for files you "
+             "trust (ONNX files run no code)"),
     code: Optional[List[Path]] = CodeOption,
 ) -> None:
     """Classify image files with a checkpoint (exit 2 when any input could not be read)."""
@@ -579,7 +586,8 @@ def predict_command(
             heat = PredictCams(model, device=device, method=cam_method, layer=cam_layer, cam_class=cam_class)
         elif cam_class is not None or cam_layer is not None:
             raise ConfigError("--cam-class and --cam-layer choose what --cam DIR draws; add --cam DIR")
-        predictions = predict(inputs, model, topk=topk, batch_size=batch_size, device=device, tta=tta)
+        predictions = predict(inputs, model, topk=topk, batch_size=batch_size, device=device, tta=tta,
+                              trust_program=trust_program)
     if output_format == "json":
         print_json([p.to_json() for p in predictions])
     elif output_format == "csv":
@@ -609,8 +617,10 @@ def predict_command(
 def export_command(
     target: Path = typer.Argument(..., metavar="RUN_OR_CKPT", help="Run folder (best.pt, else last.pt) or checkpoint"),
     output_format: str = typer.Option("onnx", "--format", help="onnx or torchscript"),
-    out: Optional[Path] = typer.Option(None, "--out", help="File to write (default: RUN/model.onnx, RUN/model.torchscript.pt)"),
-    opset: Optional[int] = typer.Option(None, "--opset", min=7, help="ONNX opset (default: the exporter's)"),
+    out: Optional[Path] = typer.Option(None, "--out", help="File to write (default: RUN/model.onnx, RUN/model.torchscript.pt; "
+                                       "an .onnx name holds ONNX only)"),
+    opset: Optional[int] = typer.Option(None, "--opset", help="ONNX opset, within what this torch exports "
+                                        "(default: the exporter's); --json reports the opset written"),
     as_json: bool = typer.Option(False, "--json", help="Print JSON on stdout"),
     code: Optional[List[Path]] = CodeOption,
 ) -> None:

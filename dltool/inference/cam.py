@@ -55,10 +55,10 @@ def method_name(name: str) -> str:
 
 def refuse_exported(model_path: str | Path) -> None:
     """Raises ConfigError for an ONNX or TorchScript file: heat maps need the gradients of a checkpoint."""
-    from dltool.inference.torchscript_predict import is_torchscript
+    from dltool.inference.kinds import CHECKPOINT, file_kind
 
     path = Path(model_path)
-    if path.suffix.lower() == ".onnx" or (path.is_file() and is_torchscript(path)):
+    if file_kind(path) != CHECKPOINT:
         raise ConfigError(f"--cam: {path} is an exported file, which has no gradients; give --model the run "
                           "folder or its checkpoint")
 
@@ -196,9 +196,9 @@ class PredictCams:
         refuse_exported(model_path)
         import_gradcam("--cam")
         method_name(method)
-        from dltool.inference.predict import Predictor
+        from dltool.inference.predictors import CheckpointPredictor
 
-        self.predictor = Predictor(model_path, device)
+        self.predictor = CheckpointPredictor.load(model_path, device)
         if self.predictor.task == "regression":
             raise ConfigError("--cam: a heat map explains a class; this checkpoint is a regression model")
         self.class_index = None if cam_class is None else _class_index(cam_class, self.predictor.classes)
@@ -222,7 +222,7 @@ class PredictCams:
         from dltool.inference.cam_pictures import display_image, draw
         from dltool.store.writing import write_output
 
-        batch = torch.stack([self.predictor.load(p.path) for p in chunk])
+        batch = torch.stack([self.predictor.preprocess(p.path) for p in chunk])
         shown = [self.class_index if self.class_index is not None else p.top[0]["index"] for p in chunk]
         heat = self.heat.maps(batch, shown)
         probs = self.heat.probabilities(batch, self.predictor.output)

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from dltool.errors import ConfigError, DataError
+from dltool.inference.kinds import require_checkpoint
 from dltool.models.outputs import DEFAULT as DEFAULT_OUTPUT
 from dltool.models.outputs import to_probabilities
 from dltool.store.checkpoint import load_checkpoint, rebuild_model
@@ -112,12 +113,14 @@ def evaluate_checkpoint(target: str | Path, overrides: Sequence[str] = (), *, sp
         tta: also measure the probabilities averaged over views (dltool.inference.tta): flip, crops.
 
     Raises:
-        CheckpointError: the checkpoint is unsafe, damaged or does not fit its model.
+        CheckpointError: the checkpoint is unsafe, damaged or does not fit its model, or the file is an
+            exported model (named as what it is).
         ConfigError: a bad override, split or device.
         DataError: the data is missing, or does not match the model's classes or input shape.
     """
     if split not in SPLITS:
         raise ConfigError(f"--split: unknown split {split!r}; allowed: {', '.join(SPLITS)}")
+    require_checkpoint(target, "eval")
     checkpoint = load_checkpoint(target)
     model, config = rebuild_model(checkpoint)
     modes = _tta_modes(tta, checkpoint)
@@ -313,8 +316,11 @@ def per_class(confusion: list[list[int]], classes: Sequence[str]) -> list[dict]:
     return rows
 
 
-def default_out_dir(checkpoint: str | Path) -> Path:
-    """The run folder's eval/ (a checkpoint outside a run: eval/ next to it)."""
+def default_out_dir(checkpoint: str | Path, split: str = "val") -> Path:
+    """The run folder's eval/ for the validation split, eval-test/ or eval-train/ for the others (a
+    checkpoint outside a run: beside it), so one split's report never replaces another's."""
+    from dltool.store.checkpoint import resolve_checkpoint
     from dltool.training.run_folder import run_dir_of
 
-    return run_dir_of(Path(checkpoint)) / "eval"
+    folder = "eval" if split == "val" else f"eval-{split}"
+    return run_dir_of(resolve_checkpoint(checkpoint)) / folder

@@ -37,6 +37,8 @@ SUFFIXES = {"onnx": ".onnx", "torchscript": ".torchscript.pt"}
 TOLERANCE = 1e-4
 CHECK_SAMPLES = 8
 EXTRA = 'pip install "dltool[onnx]"'
+# The dynamo-based exporter writes opset 18 and up; below, it writes 18 whatever was asked.
+DYNAMO_MIN_OPSET = 18
 
 
 @dataclass
@@ -49,7 +51,7 @@ class ExportResult:
     max_difference: float
     samples: int
     source: str  # "eval" (samples of the run's eval data) or "random"
-    opset: int | None = None
+    opset: int | None = None  # the opset written (ONNX only)
 
     def to_json(self) -> dict:
         return {"path": str(self.path), "format": self.format, "exporter": self.exporter, "opset": self.opset,
@@ -62,29 +64,27 @@ def export(target: str | Path, fmt: str = "onnx", out: str | Path | None = None,
 
     Args:
         target: a checkpoint file or a run folder (best.pt, else last.pt).
-        fmt: "onnx" or "torchscript".
+        fmt: "onnx" or "torchscript" (any case).
         out: the file to write (default: next to the run folder or checkpoint, see default_out).
-        opset: the ONNX opset (default: the exporter's).
+        opset: the ONNX opset, within opset_range() (default: the exporter's).
 
     Returns:
         An ExportResult.
 
     Raises:
-        ConfigError: an unknown format, or --opset with torchscript.
+        ConfigError: an unknown format, --opset with torchscript or out of range, an .onnx name for
+            TorchScript.
         MissingExtra: onnx, onnxscript or onnxruntime is not installed (ONNX only).
-        CheckpointError: the checkpoint cannot be read or rebuilt.
+        CheckpointError: the checkpoint cannot be read or rebuilt, or is an exported file.
         Unplannable: an eval transform has no plain-data form.
         ExportError: a layer cannot be exported, or the file computes something else.
     """
-    if fmt not in FORMATS:
-        raise ConfigError(f"--format: unknown format {fmt!r}; allowed: {', '.join(FORMATS)}")
-    if opset is not None and fmt != "onnx":
-        raise ConfigError("--opset applies to --format onnx only")
-    if fmt == "onnx":
-        require_onnx()
+    fmt = check_options(fmt, out, opset)
+    from dltool.inference.kinds import require_checkpoint
     from dltool.inference.plan import build_plan
     from dltool.store.checkpoint import load_checkpoint, rebuild_model
 
+    require_checkpoint(target, "export")
     checkpoint = load_checkpoint(target)
     read = Path(checkpoint["path"])
     path = prepare_out(Path(out) if out is not None else default_out(Path(target), read, fmt), read)
@@ -95,11 +95,43 @@ def export(target: str | Path, fmt: str = "onnx", out: str | Path | None = None,
                 "dltool_config": json.dumps(checkpoint["config"])}
     inputs, source = check_inputs(checkpoint, config)
     writer = _onnx if fmt == "onnx" else _torchscript
-    data, exporter, difference = writer(model, inputs, metadata, opset, checkpoint["path"])
+    data, exporter, difference, written = writer(model, inputs, metadata, opset, checkpoint["path"])
     from dltool.store.writing import write_output
 
     path = write_output(path, data, inputs=[read])
-    return ExportResult(path, fmt, exporter, difference, len(inputs), source, opset if fmt == "onnx" else None)
+    return ExportResult(path, fmt, exporter, difference, len(inputs), source, written)
+
+
+def check_options(fmt: str, out: str | Path | None, opset: int | None) -> str:
+    """The format in lower case, once the options agree with each other and with this torch.
+
+    Raises:
+        ConfigError: an unknown format, --opset with torchscript or outside the exporter's range, or
+            an .onnx --out for a TorchScript file.
+        MissingExtra: a package the ONNX export needs is absent.
+    """
+    fmt = fmt.lower()
+    if fmt not in FORMATS:
+        raise ConfigError(f"--format: unknown format {fmt!r}; allowed: {', '.join(FORMATS)}")
+    if opset is not None and fmt != "onnx":
+        raise ConfigError("--opset applies to --format onnx only")
+    if fmt == "torchscript" and out is not None and str(out).lower().endswith(".onnx"):
+        raise ConfigError(f"--out: {out} ends in .onnx but --format torchscript writes a TorchScript program; "
+                          "name it .pt (or ask for --format onnx)")
+    if fmt == "onnx":
+        require_onnx()
+        low, high = opset_range()
+        if opset is not None and not low <= opset <= high:
+            raise ConfigError(f"--opset: {opset} is not an opset this torch's ONNX exporter writes; allowed: "
+                              f"{low} to {high}")
+    return fmt
+
+
+def opset_range() -> tuple[int, int]:
+    """The lowest and highest ONNX opset torch.onnx exports to."""
+    from torch.onnx import _constants
+
+    return (getattr(_constants, "ONNX_MIN_OPSET", 7), getattr(_constants, "ONNX_MAX_OPSET", 20))
 
 
 def require_onnx() -> None:
@@ -207,13 +239,16 @@ def _silenced_fds() -> Iterator[None]:
             os.close(fd)
 
 
-def _onnx(model: Any, inputs: Any, metadata: dict, opset: int | None, source: str) -> tuple[bytes, str, float]:
+def _onnx(model: Any, inputs: Any, metadata: dict, opset: int | None,
+          source: str) -> tuple[bytes, str, float, int]:
     import onnx
 
     proto, exporter = None, "dynamo"
-    try:
-        proto = _onnx_dynamo(model, inputs, opset)
-    except Exception:  # noqa: BLE001 - torch.export raises many types; the older exporter gets its turn
+    if opset is None or opset >= DYNAMO_MIN_OPSET:
+        # torch.export raises many types; the older exporter then gets its turn
+        with contextlib.suppress(Exception):
+            proto = _onnx_dynamo(model, inputs, opset)
+    if proto is None:
         exporter = "torchscript"
         try:
             proto = _onnx_legacy(model, inputs, opset)
@@ -221,10 +256,14 @@ def _onnx(model: Any, inputs: Any, metadata: dict, opset: int | None, source: st
             from dltool.inference.locate import failing_layer
 
             raise ExportError(f"{source}: {failing_layer(model, inputs, onnx_exports)}") from None
+    written = {entry.domain: entry.version for entry in proto.opset_import}.get("")
+    if opset is not None and written != opset:
+        raise ExportError(f"{source}: the {exporter} exporter wrote opset {written} where --opset {opset} was "
+                          "asked; nothing was written")
     onnx.helper.set_model_props(proto, metadata)
     data = proto.SerializeToString()
     difference = compare(model, inputs, _onnx_runner(data), source)
-    return data, exporter, difference
+    return data, exporter, difference, written
 
 
 def _onnx_dynamo(model: Any, inputs: Any, opset: int | None) -> Any:
@@ -276,15 +315,15 @@ def _reason(exc: BaseException) -> str:
 def _onnx_runner(data: bytes) -> Callable[[Any], Any]:
     import onnxruntime as ort
 
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")  # no busy-waiting threads
-    session = ort.InferenceSession(data, options, providers=["CPUExecutionProvider"])
+    from dltool.inference.onnx_predict import session_options
+
+    session = ort.InferenceSession(data, session_options(ort), providers=["CPUExecutionProvider"])
     name = session.get_inputs()[0].name
     return lambda x: session.run(None, {name: x.numpy()})[0]
 
 
-def _torchscript(model: Any, inputs: Any, metadata: dict, opset: int | None, source: str) -> tuple[bytes, str, float]:
+def _torchscript(model: Any, inputs: Any, metadata: dict, opset: int | None,
+                 source: str) -> tuple[bytes, str, float, None]:
     import torch
 
     exporter = "trace"
@@ -305,7 +344,7 @@ def _torchscript(model: Any, inputs: Any, metadata: dict, opset: int | None, sou
         torch.jit.save(scripted, buffer, _extra_files=metadata)
         data = buffer.getvalue()
         loaded = torch.jit.load(io.BytesIO(data), map_location="cpu")
-    return data, exporter, compare(model, inputs, lambda x: loaded(x), source)
+    return data, exporter, compare(model, inputs, lambda x: loaded(x), source), None
 
 
 def torchscript_exports(module: Any, args: tuple) -> str | None:

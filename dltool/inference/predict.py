@@ -4,8 +4,9 @@ Images are read exactly as training read its eval samples (dltool.inference.prep
 decoding, channel conversion and eval transforms), batched, and run under `torch.inference_mode`.
 A file that cannot be read gets an error entry and the others are still classified.
 
-A model file from `dltool export` goes the same way through its own predictor (dltool.inference):
-an .onnx file through onnxruntime, so this module imports torch only for checkpoints.
+Every model file goes through the one Predictor interface (dltool.inference.predictors); OPENERS
+below picks the implementation by the file's content: an ONNX file through onnxruntime, so torch is
+imported only for checkpoints; a TorchScript file only with trust_program, since it is a program.
 """
 
 from __future__ import annotations
@@ -14,13 +15,11 @@ import glob
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
-from dltool.errors import ConfigError, ImageError
-from dltool.inference.preprocess_numpy import checked_input
-
-if TYPE_CHECKING:
-    import torch
+from dltool.errors import CheckpointError, ConfigError, ImageError
+from dltool.inference import kinds
+from dltool.inference.predictors import CheckpointPredictor, Predictor
 
 
 @dataclass
@@ -77,76 +76,29 @@ def _folder_images(folder: Path) -> list[str]:
     return sorted(walk_images(folder, tuple(image_extensions())).files)
 
 
-class Predictor:
-    """A checkpoint ready to classify files: its model, classes and image reader."""
-
-    def __init__(self, model_path: str | Path, device: str = "auto"):
-        from dltool.inference.preprocess import ImageReader
-        from dltool.models.outputs import DEFAULT as DEFAULT_OUTPUT
-        from dltool.store.checkpoint import load_checkpoint, rebuild_model
-        from dltool.training.runtime import resolve_device
-
-        checkpoint = load_checkpoint(model_path)
-        model, config = rebuild_model(checkpoint)
-        try:
-            self.device = resolve_device(device)
-        except ConfigError as exc:
-            raise ConfigError(str(exc).replace("train.device", "--device", 1)) from None
-        self.model = model.to(self.device)
-        self.classes = list(checkpoint.get("classes") or [])
-        self.task = checkpoint.get("task", "classification")
-        self.output = checkpoint.get("output", DEFAULT_OUTPUT)  # older checkpoints: softmax, as always
-        self.input_shape = tuple(checkpoint["input_shape"])
-        self.read = ImageReader(config, self.input_shape)
-        self.path = checkpoint["path"]
-        self.config = config  # the run's: --tta checks its flips, --cam its layers
-
-    def load(self, path: str) -> torch.Tensor:
-        """The model input for one file.
-
-        Raises:
-            ImageError: unreadable, or a shape after the eval transforms that the model does not take.
-        """
-        return checked_input(self.read(path), self.input_shape, path)
-
-    def classify(self, inputs: list, topk: int) -> list[tuple[list[dict] | None, list[float] | None]]:
-        """(top entries, None) per row for a classifier, (None, outputs) for a regressor."""
-        import torch
-
-        from dltool.models.outputs import to_probabilities
-
-        with torch.inference_mode():
-            out = self.model(torch.stack(inputs).to(self.device)).float().cpu()
-        if self.task == "regression":
-            return [(None, row.flatten().tolist()) for row in out]
-        probs = to_probabilities(out, self.output)
-        values, indices = probs.topk(min(topk, probs.shape[1]), dim=1)
-        return [([{"class": self.classes[int(i)], "index": int(i), "probability": float(p)}
-                  for p, i in zip(vs, ix)], None) for vs, ix in zip(values, indices)]
-
-
 def predict(inputs: Sequence[str], model_path: str | Path, *, topk: int = 5, batch_size: int = 64,
-            device: str = "auto", tta: str | None = None) -> list[Prediction]:
+            device: str = "auto", tta: str | None = None, trust_program: bool = False) -> list[Prediction]:
     """Classify every image the inputs name, in batches; unreadable inputs get an error entry.
 
     Args:
         inputs: files, folders (searched recursively for image files) and glob patterns.
-        model_path: a checkpoint file or a run folder (best.pt, else last.pt).
+        model_path: a checkpoint file, a run folder (best.pt, else last.pt), or an exported file.
         topk: how many classes to list per image.
         batch_size: images per forward pass.
         device: auto, cpu, cuda or cuda:N.
         tta: average each image's probabilities over views (dltool.inference.tta): flip, crops.
+        trust_program: run a TorchScript file (a program); without it, such a file is refused.
 
     Returns:
         One Prediction per file found (or per input that named nothing), in input order.
 
     Raises:
-        CheckpointError: the checkpoint is unsafe, damaged or does not fit its model.
+        CheckpointError: the model file is unsafe, damaged, inconsistent, or an untrusted program.
         ConfigError: topk, batch_size or device is out of range; --tta asks for flips the run refuses.
     """
     if topk < 1 or batch_size < 1:
         raise ConfigError(f"--topk and --batch-size must be >= 1; got {topk} and {batch_size}")
-    predictor = open_predictor(model_path, device)
+    predictor = open_predictor(model_path, device, trust_program=trust_program)
     classify = predictor.classify
     if tta is not None:
         from dltool.inference import tta as augment
@@ -166,7 +118,7 @@ def predict(inputs: Sequence[str], model_path: str | Path, *, topk: int = 5, bat
             results.append(prediction)
             if error is None:
                 try:
-                    tensors.append(predictor.load(path))
+                    tensors.append(predictor.preprocess(path))
                     ready.append(prediction)
                 except ImageError as exc:
                     prediction.error = _without_path(str(exc), path)
@@ -176,18 +128,44 @@ def predict(inputs: Sequence[str], model_path: str | Path, *, topk: int = 5, bat
     return results
 
 
-def open_predictor(model_path: str | Path, device: str = "auto") -> Any:
-    """The predictor for what --model names: an exported .onnx file (onnxruntime, no torch), an
-    exported TorchScript file, or a dltool checkpoint or run folder."""
-    if str(model_path).lower().endswith(".onnx"):
-        from dltool.inference.onnx_predict import OnnxPredictor
+def _torchscript(path: str | Path, device: str, trust_program: bool) -> Predictor:
+    if not trust_program:
+        raise CheckpointError(f"{path}: a TorchScript program: loading it runs the code inside it, so it was not "
+                              "loaded; if you trust where it came from, run it knowingly with --trust-program "
+                              "(an ONNX export runs no code)")
+    from dltool.inference.torchscript_predict import TorchScriptPredictor
 
-        return OnnxPredictor(model_path, device)
-    from dltool.inference.torchscript_predict import TorchScriptPredictor, is_torchscript
+    return TorchScriptPredictor.load(path, device)
 
-    if Path(model_path).is_file() and is_torchscript(model_path):
-        return TorchScriptPredictor(model_path, device)
-    return Predictor(model_path, device)
+
+def _onnx(path: str | Path, device: str, trust_program: bool) -> Predictor:
+    from dltool.inference.onnx_predict import OnnxPredictor
+
+    return OnnxPredictor.load(path, device)
+
+
+def _checkpoint(path: str | Path, device: str, trust_program: bool) -> Predictor:
+    return CheckpointPredictor.load(path, device)
+
+
+# file kind -> how `predict` opens it
+OPENERS: dict[str, Callable[[str | Path, str, bool], Predictor]] = {
+    kinds.CHECKPOINT: _checkpoint, kinds.ONNX: _onnx, kinds.TORCHSCRIPT: _torchscript,
+}
+
+
+def open_predictor(path: str | Path, device: str = "auto", *, trust_program: bool = False) -> Predictor:
+    """The predictor for what --model names, chosen by the file's content, whatever its name.
+
+    Args:
+        path: a checkpoint, run folder, or exported ONNX or TorchScript file.
+        device: auto, cpu, cuda or cuda:N.
+        trust_program: load a TorchScript file, which runs its code (never without it).
+
+    Raises:
+        CheckpointError: the file is damaged, hostile, inconsistent, or a TorchScript program not trusted.
+    """
+    return OPENERS[kinds.file_kind(path)](path, device, trust_program)
 
 
 def _chunks(items: list, size: int) -> Iterator[list]:
