@@ -79,10 +79,21 @@ _python_showwarning = __import__("warnings").showwarning
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """A CodeChanged warning as one yellow line; any other (a library's) as Python shows it, with its
+    control characters as escapes: matplotlib's "Glyph 27 (\x1b) missing" quotes a class name's."""
     from dltool.errors import CodeChanged
 
     if not issubclass(category, CodeChanged):
-        _python_showwarning(message, category, filename, lineno, file, line)
+        if file is not None:
+            _python_showwarning(message, category, filename, lineno, file, line)
+            return
+        import warnings
+
+        from dltool.cli.text import plain
+
+        shown = warnings.formatwarning(message, category, filename, lineno, line)
+        with contextlib.suppress(OSError):
+            sys.stderr.write("\n".join(plain(part) for part in shown.split("\n")))
         return
     from dltool.cli.text import safe
 
@@ -502,7 +513,11 @@ def predict_command(
     inputs: List[str] = typer.Argument(..., metavar="INPUT...", help="Image files, folders (recursive) or globs"),
     model: Path = typer.Option(..., "--model", "-m", help="Run folder, checkpoint, or a file from `dltool export` (.onnx runs without torch)"),
     topk: int = typer.Option(5, "--topk", min=1, help="Classes listed per image"),
-    output_format: str = typer.Option("table", "--format", help="table, json or csv"),
+    output_format: str = typer.Option(
+        "table", "--format",
+        help="table, json or csv. In csv, a file name, class name or error that begins with =, +, -, @, tab or "
+             "carriage return gets a single quote in front, so a spreadsheet shows it instead of running it as a "
+             "formula; json keeps every string exactly"),
     batch_size: int = typer.Option(64, "--batch-size", min=1, help="Images per forward pass"),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N"),
     code: Optional[List[Path]] = CodeOption,
@@ -567,6 +582,9 @@ app.registered_commands.sort(key=lambda command: _HELP_ORDER.index(command.name)
 
 def main() -> None:
     """The `dltool` command: run it, then end the process at once (see `exit_now`)."""
+    import warnings
+
+    warnings.showwarning = _show_warning
     try:
         app()
     except SystemExit as done:
