@@ -213,3 +213,16 @@ def test_predict_csv_neutralises_formula_cells_and_json_keeps_names_exact(tmp_pa
     assert exact[0]["path"] == attack and {t["class"] for t in exact[0]["top"]} == {"=1+2", "-cat", "@SUM(A1)",
                                                                                    "\tdog", "plain"}
     assert exact[1] == {"path": "+not an image.png", "error": "not an image (no known image format)"}
+
+
+def test_predict_csv_writes_a_file_name_that_is_no_utf8_as_its_own_bytes(tmp_path, make_checkpoint, monkeypatch):
+    model = make_checkpoint(["Flatten", {"Linear": {"out_features": "num_classes"}}], (3, 8, 8), classes=("a", "b"),
+                            transforms=[{"Resize": [8, 8]}, "ToTensor"], name="model.pt")
+    monkeypatch.chdir(tmp_path)
+    name = os.fsdecode(b"img\xff.png")  # a Latin-1 file name on a UTF-8 system
+    Image.new("RGB", (8, 8)).save(name)
+    result = CliRunner().invoke(app, ["predict", name, "--model", str(model), "--format", "csv"])
+    assert result.exit_code == 0, result.output
+    assert result.stdout_bytes.splitlines()[1].startswith(b"img\xff.png,1,")
+    table = CliRunner().invoke(app, ["predict", name, "--model", str(model)])
+    assert table.exit_code == 0 and "img\\udcff.png" in table.stdout

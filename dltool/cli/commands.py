@@ -536,6 +536,8 @@ def predict_command(
     elif output_format == "csv":
         import csv
 
+        if hasattr(sys.stdout, "reconfigure"):  # a file name that is no UTF-8 comes out as its own bytes
+            sys.stdout.reconfigure(errors="surrogateescape")
         csv.writer(sys.stdout, lineterminator="\n").writerows(to_csv_rows(predictions))
     else:
         from dltool.cli.text import console
