@@ -80,6 +80,17 @@ def test_train_progress_and_summary_show_a_hostile_run_folder_literally():
     assert re.sub(r"\s", "", f"run runs/{MARKUP}{SHOWN}") in re.sub(r"\s", "", table)  # the title may wrap
 
 
+def test_tune_trials_from_a_shared_study_show_their_keys_values_and_states_literally():
+    from dltool.experiments.render import trial_line, trials_table
+
+    trial = {"number": 0, "state": "[blink]\x1b[2J", "value": 0.5, "params": {MARKUP: f"[red]{ESCAPES}"}}
+    visible = RICH_CODES.sub("", render(trials_table([trial], f"[u]{ESCAPES}", 0)))
+    assert "\x1b" not in visible and "\x9b" not in visible
+    assert all(text in visible for text in (MARKUP, r"[blink]\x1b[2J", f"[red]{SHOWN}", f"[u]{SHOWN}"))
+    assert plain(trial_line(trial, "val_accuracy", 1, 4)) == (r"trial 0 [blink]\x1b[2J val_accuracy 0.5 "
+                                                              f"{MARKUP}=[red]{SHOWN} [1/4]")
+
+
 def on_terminal(args, cwd: Path) -> tuple[int, str]:
     """`python -m dltool ARGS` with stdin, stdout and stderr on a 200-column pseudo-terminal: its
     exit code and every byte it wrote there (decoded)."""
