@@ -24,6 +24,7 @@ from rich.text import Text
 # overrides and isolates (they reorder what follows them on the line); lone surrogates (the bytes of
 # a file name that are not UTF-8, which a UTF-8 stream refuses to write).
 CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069\ud800-\udfff]")
+# The same but the line break: in rendered text it is rich's own line end.
 _RENDERED_CONTROL = re.compile("[\x00-\x09\x0b-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069\ud800-\udfff]")
 
 
@@ -39,7 +40,7 @@ def plain(text: Any) -> str:
 
 def safe(text: Any) -> str:
     """`text` ready to put into rich markup: control characters escaped (`plain`) and markup
-    escaped, so `[bold red]x[/]` shows as those ten characters."""
+    escaped, so `[bold red]x[/]` shows as written."""
     return escape(plain(text))
 
 
