@@ -55,9 +55,9 @@ app = typer.Typer(
 
 
 def stderr_console():
-    from rich.console import Console
+    from dltool.cli.text import console
 
-    return Console(stderr=True, highlight=False)
+    return console(stderr=True)
 
 
 @contextlib.contextmanager
@@ -68,16 +68,15 @@ def user_errors(main_process: bool = True) -> Iterator[None]:
     try:
         yield
     except DltoolError as exc:
-        from rich.markup import escape
-
+        from dltool.cli.text import plain, safe
         from dltool.errors import Interrupted
 
         if main_process or not exc.everywhere:
             details = getattr(exc, "details", "")
             if details:  # the traceback of the user's own code, their frames only
-                sys.stderr.write(details + "\n")
+                sys.stderr.write("\n".join(plain(line) for line in details.split("\n")) + "\n")
             prefix = "" if isinstance(exc, Interrupted) else "[red]error:[/red] "
-            stderr_console().print(f"{prefix}{escape(str(exc))}", soft_wrap=True)
+            stderr_console().print(f"{prefix}{safe(exc)}", soft_wrap=True)
         raise typer.Exit(code=exc.exit_code) from None
 
 
@@ -105,14 +104,25 @@ _python_showwarning = __import__("warnings").showwarning
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """A CodeChanged or TtaWarning as one yellow line; any other (a library's) as Python shows it, with its
+    control characters as escapes: matplotlib's "Glyph 27 (\x1b) missing" quotes a class name's."""
     from dltool.errors import CodeChanged, TtaWarning
 
     if not issubclass(category, (CodeChanged, TtaWarning)):
-        _python_showwarning(message, category, filename, lineno, file, line)
-        return
-    from rich.markup import escape
+        if file is not None:
+            _python_showwarning(message, category, filename, lineno, file, line)
+            return
+        import warnings
 
-    stderr_console().print(f"[yellow]warning:[/yellow] {escape(str(message))}", soft_wrap=True)
+        from dltool.cli.text import plain
+
+        shown = warnings.formatwarning(message, category, filename, lineno, line)
+        with contextlib.suppress(OSError):
+            sys.stderr.write("\n".join(plain(part) for part in shown.split("\n")))
+        return
+    from dltool.cli.text import safe
+
+    stderr_console().print(f"[yellow]warning:[/yellow] {safe(message)}", soft_wrap=True)
 
 
 TtaOption = typer.Option(
@@ -187,6 +197,7 @@ def tune_command(
     code: Optional[List[Path]] = CodeOption,
 ) -> None:
     """Hyperparameter search with Optuna over the config's tune: section; each trial is a run in runs/NAME/trials/."""
+    from dltool.cli.text import plain
     from dltool.experiments.render import trials_table
     from dltool.experiments.tune import tune
 
@@ -211,8 +222,9 @@ def tune_command(
         if result.best_trial is None:
             console.print("no trial completed yet: no best.yaml", markup=False, soft_wrap=True)
         else:
-            console.print(f"best: trial {result.best_trial}, {result.metric} {result.best_value:.4g}; "
-                          f"wrote {result.folder / 'best.yaml'} and {result.folder / 'trials.csv'}", markup=False, soft_wrap=True)
+            console.print(plain(f"best: trial {result.best_trial}, {result.metric} {result.best_value:.4g}; "
+                                f"wrote {result.folder / 'best.yaml'} and {result.folder / 'trials.csv'}"),
+                          markup=False, soft_wrap=True)
 
 
 class _TrialsProgress:
@@ -234,10 +246,11 @@ class _TrialsProgress:
         self.bar.start()
 
     def trial(self, row: dict, finished: int, metric: str) -> None:
+        from dltool.cli.text import plain
         from dltool.experiments.render import trial_line
 
         if self.bar is not None:
-            self.bar.console.print(trial_line(row, metric, finished, self.trials), markup=False, soft_wrap=True)
+            self.bar.console.print(plain(trial_line(row, metric, finished, self.trials)), markup=False, soft_wrap=True)
             self.bar.update(self.bar.task_ids[0], completed=min(finished, self.trials))
 
     def stop(self) -> None:
@@ -281,14 +294,15 @@ def plot_command(
     out: Path = typer.Option(Path("plot.png"), "--out", help="The picture to write: .png, .jpg, .svg or .pdf"),
 ) -> None:
     """Training curves of one or more runs in one picture (a folds or tune folder: its folds or trials)."""
+    from dltool.cli.text import plain
     from dltool.experiments.plots import plot_runs
 
     with user_errors():
         plotted = plot_runs(runs, out, metric)
     console = stderr_console()
     for note in plotted.notes:
-        console.print(f"warning: {note}", markup=False, soft_wrap=True)
-    console.print(f"wrote {plotted.path}", markup=False, soft_wrap=True)
+        console.print(f"warning: {plain(note)}", markup=False, soft_wrap=True)
+    console.print(f"wrote {plain(plotted.path)}", markup=False, soft_wrap=True)
 
 
 @app.command("runs")
@@ -305,16 +319,18 @@ def runs_command(
     if as_json:
         print_json(rows)
         return
+    from dltool.cli.text import plain, safe
     from dltool.experiments.render import runs_table
 
     console = stderr_console()
     if not rows:
-        console.print(f"no runs in {folder}", markup=False, soft_wrap=True)
+        console.print(f"no runs in {plain(folder)}", markup=False, soft_wrap=True)
         return
-    console.print(runs_table(rows, f"runs in {folder}"))
+    console.print(runs_table(rows, f"runs in {safe(folder)}"))
     for row in rows:
         if row.get("reason"):
-            console.print(f"{row['name']}: {row['status']}: {row['reason']}", markup=False, soft_wrap=True)
+            console.print(f"{plain(row['name'])}: {plain(row['status'])}: {plain(row['reason'])}", markup=False,
+                          soft_wrap=True)
 
 
 @app.command("list")
@@ -341,10 +357,12 @@ def list_command(
     if as_json:
         print_json(names)
         return
+    from dltool.cli.text import safe
+
     console = stderr_console()
     for registry_kind, entries in (names.items() if isinstance(names, dict) else [(kind, names)]):
-        console.print(f"[bold]{registry_kind}[/bold] ({len(entries)})")
-        console.print("  " + ", ".join(entries), soft_wrap=False)
+        console.print(f"[bold]{safe(registry_kind)}[/bold] ({len(entries)})")
+        console.print("  " + ", ".join(safe(entry) for entry in entries), soft_wrap=False)
         if registry_kind.lower() == "models" and not timm_installed():
             console.print('  timm\'s models (TimmModel) need timm: pip install "dltool[timm]"', markup=False)
 
@@ -352,11 +370,13 @@ def list_command(
 def _arguments_table(kind: str, name: str, rows):
     from rich.table import Table
 
-    table = Table(title=f"{kind}: {name}")
+    from dltool.cli.text import safe
+
+    table = Table(title=f"{safe(kind)}: {safe(name)}")
     table.add_column("argument")
     table.add_column("default")
     for argument, default in rows:
-        table.add_row(argument, default)
+        table.add_row(safe(argument), safe(default))
     return table
 
 
@@ -433,6 +453,7 @@ def train_command(
 ) -> None:
     """Train a model from a YAML config; writes a run folder (config, metrics, checkpoints, TensorBoard)."""
     from dltool.cli.progress import make_progress, summary_table
+    from dltool.cli.text import plain
     from dltool.training.folds import train_folds
     from dltool.training.train import check_config_or_resume, train
 
@@ -458,7 +479,7 @@ def train_command(
                 result = train(config, runs_dir=runs_dir, name=name, resume=resume, overrides=overrides,
                                callbacks=[progress, started])
     except KeyboardInterrupt:
-        console.print(f"interrupted: {started.kept(resume)}", soft_wrap=True, markup=False)
+        console.print(f"interrupted: {plain(started.kept(resume))}", soft_wrap=True, markup=False)
         raise typer.Exit(code=130) from None
     finally:
         if hasattr(progress, "close"):
@@ -514,6 +535,7 @@ def eval_command(
     code: Optional[List[Path]] = CodeOption,
 ) -> None:
     """Evaluate a checkpoint: loss, accuracy, per-class metrics, confusion matrix, mistakes."""
+    from dltool.cli.text import plain
     from dltool.inference.eval_report import prepare_report_dir, render, write_outputs
     from dltool.inference.evaluate import default_out_dir, evaluate_checkpoint
 
@@ -538,14 +560,14 @@ def eval_command(
     with user_errors():
         written = write_outputs(result, report_dir)
     if not as_json:
-        console.print(f"wrote {', '.join(str(p) for p in written)}")
+        console.print(f"wrote {', '.join(plain(p) for p in written)}", markup=False, soft_wrap=True)
     if cam:
         from dltool.inference.cam import eval_cams
 
         with user_errors():
             maps, how = eval_cams(result, cam, report_dir, method=cam_method,
                                   layer=cam_layer)
-        where = f" into {maps[0].parent}" if maps else ""
+        where = f" into {plain(maps[0].parent)}" if maps else ""
         console.print(f"wrote {len(maps)} heat maps of misclassified samples{where} ({how})", markup=False,
                       soft_wrap=True)
 
@@ -555,7 +577,11 @@ def predict_command(
     inputs: List[str] = typer.Argument(..., metavar="INPUT...", help="Image files, folders (recursive) or globs"),
     model: Path = typer.Option(..., "--model", "-m", help="Run folder, checkpoint, or a file from `dltool export` (.onnx runs without torch)"),
     topk: int = typer.Option(5, "--topk", min=1, help="Classes listed per image"),
-    output_format: str = typer.Option("table", "--format", help="table, json or csv"),
+    output_format: str = typer.Option(
+        "table", "--format",
+        help="table, json or csv. In csv, a file name, class name or error that begins with =, +, -, @, tab or "
+             "carriage return gets a single quote in front, so a spreadsheet shows it instead of running it as a "
+             "formula; json keeps every string exactly"),
     batch_size: int = typer.Option(64, "--batch-size", min=1, help="Images per forward pass"),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N"),
     tta: Optional[str] = TtaOption,
@@ -593,23 +619,27 @@ def predict_command(
     elif output_format == "csv":
         import csv
 
+        if hasattr(sys.stdout, "reconfigure"):  # a file name that is no UTF-8 comes out as its own bytes
+            sys.stdout.reconfigure(errors="surrogateescape")
         csv.writer(sys.stdout, lineterminator="\n").writerows(to_csv_rows(predictions))
     else:
-        from rich.console import Console
+        from dltool.cli.text import console
 
-        Console(highlight=False).print(render_table(predictions))
+        console(stderr=False).print(render_table(predictions))
     if heat is not None:
         with user_errors():
             maps = heat.write(predictions, cam)
-        stderr_console().print(f"wrote {len(maps)} heat maps into {cam} ({heat.heat.describe()})", markup=False,
+        from dltool.cli.text import plain
+
+        stderr_console().print(f"wrote {len(maps)} heat maps into {plain(cam)} ({heat.heat.describe()})", markup=False,
                                soft_wrap=True)
     failed = [p for p in predictions if p.error is not None]
     if failed:
-        from rich.markup import escape
+        from dltool.cli.text import safe
 
         first = f"{failed[0].path}: {failed[0].error}"
         text = first if len(failed) == 1 else f"{len(failed)} of {len(predictions)} inputs could not be classified (first: {first})"
-        stderr_console().print(f"[red]error:[/red] {escape(text)}", soft_wrap=True)
+        stderr_console().print(f"[red]error:[/red] {safe(text)}", soft_wrap=True)
         raise typer.Exit(code=2)
 
 
@@ -646,6 +676,9 @@ app.registered_commands.sort(key=lambda command: _HELP_ORDER.index(command.name)
 
 def main() -> None:
     """The `dltool` command: run it, then end the process at once (see `exit_now`)."""
+    import warnings
+
+    warnings.showwarning = _show_warning
     try:
         app()
     except SystemExit as done:

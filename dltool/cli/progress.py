@@ -10,6 +10,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
+from dltool.cli.text import plain, safe
 from dltool.training.callbacks import Callback
 
 
@@ -48,7 +49,7 @@ class PlainProgress(Callback):
 
     def on_fit_start(self, info: dict) -> None:
         self.epochs = info["epochs"]
-        self.console.print(f"run {info['run_dir']}: {info['train_samples']} train / {info['val_samples']} val samples, "
+        self.console.print(f"run {safe(info['run_dir'])}: {info['train_samples']} train / {info['val_samples']} val samples, "
                            f"{info['params']:,} parameters, {info['device']}, epochs {info['start_epoch']}..{self.epochs}",
                            highlight=False, soft_wrap=True)
 
@@ -56,7 +57,7 @@ class PlainProgress(Callback):
         self.console.print(epoch_line(row, self.epochs, improved), highlight=False, soft_wrap=True)
 
     def on_message(self, text: str) -> None:
-        self.console.print(text, highlight=False, soft_wrap=True)
+        self.console.print(plain(text), markup=False, highlight=False, soft_wrap=True)
 
 
 class RichProgress(PlainProgress):
@@ -113,7 +114,7 @@ def make_progress(console: Console, quiet: bool = False) -> PlainProgress | None
 
 def summary_table(summary: dict, run_dir: Any) -> Table:
     """The end-of-run table: best epoch, final metrics, time and throughput."""
-    table = Table(title=f"run {run_dir}", show_header=False, title_justify="left")
+    table = Table(title=f"run {safe(run_dir)}", show_header=False, title_justify="left")
     table.add_column("what", style="bold")
     table.add_column("value")
     rows = [("status", summary.get("status")), ("epochs", summary.get("epochs_done"))]
@@ -129,7 +130,7 @@ def summary_table(summary: dict, run_dir: Any) -> Table:
     if "folds" in summary:
         rows.append((f"{summary['monitor']} over folds", f"{_fmt(summary['mean'])} ± {_fmt(summary['std'])}"))
     for what, value in rows:
-        table.add_row(what, str(value))
+        table.add_row(safe(what), safe(value))
     return table
 
 

@@ -11,7 +11,10 @@ from dltool.models.shapes import ShapeReport, ShapeRow
 def render_table(report: ShapeReport | None, rows: Sequence[ShapeRow] | None = None, title: str = "dltool shapes"):
     """A rich Table of the rows, with totals and parameter memory when a full report is given."""
     from rich import box
+    from rich.markup import escape
     from rich.table import Table
+
+    from dltool.cli.text import plain
 
     rows = report.rows if report is not None else list(rows or [])
     caption = f"parameter memory {human_bytes(report.param_bytes)}" if report is not None else None
@@ -20,9 +23,9 @@ def render_table(report: ShapeReport | None, rows: Sequence[ShapeRow] | None = N
     columns = [("#", "right"), ("layer", "left"), ("type", "left"), ("output shape", "left"),
                ("params", "right"), ("trainable", "right"), ("mult-adds", "right")]
     cells = [("", "input", "", _shape(report.input_shape), "", "", "")] if report is not None else []
-    cells += [(str(row.index), "  " * (row.depth - 1) + row.name, _built(row), _shape(row.output_shape),
+    cells += [(str(row.index), "  " * (row.depth - 1) + plain(row.name), plain(_built(row)), _shape(row.output_shape),
                f"{row.params:,}", f"{row.trainable_params:,}", human(row.mult_adds)) for row in rows]
-    types = max([4, *(len(row.type) for row in rows)])
+    types = max([4, *(len(plain(row.type)) for row in rows)])
     for i, ((header, justify), footer) in enumerate(zip(columns, footers)):
         # On a narrow terminal the layer names may shrink and the build arguments wrap under their
         # type: numbers and shapes are never cut.
@@ -33,7 +36,7 @@ def render_table(report: ShapeReport | None, rows: Sequence[ShapeRow] | None = N
             table.add_column(header, justify=justify, footer=footer, no_wrap=True,
                              min_width=min(widest, 12) if header == "layer" else widest)
     for cell in cells:
-        table.add_row(*cell)
+        table.add_row(*(escape(text) for text in cell))  # a layer name from a checkpoint is not markup
     if all(row.params == row.trainable_params for row in rows):
         table.columns.pop(5)  # every parameter trains: a trainable column would only repeat params
     return table

@@ -1,10 +1,12 @@
 """Tables for the experiment commands (tune's trials, runs, lr-find), drawn with rich from the plain
-data the library returns; the CLI prints them on stderr."""
+data the library returns; the CLI prints them on stderr. Every value in a cell comes from a run
+folder, a summary.json or a study database, so its brackets are escaped, never read as markup."""
 
 from __future__ import annotations
 
 from typing import Any, Sequence
 
+from rich.markup import escape
 from rich.table import Table
 
 STATUS_STYLE = {"finished": "green", "COMPLETE": "green", "running": "cyan", "RUNNING": "cyan",
@@ -20,9 +22,14 @@ def _fmt(value: Any) -> str:
     return str(value)
 
 
-def _styled(status: str) -> str:
-    style = STATUS_STYLE.get(status)
-    return f"[{style}]{status}[/{style}]" if style else status
+def _cell(value: Any) -> str:
+    """A value as the markup of a cell: its own brackets escaped."""
+    return escape(_fmt(value))
+
+
+def _styled(status: Any) -> str:
+    style = STATUS_STYLE.get(status) if isinstance(status, str) else None
+    return f"[{style}]{status}[/{style}]" if style else _cell(status)
 
 
 def runs_table(rows: Sequence[dict], title: str) -> Table:
@@ -32,7 +39,7 @@ def runs_table(rows: Sequence[dict], title: str) -> Table:
 
     monitors = {row["monitor"] for row in rows if row["monitor"]}
     shared = monitors.pop() if len(monitors) == 1 else None
-    title = f"{title} (best: {shared})" if shared else title
+    title = f"{title} (best: {_cell(shared)})" if shared else title
     table = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True)
     table.add_column("run", overflow="fold", ratio=1)
     table.add_column("status", no_wrap=True)
@@ -41,12 +48,12 @@ def runs_table(rows: Sequence[dict], title: str) -> Table:
     table.add_column("time", justify="right", no_wrap=True)
     table.add_column("created", no_wrap=True)
     for row in rows:
-        best = "-" if row["best_value"] is None else f"{_fmt(row['best_value'])} @{row['best_epoch']}"
+        best = "-" if row["best_value"] is None else f"{_cell(row['best_value'])} @{_cell(row['best_epoch'])}"
         if row["best_value"] is not None and not shared:
-            best = f"{row['monitor']} {best}"
+            best = f"{_cell(row['monitor'])} {best}"
         seconds = "-" if row["train_seconds"] is None else f"{row['train_seconds']:.1f}s"
-        table.add_row(row["name"], _styled(row["status"]), _fmt(row["epochs_done"]), best, seconds,
-                      row["created"][5:16])  # MM-DD HH:MM
+        table.add_row(_cell(row["name"]), _styled(row["status"]), _cell(row["epochs_done"]), best, seconds,
+                      _cell(row["created"][5:16]))  # MM-DD HH:MM
     return table
 
 
@@ -56,13 +63,13 @@ def trials_table(trials: Sequence[dict], metric: str, best: int | None) -> Table
     table = Table(title="trials", title_justify="left")
     table.add_column("#", justify="right")
     table.add_column("state")
-    table.add_column(metric, justify="right")
+    table.add_column(_cell(metric), justify="right")
     for key in keys:
-        table.add_column(key, justify="right", overflow="fold")
+        table.add_column(_cell(key), justify="right", overflow="fold")
     for trial in trials:
         mark = " *" if trial["number"] == best else ""
-        table.add_row(f"{trial['number']}{mark}", _styled(trial["state"]), _fmt(trial["value"]),
-                      *(_fmt(trial["params"].get(key)) for key in keys))
+        table.add_row(f"{trial['number']}{mark}", _styled(trial["state"]), _cell(trial["value"]),
+                      *(_cell(trial["params"].get(key)) for key in keys))
     return table
 
 

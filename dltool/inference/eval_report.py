@@ -177,13 +177,14 @@ def _summary(result: EvalResult) -> Any:
 
 
 def _per_class_table(result: EvalResult) -> Any:
+    from rich.markup import escape
     from rich.table import Table
 
     table = Table(title="per class")
     for name in ("class", "precision", "recall", "f1", "support"):
         table.add_column(name, justify="left" if name == "class" else "right")
     for row in result.per_class:
-        table.add_row(row["class"], f"{row['precision']:.3f}", f"{row['recall']:.3f}", f"{row['f1']:.3f}",
+        table.add_row(escape(str(row["class"])), f"{row['precision']:.3f}", f"{row['recall']:.3f}", f"{row['f1']:.3f}",
                       str(row["support"]))
     table.rows[-1].end_section = True
     support = str(sum(row["support"] for row in result.per_class))
@@ -193,25 +194,27 @@ def _per_class_table(result: EvalResult) -> Any:
 
 
 def _confusion_table(result: EvalResult) -> Any:
+    from rich.markup import escape
     from rich.table import Table
 
     table = Table(title="confusion matrix", caption="rows: true class, columns: predicted")
     table.add_column("")
     for name in result.classes:
-        table.add_column(name, justify="right")
+        table.add_column(escape(str(name)), justify="right")
     for i, (name, row) in enumerate(zip(result.classes, result.confusion)):
         cells = [f"[bold green]{count}[/]" if j == i else (str(count) if count else "[dim]0[/]")
                  for j, count in enumerate(row)]
-        table.add_row(name, *cells)
+        table.add_row(escape(str(name)), *cells)
     return table
 
 
 def _mistakes_table(mistakes: list[dict], total: int) -> Any:
+    from rich.markup import escape
     from rich.table import Table
 
     table = Table(title="most confident mistakes", caption=f"{len(mistakes)} of {total}; all in misclassified.csv")
     for name in ("sample", "true", "predicted", "confidence"):
         table.add_column(name, justify="right" if name == "confidence" else "left")
     for m in mistakes:
-        table.add_row(m["sample"], m["true"], m["predicted"], f"{m['confidence']:.3f}")
+        table.add_row(*(escape(str(m[key])) for key in ("sample", "true", "predicted")), f"{m['confidence']:.3f}")
     return table

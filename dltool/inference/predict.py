@@ -178,16 +178,28 @@ def _without_path(message: str, path: str) -> str:
     return message[len(prefix):] if message.startswith(prefix) else message
 
 
+# A spreadsheet runs a cell that begins with one of these as a formula (OWASP, "CSV Injection").
+FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def as_text_cell(text: str) -> str:
+    """`text` as a spreadsheet shows it rather than runs it: a single quote before a formula start
+    (`=cmd|' /C calc'!A0.png` -> `'=cmd|' /C calc'!A0.png`), as OWASP recommends."""
+    return "'" + text if text.startswith(FORMULA_START) else text
+
+
 def to_csv_rows(predictions: Sequence[Prediction]) -> list[list[Any]]:
-    """Rows of path, rank, class, index, probability, error (one per listed class, or one per error)."""
+    """Rows of path, rank, class, index, probability, error (one per listed class, or one per error).
+    File names, class names and errors go through `as_text_cell`; the numbers dltool writes do not."""
     rows: list[list[Any]] = [["path", "rank", "class", "index", "probability", "error"]]
     for p in predictions:
+        path = as_text_cell(p.path)
         if p.error is not None:
-            rows.append([p.path, "", "", "", "", p.error])
+            rows.append([path, "", "", "", "", as_text_cell(p.error)])
         elif p.value is not None:
-            rows.append([p.path, "", "", "", " ".join(f"{v:.6g}" for v in p.value), ""])
+            rows.append([path, "", "", "", " ".join(f"{v:.6g}" for v in p.value), ""])
         else:
-            rows += [[p.path, rank, t["class"], t["index"], f"{t['probability']:.6f}", ""]
+            rows += [[path, rank, as_text_cell(t["class"]), t["index"], f"{t['probability']:.6f}", ""]
                      for rank, t in enumerate(p.top, 1)]
     return rows
 
