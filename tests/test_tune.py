@@ -93,19 +93,24 @@ def test_pruning_stops_a_hopeless_trial_and_keeps_its_folder(tmp_path):
     assert "no trial completed yet: no best.yaml" in result.stderr
 
 
-def test_two_processes_share_one_study(tmp_path):
-    config = write_config(tmp_path, {**LR_SPACE, "sampler": "RandomSampler"}, epochs=1)
+def test_workers_share_one_study_and_stop_at_exactly_the_trials_asked(tmp_path):
+    config = write_config(tmp_path, {**LR_SPACE, "sampler": "RandomSampler"}, epochs=3)
     runs = tmp_path / "runs"
-    result = run_tune(config, runs, "--trials", "6", "--workers", "2", "--quiet")
+    result = run_tune(config, runs, "--trials", "6", "--workers", "2")
     assert result.exit_code == 0, result.output
     trials = study_trials(runs / "search")
-    numbers = [t.number for t in trials]
-    assert len(numbers) == len(set(numbers)) and sum(t.state.name == "COMPLETE" for t in trials) >= 6
-    folders = [t.user_attrs["run_dir"] for t in trials]
-    assert len(folders) == len(set(folders)) == len(list((runs / "search" / "trials").iterdir()))
-    assert [Path(f).name for f in folders] == [f"{n:03d}" for n in numbers]  # never name-2: no folder twice
-    assert len({t.user_attrs["worker"] for t in trials}) == 2  # both processes ran trials
+    counted = [t for t in trials if not t.user_attrs.get("surplus")]
+    assert [t.state.name for t in counted] == ["COMPLETE"] * 6  # never 7: the last place goes to one process
+    assert all(t.state.name == "PRUNED" and "run_dir" not in t.user_attrs for t in trials if t not in counted)
+    folders = [t.user_attrs["run_dir"] for t in counted]
+    assert sorted(Path(f).name for f in folders) == sorted(p.name for p in (runs / "search" / "trials").iterdir())
+    assert [Path(f).name for f in folders] == [f"{t.number:03d}" for t in counted]  # never name-2: no folder twice
+    assert len({t.user_attrs["worker"] for t in counted}) == 2  # both processes ran trials
     assert (runs / "search" / "worker-1.log").exists()
+    for trial in counted:  # the progress of the first process names every trial, the helper's too
+        assert f"trial {trial.number} COMPLETE val_accuracy" in result.stderr
+    assert "[6/6]" in result.stderr and "[7/6]" not in result.stderr
+    assert len((runs / "search" / "trials.csv").read_text().splitlines()) == 7
 
 
 @pytest.mark.slow  # two fresh processes (~5 s of imports each) and a wait for the heartbeat: ~35 s
@@ -134,7 +139,7 @@ def test_kill_9_then_rerun_finishes_the_study(tmp_path):
 
 BAD_SPACES = [
     ({"model.layers.99.Dropout": {"float": [0.0, 0.5]}},
-     "tune.space.model.layers.99.Dropout: cannot be searched: override 'model.layers.99.Dropout=0.0': "
+     "tune.space.model.layers.99.Dropout: cannot be searched: model.layers.99.Dropout=0.0: "
      "model.layers.99: index 99 is out of range (the list has 13 items)"),
     ({"data.batch_size": {"choice": []}}, "tune.space.data.batch_size: choice: needs a non-empty list of values; got []"),
     ({"optimizer.lr": {"log": [0, 0.1]}},
