@@ -21,26 +21,21 @@ from dltool.errors import ConfigError, MissingExtra, RunFailed
 DRIVERS = {"postgresql": ("psycopg", "postgres"), "mysql": ("pymysql", "mysql"), "mariadb": ("pymysql", "mysql")}
 LOCK_KEY = 7_346_251_018  # the advisory lock every dltool process takes to open a PostgreSQL study
 LOCK_NAME = "dltool_optuna_tables"
+USER_PASSWORD = re.compile(r"^([^:/?#]+://[^:/@?#]*:)([^@/?#]*)@")
 SECRET_QUERY = re.compile(r"([?&][^=&]*(?:pass|pwd|secret|token)[^=&]*=)[^&]*", re.IGNORECASE)
 
 
 def redact(url: str) -> str:
-    """The storage URL as it may be shown or written: no password, also none in its query string."""
-    from sqlalchemy.engine import make_url
-    from sqlalchemy.exc import ArgumentError
-
-    try:
-        shown = make_url(url).render_as_string(hide_password=True)
-    except ArgumentError:
-        shown = re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@", url)
-    return SECRET_QUERY.sub(r"\1***", shown)
+    """The storage URL as it may be shown or written: no password, also none in its query string.
+    The rest stays as the user wrote it."""
+    return SECRET_QUERY.sub(r"\1***", USER_PASSWORD.sub(r"\1***@", url, count=1))
 
 
 def scrub(message: str, url: str) -> str:
     """`message` (a driver's error) with every secret of `url` in it replaced by ***."""
     from urllib.parse import unquote
 
-    secrets = [unquote(m) for m in re.findall(r"://[^:/@]*:([^@]*)@", url)]
+    secrets = [unquote(m.group(2)) for m in USER_PASSWORD.finditer(url)]
     secrets += [unquote(m.group(0).split("=", 1)[1]) for m in SECRET_QUERY.finditer(url)]
     for secret in sorted((s for s in secrets if s), key=len, reverse=True):
         message = message.replace(secret, "***")
@@ -86,8 +81,8 @@ def resolve(url: str) -> str:
 
 
 def open_study(optuna: Any, url: str, name: str, direction: str, pruner: Any, heartbeat: int,
-               retries: int) -> Any:
-    """The study `name` in the database at `url` (a resolved URL), created on first use.
+               retries: int, given: str) -> Any:
+    """The study `name` in the database at `url` (`given` as `resolve` returned it), created on first use.
 
     Raises:
         ConfigError: the database cannot be reached or opened (the message holds no secret).
@@ -103,7 +98,7 @@ def open_study(optuna: Any, url: str, name: str, direction: str, pruner: Any, he
             return optuna.create_study(study_name=name, storage=storage, load_if_exists=True, direction=direction,
                                        pruner=pruner)
     except (SQLAlchemyError, optuna.exceptions.StorageInternalError, OSError) as exc:
-        raise ConfigError(f"--storage: cannot open {redact(url)}: {scrub(first_line(exc), url)}") from None
+        raise ConfigError(f"--storage: cannot open {redact(given)}: {scrub(first_line(exc), url)}") from None
 
 
 def _retry(optuna: Any, retries: int) -> dict:

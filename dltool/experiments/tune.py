@@ -132,17 +132,21 @@ def tune(config_path: str | Path, trials: int, *, storage: str | None = None, na
     name = folder_name(name if name is not None else base.stem)
     _build(optuna.samplers, spec.sampler, "tune.sampler", base.marks)  # its arguments, before anything exists
     pruner = _build(optuna.pruners, spec.pruner, "tune.pruner", base.marks) if spec.pruner else optuna.pruners.NopPruner()
-    url = resolve(storage) if storage else default_storage(runs_dir, name)
+    given = storage or default_storage(runs_dir, name)
+    url = resolve(given)
     folder = Path(runs_dir) / name
+    if storage:  # a server that cannot be reached leaves no folder behind
+        study = open_study(optuna, url, name, spec.direction, pruner, heartbeat, RETRIES, given)
     with writing(folder, "choose a writable --runs-dir"):
         folder.mkdir(parents=True, exist_ok=True)
-    study = open_study(optuna, url, name, spec.direction, pruner, heartbeat, RETRIES)
+    if not storage:
+        study = open_study(optuna, url, name, spec.direction, pruner, heartbeat, RETRIES, given)
     with StopSignal() as stop:
         try:
-            return _run(optuna, study, spec, base, Path(config_path), overrides, folder, url,
+            return _run(optuna, study, spec, base, Path(config_path), overrides, folder, given,
                         Plan(trials, workers, heartbeat, str(runs_dir)), stop, on_start, on_trial)
         except optuna.exceptions.StorageInternalError as exc:
-            raise database_failed(exc, url) from None
+            raise database_failed(exc, given) from None
 
 
 @dataclass(frozen=True)
@@ -197,7 +201,8 @@ def _interrupted(exc: BaseException, stop: Any, result: TuneResult) -> Interrupt
     wrote = result.folder / "trials.csv"
     if result.best_trial is not None:
         wrote = f"{result.folder / 'best.yaml'} and {wrote}"
-    stopped = Interrupted(f"interrupted{f' by {how}' if how else ''}: the study holds {done} finished trials; "
+    stopped = Interrupted(f"interrupted{f' by {how}' if how else ''}: the study holds {done} finished "
+                          f"trial{'' if done == 1 else 's'}; "
                           f"wrote {wrote}; run the same dltool tune command again to go on with the study")
     stopped.exit_code = getattr(exc, "exit_code", 130)
     return stopped

@@ -72,6 +72,7 @@ class StudyLoop:
         """Raises:
             RunFailed: MAX_FAILED_IN_A_ROW of this process's trials in a row failed.
             Interrupted: a signal asked the study to stop between trials.
+            optuna.exceptions.StorageInternalError: the study's database refused a write.
         """
         while True:
             self.report()
@@ -84,8 +85,18 @@ class StudyLoop:
                 self._fail_stale()
                 time.sleep(POLL_SECONDS)
                 continue
-            self.study.optimize(self.objective, n_trials=1, catch=(RunFailed,), gc_after_trial=False)
+            self._one_trial()
             self._check_failures()
+
+    def _one_trial(self) -> None:
+        """One trial through Optuna (heartbeats, stale trials, retries). A database write that fails
+        after the trial surfaces from Optuna as an AssertionError over the StorageInternalError."""
+        try:
+            self.study.optimize(self.objective, n_trials=1, catch=(RunFailed,), gc_after_trial=False)
+        except AssertionError as exc:
+            if isinstance(exc.__context__, self.optuna.exceptions.StorageInternalError):
+                raise exc.__context__  # noqa: B904 (keeps its cause: the database's own words)
+            raise
 
     def _fail_stale(self) -> None:
         with warnings.catch_warnings():
