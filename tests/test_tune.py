@@ -240,7 +240,7 @@ from dltool.experiments.storage import open_study, resolve
 url, go = resolve(sys.argv[1]), Path(sys.argv[2])
 while not go.exists():
     time.sleep(0.001)
-open_study(optuna, url, "s", "maximize", optuna.pruners.NopPruner(), 10, 2)
+open_study(optuna, url, "s", "maximize", optuna.pruners.NopPruner(), 10, 2, sys.argv[1])
 """
 
 
