@@ -97,7 +97,7 @@ def test_pruning_stops_a_hopeless_trial_and_keeps_its_folder(tmp_path):
 
 
 def test_workers_share_one_study_and_stop_at_exactly_the_trials_asked(tmp_path):
-    config = write_config(tmp_path, {**LR_SPACE, "sampler": "RandomSampler"}, epochs=3)
+    config = write_config(tmp_path, LR_SPACE, epochs=3)  # a seeded sampler
     runs = tmp_path / "runs"
     result = run_tune(config, runs, "--trials", "6", "--workers", "2")
     assert result.exit_code == 0, result.output
@@ -109,6 +109,7 @@ def test_workers_share_one_study_and_stop_at_exactly_the_trials_asked(tmp_path):
     assert sorted(Path(f).name for f in folders) == sorted(p.name for p in (runs / "search" / "trials").iterdir())
     assert [Path(f).name for f in folders] == [f"{t.number:03d}" for t in counted]  # never name-2: no folder twice
     assert len({t.user_attrs["worker"] for t in counted}) == 2  # both processes ran trials
+    assert len({t.params["optimizer.lr"] for t in counted}) == 6  # each with its own seed: no point drawn twice
     assert (runs / "search" / "worker-1.log").exists()
     for trial in counted:  # the progress of the first process names every trial, the helper's too
         assert f"trial {trial.number} COMPLETE val_accuracy" in result.stderr
@@ -262,7 +263,7 @@ def test_many_processes_open_a_new_study_at_the_same_moment(tmp_path, request, d
 
 @pytest.mark.parametrize("database", ["postgresql", "sqlite"])
 def test_two_tune_commands_started_together_on_a_new_study_share_it(tmp_path, request, database):
-    config = write_config(tmp_path, {**LR_SPACE, "sampler": "RandomSampler"}, epochs=3)
+    config = write_config(tmp_path, {**LR_SPACE, "sampler": "RandomSampler"}, epochs=2)
     runs = tmp_path / "runs"
     url = request.getfixturevalue("pg_url") if database == "postgresql" else None
     storage = ["--storage", url] if url else []

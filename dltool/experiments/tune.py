@@ -39,6 +39,7 @@ from dltool.experiments.workers import (
     is_surplus,
     start_helpers,
     stop_helpers,
+    worker_index,
 )
 from dltool.store.writing import folder_name, write_atomic, writing
 from dltool.training.callbacks import Callback
@@ -169,8 +170,10 @@ def _run(optuna: Any, study: Any, spec: TuneSpec, base: Any, config_path: Path, 
         study.set_user_attr(SPACE_ATTR, signature(spec))
     else:
         check_unchanged(began, spec, base, study.study_name)
-    # seeded from the study too, so that a continued study draws new points rather than the first ones again
-    study.sampler = _build(optuna.samplers, spec.sampler, "tune.sampler", base.marks, len(study.get_trials()))
+    # seeded from the study too, so that a continued study draws new points rather than the first ones
+    # again, and each --workers process its own
+    study.sampler = _build(optuna.samplers, spec.sampler, "tune.sampler", base.marks,
+                           len(study.get_trials()) + worker_index())
     mine: list[int] = []
     objective = _objective(optuna, spec, config_path, overrides, folder / "trials", mine, plan.trials, stop)
     if on_start is not None:

@@ -10,6 +10,7 @@ retried with the same values.
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import time
@@ -24,6 +25,7 @@ FINISHED = ("COMPLETE", "PRUNED")
 SURPLUS = "surplus"  # the user attribute of a trial pruned before it ran because the study was full
 MAX_FAILED_IN_A_ROW = 5
 POLL_SECONDS = 0.5
+WORKER_ENV = "DLTOOL_TUNE_WORKER"  # set in each --workers helper: its index, which moves its sampler's seed on
 
 
 @dataclass(frozen=True)
@@ -132,8 +134,15 @@ def start_helpers(argv: Sequence[str], count: int, folder: Path) -> list[subproc
     helpers = []
     for i in range(1, count + 1):
         with open(folder / f"worker-{i}.log", "ab") as log:
-            helpers.append(subprocess.Popen(list(argv), stdin=subprocess.DEVNULL, stdout=log, stderr=log))
+            helpers.append(subprocess.Popen(list(argv), stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+                                            env={**os.environ, WORKER_ENV: str(i)}))
     return helpers
+
+
+def worker_index() -> int:
+    """0 in the process the user started, K in its K-th --workers helper."""
+    value = os.environ.get(WORKER_ENV, "0")
+    return int(value) if value.isdigit() else 0
 
 
 def stop_helpers(helpers: Sequence[subprocess.Popen]) -> None:
