@@ -190,6 +190,9 @@ def _run(optuna: Any, study: Any, spec: TuneSpec, base: Any, config_path: Path, 
         stop_helpers(helpers)
         result = write_results(study, spec, config_path, overrides, folder, url)
         raise _interrupted(exc, stop, result) from None
+    except BaseException:  # a failed study (a full disk, failed trials) stops its helpers too
+        stop_helpers(helpers)
+        raise
     for helper in helpers:
         helper.wait()
     loop.report()  # the helpers' last trials
