@@ -44,3 +44,52 @@ def make_checkpoint(tmp_path):
         return save_checkpoint(state, tmp_path / name)
 
     return make
+
+
+@pytest.fixture(scope="session")
+def pg_server():
+    """One throw-away PostgreSQL server for the session (tests/pg_server.py); skips, saying why, where
+    no server binaries or no psycopg are installed."""
+    from pg_server import NoServer, PgServer
+
+    try:
+        import psycopg  # noqa: F401
+    except ImportError:
+        pytest.skip('psycopg is not installed (pip install -e ".[postgres]")')
+    try:
+        server = PgServer().start()
+    except NoServer as exc:
+        pytest.skip(f"no PostgreSQL server: {exc}")
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def pg_url(pg_server):
+    """The URL of a fresh, empty database on the session's PostgreSQL server."""
+    return pg_server.database()
+
+
+@pytest.fixture
+def tmpfs(tmp_path):
+    """tmpfs(size) -> a fresh tmpfs folder of `size` (unmounted after the test); skips unless root."""
+    import os
+    import subprocess
+
+    mounted = []
+
+    def make(size: str) -> Path:
+        if os.geteuid() != 0:
+            pytest.skip("mounting a tmpfs needs root")
+        folder = tmp_path / f"fs{len(mounted)}"
+        folder.mkdir()
+        done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)],
+                              capture_output=True, text=True)
+        if done.returncode:
+            pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
+        mounted.append(folder)
+        return folder
+
+    yield make
+    for folder in reversed(mounted):
+        subprocess.run(["umount", "-l", str(folder)], check=False)

@@ -70,7 +70,10 @@ def test_search_beats_a_bad_learning_rate_and_a_rerun_continues(tmp_path):
 
     again = run_tune(config, runs, "--trials", "6", "--quiet")  # the study holds 4: two more
     assert again.exit_code == 0, again.output
-    assert [t.number for t in study_trials(folder)] == [0, 1, 2, 3, 4, 5]
+    trials = study_trials(folder)
+    assert [t.number for t in trials] == [0, 1, 2, 3, 4, 5]
+    first = [t.params["optimizer.lr"] for t in trials[:4]]
+    assert not {t.params["optimizer.lr"] for t in trials[4:]} & set(first)  # new points, not the seed's first ones
     assert sorted(p.name for p in (folder / "trials").iterdir()) == ["000", "001", "002", "003", "004", "005"]
     done = run_tune(config, runs, "--trials", "3", "--quiet")  # already there: no trial runs
     assert done.exit_code == 0 and len(study_trials(folder)) == 6
@@ -93,19 +96,25 @@ def test_pruning_stops_a_hopeless_trial_and_keeps_its_folder(tmp_path):
     assert "no trial completed yet: no best.yaml" in result.stderr
 
 
-def test_two_processes_share_one_study(tmp_path):
-    config = write_config(tmp_path, {**LR_SPACE, "sampler": "RandomSampler"}, epochs=1)
+def test_workers_share_one_study_and_stop_at_exactly_the_trials_asked(tmp_path):
+    config = write_config(tmp_path, LR_SPACE, epochs=3)  # a seeded sampler
     runs = tmp_path / "runs"
-    result = run_tune(config, runs, "--trials", "6", "--workers", "2", "--quiet")
+    result = run_tune(config, runs, "--trials", "6", "--workers", "2")
     assert result.exit_code == 0, result.output
     trials = study_trials(runs / "search")
-    numbers = [t.number for t in trials]
-    assert len(numbers) == len(set(numbers)) and sum(t.state.name == "COMPLETE" for t in trials) >= 6
-    folders = [t.user_attrs["run_dir"] for t in trials]
-    assert len(folders) == len(set(folders)) == len(list((runs / "search" / "trials").iterdir()))
-    assert [Path(f).name for f in folders] == [f"{n:03d}" for n in numbers]  # never name-2: no folder twice
-    assert len({t.user_attrs["worker"] for t in trials}) == 2  # both processes ran trials
+    counted = [t for t in trials if not t.user_attrs.get("surplus")]
+    assert [t.state.name for t in counted] == ["COMPLETE"] * 6  # never 7: the last place goes to one process
+    assert all(t.state.name == "PRUNED" and "run_dir" not in t.user_attrs for t in trials if t not in counted)
+    folders = [t.user_attrs["run_dir"] for t in counted]
+    assert sorted(Path(f).name for f in folders) == sorted(p.name for p in (runs / "search" / "trials").iterdir())
+    assert [Path(f).name for f in folders] == [f"{t.number:03d}" for t in counted]  # never name-2: no folder twice
+    assert len({t.user_attrs["worker"] for t in counted}) == 2  # both processes ran trials
+    assert len({t.params["optimizer.lr"] for t in counted}) == 6  # each with its own seed: no point drawn twice
     assert (runs / "search" / "worker-1.log").exists()
+    for trial in counted:  # the progress of the first process names every trial, the helper's too
+        assert f"trial {trial.number} COMPLETE val_accuracy" in result.stderr
+    assert "[6/6]" in result.stderr and "[7/6]" not in result.stderr
+    assert len((runs / "search" / "trials.csv").read_text().splitlines()) == 7
 
 
 @pytest.mark.slow  # two fresh processes (~5 s of imports each) and a wait for the heartbeat: ~35 s
@@ -134,7 +143,7 @@ def test_kill_9_then_rerun_finishes_the_study(tmp_path):
 
 BAD_SPACES = [
     ({"model.layers.99.Dropout": {"float": [0.0, 0.5]}},
-     "tune.space.model.layers.99.Dropout: cannot be searched: override 'model.layers.99.Dropout=0.0': "
+     "tune.space.model.layers.99.Dropout: cannot be searched: model.layers.99.Dropout=0.0: "
      "model.layers.99: index 99 is out of range (the list has 13 items)"),
     ({"data.batch_size": {"choice": []}}, "tune.space.data.batch_size: choice: needs a non-empty list of values; got []"),
     ({"optimizer.lr": {"log": [0, 0.1]}},
@@ -142,6 +151,17 @@ BAD_SPACES = [
     ({"optimizer.lr": {"float": [0.1, 0.01]}}, "tune.space.optimizer.lr: float: low must be below high; got [0.1, 0.01]"),
     ({"train.epochs": {"int": [3, 3]}}, "tune.space.train.epochs: int: low must be below high; got [3, 3]"),
     ({"optimizer.lr": {"uniform": [0.1, 1]}}, "tune.space.optimizer.lr: must be one of {log: [low, high]}"),
+    ({"optimizer.learning_rate": {"log": [1.0e-4, 1.0e-1]}},
+     "search.yaml:11:5: tune.space.optimizer.learning_rate: cannot be searched: optimizer.learning_rate=0.0001: "
+     "optimizer: Adam: unknown argument 'learning_rate' (allowed: params, lr, betas,"),
+    ({"model.layers.2.Dropout": {"float": [0.0, 0.5]}},
+     "search.yaml:11:5: tune.space.model.layers.2.Dropout: cannot be searched: model.layers.2.Dropout=0.0: "
+     "model.layers.2: ReLU: unknown argument 'Dropout' (allowed: inplace)"),
+    ({"model.layers.11.Dropout": {"float": [0.0, 1.5]}},
+     "tune.space.model.layers.11.Dropout: cannot be searched: model.layers.11.Dropout=1.5: model.layers.11: "
+     "Dropout: dropout probability has to be between 0 and 1, but got 1.5"),
+    ({"data.batch_size": {"choice": [32, 0, 64]}},
+     "tune.space.data.batch_size: cannot be searched: data.batch_size=0: data.batch_size: must be an integer >= 1"),
 ]
 
 
@@ -153,7 +173,8 @@ def test_bad_space_entries_are_located_before_any_trial(tmp_path, space, message
     line = result.stderr.strip()
     assert line.startswith(f"error: {config}:") and message in line, line
     assert len(result.stderr.strip().splitlines()) == 1
-    assert not (tmp_path / "runs" / "search" / "trials").exists()
+    assert "set on the command line" not in line and str(QUICKSTART) not in line  # the tune file is to blame
+    assert not (tmp_path / "runs").exists()  # nothing created: no folder, no study
 
 
 def test_tune_needs_a_tune_section_and_known_optuna_names(tmp_path):
@@ -197,3 +218,194 @@ def test_trials_below_one_is_one_line(tmp_path):
     result = run_tune(write_config(tmp_path, LR_SPACE), tmp_path / "runs", "--trials", "0")
     assert result.exit_code == 2
     assert result.stderr.strip() == "error: --trials: must be 1 or more (finished trials the study should hold); got 0"
+
+
+def tune_process(config: Path, runs: Path, *args: str, **popen) -> subprocess.Popen:
+    """`dltool tune CONFIG --runs-dir RUNS ARGS` as its own process (stderr captured as text)."""
+    command = [sys.executable, "-m", "dltool", "tune", str(config), "--runs-dir", str(runs), *args]
+    return subprocess.Popen(command, env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True, **popen)
+
+
+def load(url: str, name: str = "search") -> list:
+    import optuna
+
+    return optuna.load_study(study_name=name, storage=url).get_trials()
+
+
+OPEN_AT_ONCE = """
+import sys, time
+from pathlib import Path
+import optuna
+from dltool.experiments.storage import open_study, resolve
+url, go = resolve(sys.argv[1]), Path(sys.argv[2])
+while not go.exists():
+    time.sleep(0.001)
+open_study(optuna, url, "s", "maximize", optuna.pruners.NopPruner(), 10, 2, sys.argv[1])
+"""
+
+
+@pytest.mark.parametrize("database", ["postgresql", "sqlite"])
+def test_many_processes_open_a_new_study_at_the_same_moment(tmp_path, request, database):
+    url = request.getfixturevalue("pg_url") if database == "postgresql" else f"sqlite:///{tmp_path / 'study.db'}"
+    go = tmp_path / "go"
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    processes = [subprocess.Popen([sys.executable, "-c", OPEN_AT_ONCE, url, str(go)], env=env, text=True,
+                                  stderr=subprocess.PIPE) for _ in range(6)]
+    time.sleep(3)  # every process waits at the line, its imports done
+    go.touch()
+    errors = [p.communicate(timeout=120)[1] for p in processes]
+    assert [p.returncode for p in processes] == [0] * 6, "\n".join(errors)
+    import optuna
+
+    assert optuna.get_all_study_names(storage=url) == ["s"]
+
+
+@pytest.mark.parametrize("database", ["postgresql", "sqlite"])
+def test_two_tune_commands_started_together_on_a_new_study_share_it(tmp_path, request, database):
+    config = write_config(tmp_path, {**LR_SPACE, "sampler": "RandomSampler"}, epochs=2)
+    runs = tmp_path / "runs"
+    url = request.getfixturevalue("pg_url") if database == "postgresql" else None
+    storage = ["--storage", url] if url else []
+    processes = [tune_process(config, runs, "--trials", "4", "--name", "search", "--quiet", *storage)
+                 for _ in range(2)]
+    errors = [p.communicate(timeout=300)[1] for p in processes]
+    assert [p.returncode for p in processes] == [0, 0], "\n".join(errors)
+    trials = load(url or f"sqlite:///{runs / 'search' / 'study.db'}")
+    counted = [t for t in trials if not t.user_attrs.get("surplus")]
+    assert [t.state.name for t in counted] == ["COMPLETE"] * 4
+    assert len({t.user_attrs["worker"] for t in counted}) == 2  # both started, both ran trials
+    assert all(Path(t.user_attrs["run_dir"], "summary.json").exists() for t in counted)
+
+
+def test_kill_9_one_machine_mid_trial_then_restart_it_on_postgresql(tmp_path, pg_url):
+    config = write_config(tmp_path, {**LR_SPACE, "sampler": "RandomSampler"}, epochs=3)
+    machines = [tmp_path / "a", tmp_path / "b"]  # each "machine" keeps its own run folders
+    args = ("--trials", "3", "--storage", pg_url, "--name", "search", "--heartbeat", "1", "--quiet")
+    victim = tune_process(config, machines[0], *args)
+    metrics = machines[0] / "search" / "trials"
+    deadline = time.monotonic() + 120
+    while not list(metrics.glob("*/metrics.csv")) and victim.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    other = tune_process(config, machines[1], *args)
+    os.kill(victim.pid, signal.SIGKILL)  # after a trial's first epoch, before its last
+    victim.wait()
+    assert "RUNNING" in [t.state.name for t in load(pg_url)]
+    again = tune_process(config, machines[0], *args)
+    errors = [p.communicate(timeout=300)[1] for p in (other, again)]
+    assert [other.returncode, again.returncode] == [0, 0], "\n".join(errors)
+    trials = [t for t in load(pg_url) if not t.user_attrs.get("surplus")]
+    states = [t.state.name for t in trials]
+    assert states.count("COMPLETE") == 3 and "RUNNING" not in states and "FAIL" in states
+    for trial in trials:
+        if trial.state.name == "COMPLETE":
+            assert Path(trial.user_attrs["run_dir"], "summary.json").exists()  # on the machine that ran it
+    killed = next(t for t in trials if t.state.name == "FAIL")
+    assert any(t.params == killed.params for t in trials if t.state.name == "COMPLETE")  # retried with its values
+
+
+def test_a_missing_database_driver_names_the_extra(tmp_path, monkeypatch):
+    config = write_config(tmp_path, LR_SPACE)
+    for module in ("psycopg", "pymysql"):
+        monkeypatch.setitem(sys.modules, module, None)  # as if not installed
+    for url, extra in [("postgresql://me:pw@db.example/study", "postgres"), ("mysql://me@db.example/study", "mysql")]:
+        result = run_tune(config, tmp_path / "runs", "--trials", "1", "--storage", url)
+        assert result.exit_code == 2, result.output
+        shown = url.replace(":pw@", ":***@")
+        driver = "psycopg" if extra == "postgres" else "pymysql"
+        assert result.stderr.strip() == (f"error: --storage: {shown} needs the {driver} driver, which is not "
+                                         f'installed: pip install "dltool[{extra}]"')
+    assert not (tmp_path / "runs").exists()
+
+
+def test_storage_secrets_never_show_and_an_in_memory_study_is_refused(tmp_path):
+    pytest.importorskip("psycopg")
+    from pg_server import free_port
+
+    config = write_config(tmp_path, LR_SPACE)
+    port = free_port()
+    url = f"postgresql://me:urlsecret@127.0.0.1:{port}/study?password=querysecret&sslmode=disable"
+    result = run_tune(config, tmp_path / "runs", "--trials", "1", "--storage", url)
+    assert result.exit_code == 2, result.output
+    line = result.stderr.strip()
+    assert line.startswith(f"error: --storage: cannot open postgresql://me:***@127.0.0.1:{port}/study"
+                           "?password=***&sslmode=disable: ") and len(line.splitlines()) == 1, line
+    assert "secret" not in result.output
+    for memory in ("sqlite:///:memory:", "sqlite://"):
+        result = run_tune(config, tmp_path / "runs", "--trials", "1", "--storage", memory)
+        assert result.exit_code == 2
+        assert result.stderr.strip() == (
+            f"error: --storage: {memory} is an in-memory database, which each process keeps to itself and "
+            "loses when it ends; give a file (sqlite:///study.db) or leave --storage out (runs/NAME/study.db)")
+    assert not (tmp_path / "runs").exists()
+
+
+def test_a_study_on_a_nearly_full_disk_ends_with_one_line(tmp_path, tmpfs):
+    config = write_config(tmp_path, {**LR_SPACE, "pruner": None})
+    runs = tmpfs("400k") / "runs"
+    result = run_tune(config, runs, "--trials", "3")
+    assert result.exit_code == 1, result.output
+    assert "Traceback" not in result.output and "StorageInternalError" not in result.output
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert errors == [f"error: tune: the study's database sqlite:///{runs.resolve() / 'search' / 'study.db'} refused "
+                      "a write: database or disk is full; free space there (or reach the server again) and run the "
+                      "same dltool tune command to go on"]
+
+
+def test_a_changed_space_is_refused_before_any_trial(tmp_path):
+    space = {"pruner": None, "space": {"data.batch_size": {"choice": [16, 32]}}}
+    config = write_config(tmp_path, space, epochs=1)
+    runs = tmp_path / "runs"
+    assert run_tune(config, runs, "--trials", "1", "--quiet").exit_code == 0
+    changed = write_config(tmp_path, {**space, "space": {"data.batch_size": {"choice": [16, 32, 64]}}}, epochs=1)
+    result = run_tune(changed, runs, "--trials", "2")
+    assert result.exit_code == 2, result.output
+    assert result.stderr.strip() == (
+        f"error: {changed}:12:5: tune.space.data.batch_size: changed since study 'search' began: "
+        "{choice: [16, 32]} -> {choice: [16, 32, 64]}; a new --name starts a new study (or put back what study "
+        "'search' began with)")
+    assert len(study_trials(runs / "search")) == 1  # no trial added, failed or not
+    renamed = write_config(tmp_path, {**space, "space": {"data.batch_size": {"choice": [32]}, "optimizer.lr":
+                                                         {"log": [1.0e-3, 1.0e-2]}}}, epochs=1)
+    result = run_tune(renamed, runs, "--trials", "2")
+    assert result.exit_code == 2 and "tune.space.data.batch_size: changed since study 'search' began: " \
+        "{choice: [16, 32]} -> {choice: [32]}" in result.stderr
+    assert len(study_trials(runs / "search")) == 1
+
+
+def wait_for(condition, process: subprocess.Popen, seconds: float = 120) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert process.poll() is None, process.communicate()[1]
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.02)
+
+
+@pytest.mark.parametrize("target", ["group", "main"])
+def test_ctrl_c_writes_what_finished_and_says_how_to_go_on(tmp_path, target):
+    config = write_config(tmp_path, {**LR_SPACE, "sampler": "RandomSampler", "pruner": None}, epochs=4)
+    runs = tmp_path / "runs"
+    process = tune_process(config, runs, "--trials", "6", "--workers", "2", start_new_session=True)
+    trials = runs / "search" / "trials"
+
+    def one_done_and_another_running() -> bool:
+        done = [p for p in trials.glob("*/summary.json") if json.loads(p.read_text())["status"] == "finished"]
+        return bool(done) and len(list(trials.glob("*/metrics.csv"))) > len(done)
+
+    wait_for(one_done_and_another_running, process)
+    if target == "group":  # Ctrl-C in a terminal: the signal goes to every process of the command
+        os.killpg(process.pid, signal.SIGINT)
+    else:
+        os.kill(process.pid, signal.SIGINT)
+    stderr = process.communicate(timeout=120)[1]
+    assert process.returncode == 130, stderr
+    folder = runs / "search"
+    last = stderr.strip().splitlines()[-1]
+    assert last.startswith("interrupted by SIGINT: the study holds ") and last.endswith(
+        f"wrote {folder / 'best.yaml'} and {folder / 'trials.csv'}; run the same dltool tune command again to go "
+        "on with the study"), stderr
+    rows = (folder / "trials.csv").read_text().splitlines()[1:]
+    assert any(",COMPLETE," in row for row in rows) and yaml.safe_load((folder / "best.yaml").read_text())
+    states = [t.state.name for t in study_trials(folder)]
+    assert "RUNNING" not in states  # the helper stopped too, its trial marked failed
+    assert states.count("COMPLETE") == sum(",COMPLETE," in row for row in rows)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -12,7 +13,7 @@ from typing import Any, Mapping, Sequence
 from dltool.config.load import Config, load_config
 from dltool.config.registry import suggest
 from dltool.config.spec import located
-from dltool.errors import ConfigError
+from dltool.errors import ConfigError, DltoolError
 
 KINDS = ("log", "float", "int", "choice")
 SECTION_KEYS = ("metric", "sampler", "pruner", "space")
@@ -135,10 +136,57 @@ def _bounds(kind: str, values: Any, key: str, marks: Any) -> tuple:
 
 
 def _check_path(config: Config, overrides: Sequence[str], param: Param) -> None:
-    """Apply the entry's extreme values as overrides: a path the config does not have, or a value it
-    refuses, is an error now rather than in trial 7."""
+    """Build the config as `train` would at each of the entry's bounds and choices: a path the config
+    does not have, an argument its component lacks, or a value it refuses is an error now, naming the
+    tune file and the entry, rather than a failed trial 7 naming the base config."""
+    from dltool.training.check import check_config
+
     for value in param.values:
         try:
-            load_config(Path(config.path), [*overrides, param.override(value)])
-        except ConfigError as exc:
-            raise ConfigError(located(f"cannot be searched: {exc}", f"tune.space.{param.key}", config.marks)) from None
+            check_config(load_config(Path(config.path), [*overrides, param.override(value)]))
+        except DltoolError as exc:
+            raise ConfigError(located(f"cannot be searched: {param.override(value)}: {_bare(str(exc))}",
+                                      f"tune.space.{param.key}", config.marks)) from None
+
+
+def _bare(message: str) -> str:
+    """A config error without its place: the tune file's entry is the place to blame."""
+    message = re.sub(r"^override '[^']*': ", "", message)
+    message = re.sub(r"^(command line|[^\s:][^:]*:\d+(:\d+)?): ", "", message)
+    return re.sub(r" \([^()]* set on the command line\)$", "", message)
+
+
+def signature(spec: TuneSpec) -> dict:
+    """What a study was begun with and must keep: the metric and every space entry, as plain data."""
+    return {"metric": spec.metric, "space": {p.key: {p.kind: list(p.values)} for p in spec.space}}
+
+
+def check_unchanged(began: dict, spec: TuneSpec, config: Config, study: str) -> None:
+    """Refuse a tune section whose metric or space differs from the one study `study` began with:
+    Optuna cannot mix the old trials' values with a new space, and the best trial would compare unlike runs.
+
+    Raises:
+        ConfigError: the first difference: which key, from what to what, and how to start afresh.
+    """
+    now = signature(spec)
+    fresh = f"a new --name starts a new study (or put back what study {study!r} began with)"
+    if began.get("metric") != now["metric"]:
+        raise ConfigError(located(f"changed since study {study!r} began: {began.get('metric')} -> {now['metric']}; "
+                                  f"{fresh}", "tune.metric", config.marks))
+    old, new = began.get("space", {}), now["space"]
+    for key in [*new, *(k for k in old if k not in new)]:
+        if old.get(key) == new.get(key):
+            continue
+        before = _entry(old.get(key), "not searched")
+        after = _entry(new.get(key), "no longer searched")
+        where = f"tune.space.{key}" if key in new else "tune.space"
+        what = f"{key}: " if key not in new else ""
+        raise ConfigError(located(f"{what}changed since study {study!r} began: {before} -> {after}; {fresh}",
+                                  where, config.marks))
+
+
+def _entry(entry: dict | None, missing: str) -> str:
+    if entry is None:
+        return missing
+    kind, values = next(iter(entry.items()))
+    return f"{{{kind}: {json.dumps(values)}}}"

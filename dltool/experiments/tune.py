@@ -6,8 +6,10 @@
     runs/NAME/trials.csv        one row per trial: number, state, value, params, run folder
 
 Several processes (--workers, or the same command on other machines with one --storage URL)
-share the study: Optuna hands out trial numbers, so no two trials share a folder. A trial whose
-process died stops sending heartbeats, is marked failed and retried with the same values.
+share the study: Optuna hands out trial numbers, so no two trials share a folder, and the count of
+finished trials is the study's (dltool.experiments.workers). A trial whose process died stops sending
+heartbeats, is marked failed and retried with the same values. A study remembers the metric and space
+it began with and refuses a tune section that changed them.
 """
 
 from __future__ import annotations
@@ -15,8 +17,8 @@ from __future__ import annotations
 import csv
 import io
 import os
+import re
 import socket
-import subprocess
 import sys
 import warnings
 from dataclasses import dataclass, field
@@ -25,15 +27,27 @@ from typing import Any, Callable, Sequence
 
 from dltool.config.load import dump_yaml, load_config
 from dltool.config.spec import located
-from dltool.errors import ConfigError, Interrupted, RunFailed, first_line
-from dltool.experiments.space import Component, Param, TuneSpec, read_tune
+from dltool.errors import ConfigError, Interrupted, RunFailed
+from dltool.experiments.space import Component, Param, TuneSpec, check_unchanged, read_tune, signature
+from dltool.experiments.storage import database_failed, open_study, redact, resolve
+from dltool.experiments.workers import (
+    FINISHED,
+    SURPLUS,
+    StudyLoop,
+    counted,
+    finished_count,
+    is_surplus,
+    start_helpers,
+    stop_helpers,
+    worker_index,
+)
 from dltool.store.writing import folder_name, write_atomic, writing
 from dltool.training.callbacks import Callback
 from dltool.training.loggers import child_runs_of, finish_study_run, study_run
+from dltool.training.runtime import StopSignal
 
-FINISHED = ("COMPLETE", "PRUNED")
-MAX_FAILED_IN_A_ROW = 5
-RETRIES = 2
+RETRIES = 2  # a trial whose process died is retried with its values this many times
+SPACE_ATTR = "dltool_tune"  # the study's user attribute holding the metric and space it began with
 
 
 @dataclass
@@ -88,7 +102,7 @@ def tune(config_path: str | Path, trials: int, *, storage: str | None = None, na
          runs_dir: str | Path = "runs", overrides: Sequence[str] = (), workers: int = 1, heartbeat: int = 10,
          on_start: Callable[[int], None] | None = None,
          on_trial: Callable[[dict, int, str], None] | None = None) -> TuneResult:
-    """Run trials until the study holds `trials` finished (complete or pruned) ones, then write
+    """Run trials until the study holds exactly `trials` finished (complete or pruned) ones, then write
     best.yaml and trials.csv.
 
     Args:
@@ -102,13 +116,15 @@ def tune(config_path: str | Path, trials: int, *, storage: str | None = None, na
         heartbeat: seconds between a trial's heartbeats; a trial silent for twice that is failed and retried.
         on_start: called with the study's finished count once it is open and the config checked.
         on_trial: called with each trial's row (see `trial_row`), the study's finished count and the metric
-            when a trial this process ran ends.
+            when a trial of any process on the study ends.
 
     Raises:
-        ConfigError: no or bad `tune:` section, a bad storage URL, --trials below 1, a --name that is
-            no plain folder name; before any trial runs.
-        RunFailed: MAX_FAILED_IN_A_ROW trials in a row failed.
-        Interrupted: a signal stopped the running trial (marked failed; a rerun goes on with the study).
+        ConfigError: no or bad `tune:` section (each space entry is built at its bounds and choices), a
+            space or metric changed since the study began, a bad or in-memory storage URL, --trials below 1,
+            a --name that is no plain folder name; before any trial runs.
+        MissingExtra: the storage URL's database driver is not installed.
+        RunFailed: MAX_FAILED_IN_A_ROW trials in a row failed, or the study's database refused a write.
+        Interrupted: a signal stopped the study; trials.csv and best.yaml were written for what finished.
     """
     if trials < 1:
         raise ConfigError(f"--trials: must be 1 or more (finished trials the study should hold); got {trials}")
@@ -116,40 +132,91 @@ def tune(config_path: str | Path, trials: int, *, storage: str | None = None, na
     base = load_config(config_path, overrides)
     spec = read_tune(base, overrides)
     name = folder_name(name if name is not None else base.stem)
-    sampler = _build(optuna.samplers, spec.sampler, "tune.sampler", base.marks)
+    _build(optuna.samplers, spec.sampler, "tune.sampler", base.marks)  # its arguments, before anything exists
     pruner = _build(optuna.pruners, spec.pruner, "tune.pruner", base.marks) if spec.pruner else optuna.pruners.NopPruner()
+    given = storage or default_storage(runs_dir, name)
+    url = resolve(given)
     folder = Path(runs_dir) / name
+    if storage:  # a server that cannot be reached leaves no folder behind
+        study = open_study(optuna, url, name, spec.direction, pruner, heartbeat, RETRIES, given)
     with writing(folder, "choose a writable --runs-dir"):
         folder.mkdir(parents=True, exist_ok=True)
-    url = storage or default_storage(runs_dir, name)
-    study = _study(optuna, spec.direction, sampler, pruner, name, url, heartbeat)
-    tracked = study_run(base, Path(runs_dir), study)  # train.loggers: mlflow: trials are its child runs
-    started: list[int] = []  # the numbers of the trials this process ran
-    objective = _objective(optuna, spec, Path(config_path), overrides, folder / "trials", started)
+    if not storage:
+        study = open_study(optuna, url, name, spec.direction, pruner, heartbeat, RETRIES, given)
+    with StopSignal() as stop:
+        try:
+            return _run(optuna, study, spec, base, Path(config_path), overrides, folder, given,
+                        Plan(trials, workers, heartbeat, str(runs_dir)), stop, on_start, on_trial)
+        except optuna.exceptions.StorageInternalError as exc:
+            raise database_failed(exc, given) from None
+
+
+@dataclass(frozen=True)
+class Plan:
+    """How this command works on its study: the finished trials to reach, the processes, the heartbeat."""
+
+    trials: int
+    workers: int
+    heartbeat: int
+    runs_dir: str
+
+
+def _run(optuna: Any, study: Any, spec: TuneSpec, base: Any, config_path: Path, overrides: Sequence[str],
+         folder: Path, url: str, plan: Plan, stop: Any, on_start: Callable | None,
+         on_trial: Callable | None) -> TuneResult:
+    """Check the study against the tune section, run this process's trials (and start the helpers),
+    and write the results, also when interrupted."""
+    began = study.user_attrs.get(SPACE_ATTR)
+    if began is None:
+        study.set_user_attr(SPACE_ATTR, signature(spec))
+    else:
+        check_unchanged(began, spec, base, study.study_name)
+    # seeded from the study too, so that a continued study draws new points rather than the first ones
+    # again, and each --workers process its own
+    study.sampler = _build(optuna.samplers, spec.sampler, "tune.sampler", base.marks,
+                           len(study.get_trials()) + worker_index())
+    tracked = study_run(base, Path(plan.runs_dir), study)  # train.loggers: mlflow: trials are its child runs
+    mine: list[int] = []
+    objective = _objective(optuna, spec, config_path, overrides, folder / "trials", mine, plan.trials, stop)
     if on_start is not None:
         on_start(finished_count(study))
-    argv = [sys.executable, "-m", "dltool", "tune", str(config_path), "--trials", str(trials), "--storage", url,
-            "--name", name, "--runs-dir", str(runs_dir), "--heartbeat", str(heartbeat), "--quiet", *overrides]
-    helpers = _start_workers(argv, workers - 1, folder)
+    argv = [sys.executable, "-m", "dltool", "tune", str(config_path), "--trials", str(plan.trials), "--storage", url,
+            "--name", study.study_name, "--runs-dir", plan.runs_dir, "--heartbeat", str(plan.heartbeat), "--quiet",
+            *overrides]
+    helpers = start_helpers(argv, plan.workers - 1, folder)
+    loop = StudyLoop(optuna, study, objective, plan.trials, mine,
+                     lambda row, done: on_trial and on_trial(row, done, spec.metric), trial_row, stop)
     try:
         with child_runs_of(tracked):
-            _optimize(study, objective, trials, started,
-                      lambda row, done: on_trial and on_trial(row, done, spec.metric))
-    finally:
-        for helper in helpers:
-            helper.wait()
-    result = write_results(study, spec, Path(config_path), overrides, folder, url)
+            loop.run()
+    except (Interrupted, KeyboardInterrupt) as exc:
+        stop_helpers(helpers)
+        result = write_results(study, spec, config_path, overrides, folder, url)
+        raise _interrupted(exc, stop, result) from None
+    except BaseException:  # a failed study (a full disk, failed trials) stops its helpers too
+        stop_helpers(helpers)
+        raise
+    for helper in helpers:
+        helper.wait()
+    loop.report()  # the helpers' last trials
+    result = write_results(study, spec, config_path, overrides, folder, url)
     finish_study_run(tracked, folder, result.best_value)
     return result
 
 
-def _start_workers(argv: Sequence[str], count: int, folder: Path) -> list[subprocess.Popen]:
-    """`count` more processes on the same study; each writes its messages to folder/worker-K.log."""
-    helpers = []
-    for i in range(1, count + 1):
-        with open(folder / f"worker-{i}.log", "ab") as log:
-            helpers.append(subprocess.Popen(list(argv), stdin=subprocess.DEVNULL, stdout=log, stderr=log))
-    return helpers
+def _interrupted(exc: BaseException, stop: Any, result: TuneResult) -> Interrupted:
+    """One line: what stopped, what was written, how to go on."""
+    named = re.match(r"interrupted by (\w+)", str(exc))
+    how = stop.requested or (named.group(1) if named else "SIGINT" if isinstance(exc, KeyboardInterrupt) else None)
+    done = sum(t["state"] in FINISHED for t in result.trials)
+    wrote = result.folder / "trials.csv"
+    if result.best_trial is not None:
+        wrote = f"{result.folder / 'best.yaml'} and {wrote}"
+    stopped = Interrupted(f"interrupted{f' by {how}' if how else ''}: the study holds {done} finished "
+                          f"trial{'' if done == 1 else 's'}; "
+                          f"wrote {wrote}; run the same dltool tune command again to go on with the study")
+    stopped.exit_code = getattr(exc, "exit_code", 130)
+    return stopped
 
 
 def _optuna() -> Any:
@@ -159,32 +226,9 @@ def _optuna() -> Any:
     return optuna
 
 
-def _study(optuna: Any, direction: str, sampler: Any, pruner: Any, name: str, url: str, heartbeat: int) -> Any:
-    """The study in `url`, created on first use; every process opens it the same way."""
-    from sqlalchemy.exc import SQLAlchemyError
-
-    engine = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else None
-    try:
-        with warnings.catch_warnings():  # heartbeats are "experimental" in Optuna, and have been since 2.x
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            storage = optuna.storages.RDBStorage(url, engine_kwargs=engine, heartbeat_interval=heartbeat,
-                                                 grace_period=2 * heartbeat, **_retry(optuna))
-        return optuna.create_study(study_name=name, storage=storage, load_if_exists=True, direction=direction,
-                                   sampler=sampler, pruner=pruner)
-    except (SQLAlchemyError, ImportError) as exc:
-        first = first_line(exc)
-        raise ConfigError(f"--storage: cannot open {redact(url)}: {first}") from None
-
-
-def _retry(optuna: Any) -> dict:
-    """Retry a trial whose process died, under the name this Optuna version gives the callback."""
-    if hasattr(optuna.storages, "RetryHeartbeatStaleTrialCallback"):  # Optuna >= 4.9
-        return {"heartbeat_stale_trial_callback": optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=RETRIES)}
-    return {"failed_trial_callback": optuna.storages.RetryFailedTrialCallback(max_retry=RETRIES)}
-
-
-def _build(module: Any, component: Component, key: str, marks: Any) -> Any:
-    """An Optuna sampler or pruner by its class name (any case), with its arguments."""
+def _build(module: Any, component: Component, key: str, marks: Any, seed_offset: int = 0) -> Any:
+    """An Optuna sampler or pruner by its class name (any case), with its arguments; an integer `seed`
+    is moved on by `seed_offset`."""
     import inspect
 
     from dltool.config.registry import suggest
@@ -194,46 +238,39 @@ def _build(module: Any, component: Component, key: str, marks: Any) -> Any:
     if found is None:
         raise ConfigError(located(f"unknown {key.split('.')[1]} {component.name!r}{suggest(component.name, names)} "
                                   f"(allowed: {', '.join(sorted(names))})", key, marks))
+    kwargs = dict(component.kwargs)
+    if isinstance(kwargs.get("seed"), int) and not isinstance(kwargs["seed"], bool):
+        kwargs["seed"] += seed_offset
     try:
-        return getattr(module, found)(**component.kwargs)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # Optuna's "experimental" notes on some samplers' arguments
+            return getattr(module, found)(**kwargs)
     except (TypeError, ValueError) as exc:
         raise ConfigError(located(f"{found} refuses its arguments {dict(component.kwargs)}: {exc}", key, marks)) from None
 
 
-def redact(url: str) -> str:
-    """The storage URL without its password, as it may be shown or written."""
-    from sqlalchemy.engine import make_url
-    from sqlalchemy.exc import ArgumentError
-
-    try:
-        return make_url(url).render_as_string(hide_password=True)
-    except ArgumentError:
-        return url
-
-
 def _objective(optuna: Any, spec: TuneSpec, config_path: Path, overrides: Sequence[str], trials_dir: Path,
-               started: list[int]) -> Callable:
+               started: list[int], target: int, stop: Any) -> Callable:
     from dltool.training.train import train
 
     def objective(trial: Any) -> float:
+        if is_surplus(trial.study, trial.number, target):  # another process took the last place first
+            trial.set_user_attr(SURPLUS, True)
+            raise optuna.TrialPruned("surplus: the study holds its trials")
         started.append(trial.number)
         trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
         values = {param.key: _draw(trial, param) for param in spec.space}
         run_name = f"{trial.number:03d}"
         trial.set_user_attr("run_dir", str(trials_dir / run_name))
+        if stop():
+            raise Interrupted(f"interrupted by {stop.requested} before trial {trial.number}")
         reporter = TrialReporter(trial, spec.metric, spec.direction)
         try:
             result = train(config_path, runs_dir=trials_dir, name=run_name, callbacks=[reporter],
                            overrides=[*overrides, "tune=", *(p.override(values[p.key]) for p in spec.space)])
-        except RunFailed as exc:
+        except (RunFailed, Interrupted) as exc:
             trial.set_user_attr("error", str(exc))
             raise
-        except Interrupted as exc:
-            trial.set_user_attr("error", str(exc))
-            stopped = Interrupted(f"{exc}; or go on with the study: run the same dltool tune command again "
-                                  "(this trial is marked failed)")
-            stopped.exit_code = exc.exit_code
-            raise stopped from None
         trial.set_user_attr("run_dir", str(result.run_dir))
         if result.summary["status"] == "pruned":
             raise optuna.TrialPruned(f"pruned at epoch {reporter.pruned_at}")
@@ -250,26 +287,6 @@ def _draw(trial: Any, param: Param) -> Any:
     return trial.suggest_float(param.key, *param.values, log=param.kind == "log")
 
 
-def finished_count(study: Any) -> int:
-    return sum(1 for t in study.get_trials(deepcopy=False) if t.state.name in FINISHED)
-
-
-def _optimize(study: Any, objective: Callable, trials: int, started: list[int], on_trial: Callable) -> None:
-    """One trial at a time, counting the study's finished trials (all processes' together) before each."""
-    failed_in_a_row = 0
-    while finished_count(study) < trials:
-        count = len(started)
-        study.optimize(objective, n_trials=1, catch=(RunFailed,), gc_after_trial=False)
-        if len(started) == count:
-            continue
-        last = study.get_trials(deepcopy=False)[started[-1]]
-        failed_in_a_row = failed_in_a_row + 1 if last.state.name == "FAIL" else 0
-        on_trial(trial_row(last), finished_count(study))
-        if failed_in_a_row >= MAX_FAILED_IN_A_ROW:
-            raise RunFailed(f"tune: {failed_in_a_row} trials in a row failed (last: trial {last.number}: "
-                            f"{last.user_attrs.get('error', 'see its run folder')}); narrow tune.space")
-
-
 def trial_row(trial: Any) -> dict:
     """One trial as plain data: number, state, value, params by override path, run folder."""
     return {"number": trial.number, "state": trial.state.name, "value": trial.value, "params": dict(trial.params),
@@ -281,7 +298,7 @@ def trial_row(trial: Any) -> dict:
 def write_results(study: Any, spec: TuneSpec, config_path: Path, overrides: Sequence[str], folder: Path,
                   url: str) -> TuneResult:
     """trials.csv and (once a trial completed) best.yaml; the result as plain data."""
-    rows = [trial_row(t) for t in study.get_trials(deepcopy=False)]
+    rows = [trial_row(t) for t in counted(study.get_trials(deepcopy=False))]
     keys = [p.key for p in spec.space]
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
@@ -303,7 +320,7 @@ def write_results(study: Any, spec: TuneSpec, config_path: Path, overrides: Sequ
 
 
 def _best(study: Any) -> Any:
-    complete = [t for t in study.get_trials(deepcopy=False) if t.state.name == "COMPLETE"]
+    complete = [t for t in counted(study.get_trials(deepcopy=False)) if t.state.name == "COMPLETE"]
     return study.best_trial if complete else None
 
 
