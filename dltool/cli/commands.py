@@ -129,6 +129,10 @@ def config_command(
 
         check_config(loaded)
         data = loaded.to_data()
+    from dltool.data.draft import decode_size, reads_files
+
+    if reads_files(loaded.data):
+        stderr_console().print(decode_size(loaded.data).describe(), markup=False, highlight=False, soft_wrap=True)
     if as_json:
         print_json(data)
     else:

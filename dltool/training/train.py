@@ -130,6 +130,8 @@ class Session:
         self.loss_fn = build_loss(config.loss, counts).to(self.device)
         self.optimizer = build_optimizer(config.optimizer, self.model, device=self.device)
         self.train_loader, self.val_loader = self._loaders()
+        if getattr(self.train_loader, "path", ""):
+            self.callback.on_message(self.train_loader.path)  # which loading path, and why
         self.steps_per_epoch = math.ceil(len(self.train_loader) / train_cfg.accumulate)
         self.schedule = self._schedule(train_cfg.epochs)
         self.monitor, self.mode = self._monitor()
