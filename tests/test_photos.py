@@ -51,8 +51,8 @@ def test_one_decode_size_per_config_the_larger_need_and_full_turns_it_off():
     data = _data([{"RandomResizedCrop": {"size": 112, "scale": [0.35, 1.0]}}, "ToTensor"],
                  [{"Resize": 128}, {"CenterCrop": 112}, "ToTensor"])
     assert decode_size(data).short_side == 219
-    assert decode_size(data).describe() == ("photos decoded at 219 px on the short side (JPEGs drafted by libjpeg, "
-                                            "smaller images as they are): the most the train (219 px) and eval "
+    assert decode_size(data).describe() == ("photos decoded at 219 px on the short side (JPEGs larger than that, drafted "
+                                            "by libjpeg; other formats in full): the most the train (219 px) and eval "
                                             "(128 px) transforms need")
     full = _data([{"Resize": 64}], decode="full")
     assert decode_size(full).describe() == "photos decoded in full: data.decode: full"
@@ -108,6 +108,8 @@ def test_reduced_decoding_gives_the_short_side_asked_and_the_picture_of_a_full_d
         expected = full.resize(reduced.size, Image.BILINEAR)
         difference = np.abs(np.asarray(reduced, np.float32) - np.asarray(expected, np.float32)).mean()
         assert difference < 6, path  # the same picture, decoded at another scale
+    _photo((800, 600)).save(tmp_path / "big.png")
+    assert load_image(str(tmp_path / "big.png"), BIG, 150).size == (800, 600)  # other formats: in full, as before
 
 
 def _folder_config(root, **data):
@@ -258,5 +260,5 @@ def test_data_and_config_show_the_decode_size_and_the_cache(tmp_path):
     assert report["splits"]["train"]["reading"].startswith("images decoded once at 63 px on the short side into a")
     shown = _invoke("config", tmp_path / "cfg.yaml")
     assert shown.exit_code == 0
-    assert ("photos decoded at 63 px on the short side (JPEGs drafted by libjpeg, smaller images as they are): "
-            "the most the train (63 px) and eval (40 px) transforms need") in shown.stderr
+    assert ("photos decoded at 63 px on the short side (JPEGs larger than that, drafted by libjpeg; "
+            "other formats in full): the most the train (63 px) and eval (40 px) transforms need") in shown.stderr

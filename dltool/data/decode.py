@@ -70,7 +70,8 @@ def looks_complete(path: str, header: Header) -> bool:
 
 def load_image(path: str, max_pixels: int, short_side: int | None = None) -> Image.Image:
     """Decode `path` into an upright 8-bit 'L' (grayscale sources) or 'RGB' image: in full, or, given
-    `short_side`, reduced to it (dltool.data.draft: JPEGs drafted, larger images resized).
+    `short_side`, a JPEG reduced to it (dltool.data.draft: drafted, then resized); other formats
+    are decoded in full.
 
     Raises:
         ImageError: the file is empty, truncated, not an image, or has more than `max_pixels` pixels.
@@ -80,14 +81,15 @@ def load_image(path: str, max_pixels: int, short_side: int | None = None) -> Ima
         # Pillow warns of damaged metadata (EXIF, TIFF tags) in files whose pixels still decode:
         # the file is used, and a warning per file would flood stderr
         warnings.simplefilter("ignore", UserWarning)
-        if short_side is not None:
+        reduce = short_side is not None and image.format == "JPEG"
+        if reduce:
             draft(image, short_side)
         try:
             image.load()
         except (OSError, SyntaxError, ValueError) as exc:
             raise ImageError(f"{path}: cannot decode ({_reason(exc)})") from None
         image = to_8bit(ImageOps.exif_transpose(image))
-        return shrink(image, short_side) if short_side is not None else image
+        return shrink(image, short_side) if reduce else image
 
 
 class _opened:

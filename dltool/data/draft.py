@@ -3,8 +3,8 @@
 A 3000x2250 photo trained at 224 pixels is shrunk by the first transform anyway. From a config's
 transform lists this module works out, once, the smallest short side that still gives every step
 the pixels it needs (`decode_size`); a JPEG is then decoded by libjpeg at 1/2, 1/4 or 1/8 of its
-size (PIL's `Image.draft`, never below that short side) and every image larger than it is resized
-to it (`shrink`). Training, eval, predict and exported models all decode the same way: the size is
+size (PIL's `Image.draft`, never below that short side), then resized to it (`shrink`); other
+formats are decoded in full, as before. Training, eval, predict and exported models all decode the same way: the size is
 part of the eval preprocessing plan.
 
 The need of each list is set by its first step that resizes (a Resize, RandomResizedCrop,
@@ -46,8 +46,8 @@ class DecodeSize:
         """One line for `dltool data` and `dltool config`."""
         if self.short_side is None:
             return f"photos decoded in full: {self.reason}"
-        return (f"photos decoded at {self.short_side} px on the short side (JPEGs drafted by libjpeg, "
-                f"smaller images as they are): {self.reason}")
+        return (f"photos decoded at {self.short_side} px on the short side (JPEGs larger than that, drafted "
+                f"by libjpeg; other formats in full): {self.reason}")
 
 
 def decode_size(data: Any) -> DecodeSize:
@@ -142,9 +142,9 @@ def _crop_need(sides: tuple[int, int] | None, scale: Any, ratio: Any) -> int | N
 
 
 def draft(image: Image.Image, short_side: int) -> None:
-    """Ask libjpeg for the largest 1/2, 1/4 or 1/8 scale that keeps both sides >= `short_side`
-    (other formats ignore it). Call on a freshly opened image, before it is loaded."""
-    if image.format == "JPEG" and min(image.size) > short_side:
+    """Ask libjpeg for the largest 1/2, 1/4 or 1/8 scale that keeps both sides >= `short_side`.
+    Call on a freshly opened JPEG, before it is loaded."""
+    if min(image.size) > short_side:
         image.draft(None, (short_side, short_side))
 
 
@@ -160,10 +160,10 @@ def shrink(image: Image.Image, short_side: int) -> Image.Image:
     return image.resize(size, resample=Image.BILINEAR)
 
 
-def decoded_pixels(width: int, height: int, short_side: int | None) -> int:
-    """Pixels of a width x height image once decoded at `short_side` (an upper bound: drafting
-    may round the long side one pixel up)."""
+def decoded_pixels(width: int, height: int, image_format: str, short_side: int | None) -> int:
+    """Pixels of a width x height image of `image_format` once decoded at `short_side` (an upper
+    bound: drafting may round the long side one pixel up)."""
     short, long = min(width, height), max(width, height)
-    if short_side is None or short <= short_side:
+    if short_side is None or image_format != "JPEG" or short <= short_side:
         return width * height
     return short_side * (int(short_side * long / short) + 1)

@@ -54,7 +54,7 @@ def scan_split(raw: RawSplit, max_pixels: int, short_side: int | None = None,
     """
     with ThreadPoolExecutor(max_workers=4) as pool:
         dimensions = list(pool.map(lambda p: _dimensions(p, max_pixels), raw.paths))
-    sizes = [3 * decoded_pixels(width, height, short_side) for width, height in dimensions]
+    sizes = [3 * decoded_pixels(*dimension, short_side) for dimension in dimensions]
     size = sum(sizes)
     at = f"at {short_side} px on the short side" if short_side is not None else "in full"
     if budget is not None and budget.take(size):
@@ -99,9 +99,9 @@ def _scan_into(flat: Any, paths: list[str], sizes: list[int], max_pixels: int,
         return offsets, list(pool.map(decode, range(len(paths))))
 
 
-def _dimensions(path: str, max_pixels: int) -> tuple[int, int]:
+def _dimensions(path: str, max_pixels: int) -> tuple[int, int, str]:
     try:
         header = read_header(path, max_pixels)
     except ImageError:
-        return 0, 0
-    return header.width, header.height
+        return 0, 0, "?"
+    return header.width, header.height, header.format
