@@ -152,7 +152,8 @@ def plain(folder: Path, epochs: int, out: Path) -> None:
     import torch
     from torch import nn
     from torch.utils.data import DataLoader
-    from torchvision import datasets, transforms as T
+    from torchvision import datasets
+    from torchvision import transforms as T
 
     torch.manual_seed(0)
     norm = T.Normalize(MEAN, STD)
