@@ -158,7 +158,7 @@ def test_workers_default_to_one_per_cpu_but_one_and_the_config_wins(tmp_path, mo
     config = _folder_config(tmp_path / "photos")
     bundle = build_data(config)
     loader = make_loader(bundle.train, config.data, train=True, seed=0)
-    assert loader.loader.num_workers == 3 and loader.loader.persistent_workers
+    assert loader.loader.num_workers == 3
     assert loader.path == (
         "data: images decoded once at 63 px on the short side into a 0.1 MB cache shared with the loader's workers; "
         "transformed one sample at a time in 3 worker processes (4 CPUs, one left for training; data.num_workers "
@@ -262,3 +262,20 @@ def test_data_and_config_show_the_decode_size_and_the_cache(tmp_path):
     assert shown.exit_code == 0
     assert ("photos decoded at 63 px on the short side (JPEGs larger than that, drafted by libjpeg; "
             "other formats in full): the most the train (63 px) and eval (40 px) transforms need") in shown.stderr
+
+
+def test_predict_on_a_folder_decodes_in_threads_batch_after_batch_with_progress(photo_run, tmp_path):
+    from dltool.inference.predict import predict
+
+    folder, run, _ = photo_run
+    whole = {p.path: p.top for p in predict([str(folder / "photos")], run, batch_size=64)}
+    (tmp_path / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not a jpeg")
+    seen = []
+    batched = predict([str(folder / "photos"), str(tmp_path / "broken.jpg")], run, batch_size=3,
+                      on_progress=lambda done, total: seen.append((done, total)))
+    assert seen == [(3, 9), (6, 9), (9, 9)]
+    assert [p.path for p in batched[:8]] == sorted(whole)
+    for p in batched[:8]:
+        assert p.top[0]["class"] == whole[p.path][0]["class"]
+        assert abs(p.top[0]["probability"] - whole[p.path][0]["probability"]) < 1e-6
+    assert batched[8].error is not None and batched[8].top is None

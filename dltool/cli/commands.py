@@ -508,7 +508,9 @@ def predict_command(
         if output_format not in ("table", "json", "csv"):
             raise ConfigError(f"--format: unknown format {output_format!r}; allowed: table, json, csv")
         load_user_code(code)
-        predictions = predict(inputs, model, topk=topk, batch_size=batch_size, device=device)
+        with _PredictProgress(stderr_console()) as progress:
+            predictions = predict(inputs, model, topk=topk, batch_size=batch_size, device=device,
+                                  on_progress=progress.update)
     if output_format == "json":
         print_json([p.to_json() for p in predictions])
     elif output_format == "csv":
@@ -527,6 +529,32 @@ def predict_command(
         text = first if len(failed) == 1 else f"{len(failed)} of {len(predictions)} inputs could not be classified (first: {first})"
         stderr_console().print(f"[red]error:[/red] {escape(text)}", soft_wrap=True)
         raise typer.Exit(code=2)
+
+
+class _PredictProgress:
+    """A bar of files classified on a terminal's stderr, once there is more than one batch."""
+
+    def __init__(self, console):
+        self.console, self.bar, self.task = console, None, None
+
+    def __enter__(self) -> _PredictProgress:
+        return self
+
+    def update(self, done: int, total: int) -> None:
+        if not self.console.is_terminal or done >= total and self.bar is None:
+            return
+        if self.bar is None:
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+            self.bar = Progress(TextColumn("images"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                                console=self.console, transient=True)
+            self.task = self.bar.add_task("images", total=total)
+            self.bar.start()
+        self.bar.update(self.task, completed=done)
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self.bar is not None:
+            self.bar.stop()
 
 
 @app.command("export")

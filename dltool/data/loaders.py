@@ -106,8 +106,7 @@ def make_loader(dataset: Any, data: Any, *, train: bool, seed: int, device: str 
     loader = DataLoader(
         dataset, batch_size=data.batch_size if train else (data.eval_batch_size or data.batch_size),
         sampler=sampler, num_workers=workers, drop_last=train and data.drop_last,
-        # workers dltool chose stay for the next epoch: forking them again costs more than they hold
-        pin_memory=pin, persistent_workers=workers > 0 and (data.persistent_workers or data.num_workers is None),
+        pin_memory=pin, persistent_workers=data.persistent_workers and workers > 0,
         worker_init_fn=seed_worker if workers else None,
         generator=torch.Generator().manual_seed(epoch_seed(seed, 0, 3)),
     )

@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import glob
 import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
 from dltool.errors import ConfigError, ImageError
 from dltool.inference.preprocess_numpy import checked_input
@@ -125,8 +126,11 @@ class Predictor:
 
 
 def predict(inputs: Sequence[str], model_path: str | Path, *, topk: int = 5, batch_size: int = 64,
-            device: str = "auto") -> list[Prediction]:
+            device: str = "auto", on_progress: Callable[[int, int], None] | None = None) -> list[Prediction]:
     """Classify every image the inputs name, in batches; unreadable inputs get an error entry.
+
+    The files of the next batch are decoded and preprocessed in threads (PIL decodes without the
+    GIL) while the model runs the current one.
 
     Args:
         inputs: files, folders (searched recursively for image files) and glob patterns.
@@ -134,6 +138,7 @@ def predict(inputs: Sequence[str], model_path: str | Path, *, topk: int = 5, bat
         topk: how many classes to list per image.
         batch_size: images per forward pass.
         device: auto, cpu, cuda or cuda:N.
+        on_progress: called with (inputs done, inputs in all) after every batch.
 
     Returns:
         One Prediction per file found (or per input that named nothing), in input order.
@@ -145,22 +150,36 @@ def predict(inputs: Sequence[str], model_path: str | Path, *, topk: int = 5, bat
     if topk < 1 or batch_size < 1:
         raise ConfigError(f"--topk and --batch-size must be >= 1; got {topk} and {batch_size}")
     predictor = open_predictor(model_path, device)
+    found = expand_inputs(inputs)
+    chunks = list(_chunks(found, batch_size))
     results: list[Prediction] = []
-    for chunk in _chunks(expand_inputs(inputs), batch_size):
-        ready, tensors = [], []
-        for path, error in chunk:
-            prediction = Prediction(path, error=error)
-            results.append(prediction)
-            if error is None:
-                try:
-                    tensors.append(predictor.load(path))
-                    ready.append(prediction)
-                except ImageError as exc:
-                    prediction.error = _without_path(str(exc), path)
-        if tensors:
-            for prediction, (top, value) in zip(ready, predictor.classify(tensors, topk)):
-                prediction.top, prediction.value = top, value
+    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
+        pending = [pool.submit(_read, predictor, item) for item in (chunks[0] if chunks else [])]
+        for k in range(len(chunks)):
+            read = [future.result() for future in pending]
+            pending = [pool.submit(_read, predictor, item) for item in (chunks[k + 1] if k + 1 < len(chunks) else [])]
+            results += [prediction for prediction, _ in read]
+            ready = [(prediction, x) for prediction, x in read if x is not None]
+            if ready:
+                rows = predictor.classify([x for _, x in ready], topk)
+                for (prediction, _), (top, value) in zip(ready, rows):
+                    prediction.top, prediction.value = top, value
+            if on_progress is not None:
+                on_progress(len(results), len(found))
     return results
+
+
+def _read(predictor: Any, item: tuple[str, str | None]) -> tuple[Prediction, Any]:
+    """(the Prediction of one input, its model input or None when it has an error)."""
+    path, error = item
+    prediction = Prediction(path, error=error)
+    if error is not None:
+        return prediction, None
+    try:
+        return prediction, predictor.load(path)
+    except ImageError as exc:
+        prediction.error = _without_path(str(exc), path)
+        return prediction, None
 
 
 def open_predictor(model_path: str | Path, device: str = "auto") -> Any:
