@@ -279,3 +279,27 @@ def test_predict_on_a_folder_decodes_in_threads_batch_after_batch_with_progress(
         assert p.top[0]["class"] == whole[p.path][0]["class"]
         assert abs(p.top[0]["probability"] - whole[p.path][0]["probability"]) < 1e-6
     assert batched[8].error is not None and batched[8].top is None
+
+
+def _lock_is_open(fd, answer):
+    try:
+        os.fstat(fd)
+        answer.put(True)
+    except OSError:
+        answer.put(False)
+
+
+def test_a_forked_worker_does_not_keep_the_run_folder_locked(tmp_path):
+    import multiprocessing
+
+    from dltool.training.runs import RunDir
+
+    (tmp_path / "run").mkdir()
+    run = RunDir(tmp_path / "run").hold()
+    context = multiprocessing.get_context("fork")
+    answer = context.Queue()
+    child = context.Process(target=_lock_is_open, args=(run._lock, answer))
+    child.start()
+    child.join(30)
+    assert answer.get(timeout=5) is False  # the child closed its copy of the lock at once
+    run.release()

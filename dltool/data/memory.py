@@ -233,7 +233,7 @@ def memory_loader(dataset: Any, data: Any, sampler: EpochSampler, *, train: bool
     held = MemoryLoader(dataset, images, ops, sampler, batch_size=batch_size, drop_last=train and data.drop_last,
                         seed=seed, device=torch.device(device), batch_transform=batch_transform, raw_ops=raw_ops)
     source = getattr(getattr(dataset, "items", None), "note", "") or "samples read from the dataset"
-    held.path = (f"data: {source}; then held as one {images.numel() / 2**20:,.0f} MB uint8 tensor on {device} "
+    held.path = (f"data: {source}; then held as one {images.numel() / 2**20:,.1f} MB uint8 tensor on {device} "
                  "and transformed a batch at a time in this process (it fits data.cache_budget_mb)")
     return held
 

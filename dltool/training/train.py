@@ -130,8 +130,6 @@ class Session:
         self.loss_fn = build_loss(config.loss, counts).to(self.device)
         self.optimizer = build_optimizer(config.optimizer, self.model, device=self.device)
         self.train_loader, self.val_loader = self._loaders()
-        if getattr(self.train_loader, "path", ""):
-            self.callback.on_message(self.train_loader.path)  # which loading path, and why
         self.steps_per_epoch = math.ceil(len(self.train_loader) / train_cfg.accumulate)
         self.schedule = self._schedule(train_cfg.epochs)
         self.monitor, self.mode = self._monitor()
@@ -374,6 +372,8 @@ class Session:
         if self.resume_rng is None:
             self._start_board()
         self.callback.on_fit_start(self._info())
+        if getattr(self.train_loader, "path", ""):
+            self.callback.on_message(self.train_loader.path)  # which loading path, and why
         if self.bundle.val is None and self.resume_rng is None and self.config.train.monitor == "auto":
             self.callback.on_message("no validation split (data.val_split: 0): the best checkpoint follows "
                                      "train_loss")
