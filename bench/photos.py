@@ -15,6 +15,9 @@ process seconds, final validation accuracy, and peak memory (PSS summed over the
 workers, sampled every 0.2 s). Goals: >= 2x the plain loop's throughput, <= 0.8x its whole time,
 accuracy within a few points.
 
+Then `dltool predict` on the whole folder against a plain batched script (DataLoader, 2 workers,
+batches of 64, the eval transforms): images/s over the whole process.
+
 `--small` adds the small-image folders (200 32x32 PNGs; 200 JPEGs of 160-400 px): dltool's defaults
 against the same run with the previous defaults (data.decode=full data.photo_cache_mb=0
 data.num_workers=0), whole process seconds and samples/s; goal: no slower.
@@ -133,7 +136,7 @@ def run_dltool(work: Path, folder: Path, epochs: int, name: str, overrides: list
     cfg = work / "photos.yaml"
     cfg.write_text(config_text(folder, epochs))
     seconds, peak, output = timed([sys.executable, "-m", "dltool", "train", str(cfg), "--runs-dir",
-                                   str(work / "runs"), "--name", name, "--quiet", *overrides], ROOT)
+                                   str(work / "runs"), "--name", name, *overrides], ROOT)
     summary = json.loads((work / "runs" / name / "summary.json").read_text())
     line = next((x for x in output.splitlines() if x.startswith("data: ")), "")
     return {"seconds": seconds, "peak_mb": peak / 2**20, "samples_per_second": summary["train_samples_per_second"],
@@ -190,6 +193,39 @@ def plain(folder: Path, epochs: int, out: Path) -> None:
     print(json.dumps({"samples_per_second": samples / train_seconds, "val_accuracy": accuracy}))
 
 
+def plain_predict(folder: Path) -> None:
+    """A plain batched predict script: every JPEG under `folder` through the eval transforms, 2
+    DataLoader workers, batches of 64; prints the number of images."""
+    import torch
+    from PIL import Image
+    from torch import nn
+    from torch.utils.data import DataLoader
+    from torchvision import transforms as T
+
+    files = sorted(folder.rglob("*.jpg"))
+    tf = T.Compose([T.Resize(128), T.CenterCrop(112), T.ToTensor(), T.Normalize(MEAN, STD)])
+    model = nn.Sequential(nn.Conv2d(3, 16, 3, 2, 1), nn.BatchNorm2d(16), nn.ReLU(),
+                          nn.Conv2d(16, 32, 3, 2, 1), nn.BatchNorm2d(32), nn.ReLU(),
+                          nn.Conv2d(32, 64, 3, 2, 1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                          nn.Linear(64, 2)).eval()
+    loader = DataLoader(files, batch_size=64, num_workers=2,
+                        collate_fn=lambda paths: torch.stack([tf(Image.open(p).convert("RGB")) for p in paths]))
+    done = 0
+    with torch.no_grad():
+        for x in loader:
+            done += len(model(x).softmax(1))
+    print(done)
+
+
+def compare_predict(work: Path, folder: Path, run: Path) -> None:
+    count = len(list(folder.rglob("*.jpg")))
+    ours, _, _ = timed([sys.executable, "-m", "dltool", "predict", str(folder), "--model", str(run),
+                        "--format", "csv"], ROOT)
+    theirs, _, _ = timed([sys.executable, __file__, "--plain-predict", str(folder)], ROOT)
+    print(f"predict {count} photos: {count / ours:.1f} vs {count / theirs:.1f} images/s, whole process "
+          f"({theirs / ours:.2f}x)", flush=True)
+
+
 def compare_phone(work: Path, count: int, epochs: int, rounds: int) -> None:
     folder = make_folder(CACHE / f"phone-{count}", count, [(3000, 2250), (2250, 3000)])
     rows = []
@@ -209,6 +245,7 @@ def compare_phone(work: Path, count: int, epochs: int, rounds: int) -> None:
     whole = statistics.median(r["dltool"]["seconds"] / r["plain"]["seconds"] for r in rows)
     print(f"phone photos, median of {rounds}: throughput {speed:.2f}x (goal >= 2), whole process {whole:.2f}x "
           f"(goal <= 0.8)")
+    compare_predict(work, folder, work / "runs" / f"phone-{rounds - 1}")
 
 
 def compare_small(work: Path, epochs: int) -> None:
@@ -232,8 +269,12 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--small", action="store_true")
     parser.add_argument("--plain", type=Path)
+    parser.add_argument("--plain-predict", type=Path)
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
+    if args.plain_predict is not None:
+        plain_predict(args.plain_predict)
+        return
     if args.plain is not None:
         plain(args.plain, args.epochs, args.out)
         return

@@ -303,3 +303,14 @@ def test_a_forked_worker_does_not_keep_the_run_folder_locked(tmp_path):
     child.join(30)
     assert answer.get(timeout=5) is False  # the child closed its copy of the lock at once
     run.release()
+
+
+def test_a_cache_larger_than_the_shared_memory_free_is_not_made(tmp_path, monkeypatch):
+    from dltool.data import photos
+    from dltool.data.build import build_data
+
+    _jpegs(tmp_path / "photos")
+    monkeypatch.setattr(photos, "shm_free", lambda: 1000)
+    bundle = build_data(_folder_config(tmp_path / "photos"))
+    assert bundle.train.items.note == ("images decoded at 63 px on the short side on every read, not cached: the "
+                                       "decoded images need 0 MB, over the 0 MB free in /dev/shm")

@@ -17,6 +17,7 @@ import numpy as np
 from PIL import Image
 
 MB = 2**20
+SHM = "/dev/shm"
 
 
 def default_budget_mb() -> int:
@@ -28,6 +29,16 @@ def default_budget_mb() -> int:
     return int(total // 4 // MB)
 
 
+def shm_free() -> int:
+    """Bytes free in the file system shared memory lives in (a tensor larger than that would crash
+    the process when its pages are touched); unlimited where there is no such folder."""
+    try:
+        info = os.statvfs(SHM)
+    except OSError:
+        return 2**62
+    return info.f_bavail * info.f_frsize
+
+
 class Budget:
     """Bytes the caches of one build may still take (shared by its splits)."""
 
@@ -36,8 +47,9 @@ class Budget:
         self.left = self.megabytes * MB
 
     def take(self, size: int) -> bool:
-        """Reserve `size` bytes if they fit; False (and nothing reserved) if not."""
-        if self.megabytes == 0 or size > self.left:
+        """Reserve `size` bytes if they fit (also in the shared-memory file system); False (and
+        nothing reserved) if not."""
+        if self.megabytes == 0 or size > self.left or size > shm_free():
             return False
         self.left -= size
         return True
@@ -46,6 +58,8 @@ class Budget:
         """Why a split of `size` decoded bytes is not cached, in words."""
         if self.megabytes == 0:
             return "data.photo_cache_mb: 0"
+        if size <= self.left:
+            return f"the decoded images need {size / MB:,.0f} MB, over the {shm_free() / MB:,.0f} MB free in {SHM}"
         return f"the decoded images need {size / MB:,.0f} MB, over what is left of data.photo_cache_mb {self.megabytes}"
 
 
