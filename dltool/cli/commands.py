@@ -176,6 +176,10 @@ def config_command(
             stderr_console().print(note, markup=False, soft_wrap=True)
         check_config(loaded)
         data = loaded.to_data()
+    from dltool.data.draft import decode_size, reads_files
+
+    if reads_files(loaded.data):
+        stderr_console().print(decode_size(loaded.data).describe(), markup=False, highlight=False, soft_wrap=True)
     if as_json:
         print_json(data)
     else:
@@ -612,8 +616,9 @@ def predict_command(
             heat = PredictCams(model, device=device, method=cam_method, layer=cam_layer, cam_class=cam_class)
         elif cam_class is not None or cam_layer is not None:
             raise ConfigError("--cam-class and --cam-layer choose what --cam DIR draws; add --cam DIR")
-        predictions = predict(inputs, model, topk=topk, batch_size=batch_size, device=device, tta=tta,
-                              trust_program=trust_program)
+        with _PredictProgress(stderr_console()) as progress:
+            predictions = predict(inputs, model, topk=topk, batch_size=batch_size, device=device, tta=tta,
+                                  trust_program=trust_program, on_progress=progress.update)
     if output_format == "json":
         print_json([p.to_json() for p in predictions])
     elif output_format == "csv":
@@ -641,6 +646,32 @@ def predict_command(
         text = first if len(failed) == 1 else f"{len(failed)} of {len(predictions)} inputs could not be classified (first: {first})"
         stderr_console().print(f"[red]error:[/red] {safe(text)}", soft_wrap=True)
         raise typer.Exit(code=2)
+
+
+class _PredictProgress:
+    """A bar of files classified on a terminal's stderr, once there is more than one batch."""
+
+    def __init__(self, console):
+        self.console, self.bar, self.task = console, None, None
+
+    def __enter__(self) -> _PredictProgress:
+        return self
+
+    def update(self, done: int, total: int) -> None:
+        if not self.console.is_terminal or done >= total and self.bar is None:
+            return
+        if self.bar is None:
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+            self.bar = Progress(TextColumn("images"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                                console=self.console, transient=True)
+            self.task = self.bar.add_task("images", total=total)
+            self.bar.start()
+        self.bar.update(self.task, completed=done)
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self.bar is not None:
+            self.bar.stop()
 
 
 @app.command("export")

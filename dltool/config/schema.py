@@ -29,7 +29,7 @@ class DataConfig:
     val_split: float = _f(0.2, min=0, lt=1)  # 0: train on everything, no validation
     batch_size: int = _f(64, min=1)
     eval_batch_size: Optional[int] = _f(None, min=1)
-    num_workers: int = _f(0, min=0)
+    num_workers: Optional[int] = _f(None, min=0)  # None: CPU count - 1 on the per-sample path
     shuffle: bool = True
     drop_last: bool = False
     pin_memory: Literal["auto", True, False] = "auto"
@@ -42,6 +42,8 @@ class DataConfig:
     cache: Literal["auto", "ram", "none"] = "auto"
     cache_budget_mb: int = _f(2048, min=0)
     max_image_pixels: int = _f(89_478_485, min=1)
+    decode: Literal["reduced", "full"] = "reduced"  # reduced: at the size the transforms need (data/draft.py)
+    photo_cache_mb: Optional[int] = _f(None, min=0)  # None: a quarter of the machine's memory; 0: no cache
     flip_invariant: Optional[bool] = None  # false: a mirrored image may be another class (--tta refuses flips)
 
 

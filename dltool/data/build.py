@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any, NamedTuple, Sequence
 
 import torch
 from PIL import Image
@@ -12,6 +12,8 @@ from torchvision.transforms import v2
 from dltool.config.registry import DATASETS
 from dltool.config.spec import Spec, located
 from dltool.data.bundle import NO_VAL, DataBundle
+from dltool.data.draft import decode_size
+from dltool.data.photos import Budget
 from dltool.data.scan import scan_split
 from dltool.data.sources import RawSplit, Source, stratified_split
 from dltool.data.subset import subset_classes
@@ -84,7 +86,9 @@ def build_data(config: Any, splits: Sequence[str] = ("train", "val"), split_stat
     """
     data = config.data
     source: Source = DATASETS.build(data.dataset)
-    raws, split = _select(source, splits, data, config.seed, split_state, config.marks)
+    decode = decode_size(data)
+    reading = Reading(data.max_image_pixels, decode.short_side, Budget(data.photo_cache_mb))
+    raws, split = _select(source, splits, data, config.seed, split_state, reading, config.marks)
     if data.classes is not None:
         raws = subset_classes(raws, data.classes, config.marks)
     if source.images:
@@ -103,11 +107,12 @@ def build_data(config: Any, splits: Sequence[str] = ("train", "val"), split_stat
         train=built.get("train"), val=built.get("val"), test=built.get("test"),
         classes=list(first_raw.classes), task=source.task, input_shape=input_shape, split=split,
         bad_files=list(source.bad_files), channels=channels, dataset_name=source.name,
+        decode=decode if any(raw.paths for raw, _ in raws.values()) else None,
     )
 
 
 def _select(source: Source, splits: Sequence[str], data: Any, seed: int,
-            state: dict | None, marks: Any = None) -> tuple[dict[str, tuple[RawSplit, list[int]]], dict]:
+            state: dict | None, reading: Reading, marks: Any = None) -> tuple[dict[str, tuple[RawSplit, list[int]]], dict]:
     """(raw split, indices) per requested split, and the plain-data record of the split used."""
     spec = data.dataset
     unknown = [s for s in splits if s not in ("train", "val", "test")]
@@ -118,11 +123,11 @@ def _select(source: Source, splits: Sequence[str], data: Any, seed: int,
     own_val = source.has("val") and (state is None or state.get("method") != "val_split")
     for name in splits:
         if name == "test" or (name == "val" and own_val) or (name == "train" and own_val):
-            chosen[name] = _whole(source, name, spec, data.max_image_pixels)
+            chosen[name] = _whole(source, name, spec, reading)
     if own_val:
         split = _own_record(chosen, state, spec)
     elif "train" in splits or "val" in splits:
-        base = _whole(source, "train", spec, data.max_image_pixels)[0]
+        base = _whole(source, "train", spec, reading)[0]
         train_idx, val_idx, split = _val_split(base, data.val_split, seed, state, spec)
         for name, idx in (("train", train_idx), ("val", val_idx)):
             if name == "val" and data.val_split == 0:  # val_split 0: no validation
@@ -139,13 +144,21 @@ def _select(source: Source, splits: Sequence[str], data: Any, seed: int,
     return {name: chosen[name] for name in splits if name in chosen}, split
 
 
-def _whole(source: Source, name: str, spec: Spec, max_pixels: int) -> tuple[RawSplit, list[int]]:
+class Reading(NamedTuple):
+    """How the files of a build are read: the pixel limit, the decode size and the cache budget."""
+
+    max_pixels: int
+    short_side: int | None
+    budget: Budget
+
+
+def _whole(source: Source, name: str, spec: Spec, reading: Reading) -> tuple[RawSplit, list[int]]:
     if not source.has(name):
         have = ", ".join(source.loaders)
         raise DataError(spec.error(f"has no {name} split (it has: {have})"))
     raw = source.load(name)
     if raw.items is None:
-        raw, bad = scan_split(raw, max_pixels)
+        raw, bad = scan_split(raw, reading.max_pixels, reading.short_side, reading.budget)
         source.bad_files.extend(bad)
         _check_scanned(name, raw, bad, spec)
     return raw, list(range(len(raw)))

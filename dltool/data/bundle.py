@@ -22,6 +22,7 @@ class DataBundle:
         split: plain data describing the split used; `build_data(..., split_state=split)` repeats it.
         bad_files: (path, reason) of every file the scan skipped.
         channels: the channel count images were converted to.
+        decode: how image files were decoded (dltool.data.draft.DecodeSize).
     """
 
     train: Any
@@ -34,6 +35,7 @@ class DataBundle:
     bad_files: list[tuple[str, str]] = field(default_factory=list)
     channels: int = 3
     dataset_name: str = ""
+    decode: Any = None  # the DecodeSize image files were read at (dltool.data.draft)
 
     def dataset(self, split_name: str) -> Any:
         """The dataset of one split.

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from dltool.data.draft import draft, shrink
 from dltool.data.walk import special_kind
 from dltool.errors import ImageError, first_line
 
@@ -54,8 +55,10 @@ def read_header(path: str, max_pixels: int) -> Header:
         return Header(image.format or "?", image.width, image.height, image.mode)
 
 
-def load_image(path: str, max_pixels: int) -> Image.Image:
-    """Decode `path` fully into an upright 8-bit 'L' (grayscale sources) or 'RGB' image.
+def load_image(path: str, max_pixels: int, short_side: int | None = None) -> Image.Image:
+    """Decode `path` into an upright 8-bit 'L' (grayscale sources) or 'RGB' image: in full, or, given
+    `short_side`, a JPEG reduced to it (dltool.data.draft: drafted, then resized); other formats
+    are decoded in full.
 
     Raises:
         ImageError: the file is empty, truncated, not an image, or has more than `max_pixels` pixels.
@@ -65,12 +68,15 @@ def load_image(path: str, max_pixels: int) -> Image.Image:
         # Pillow warns of damaged metadata (EXIF, TIFF tags) in files whose pixels still decode:
         # the file is used, and a warning per file would flood stderr
         warnings.simplefilter("ignore", UserWarning)
+        reduce = short_side is not None and image.format == "JPEG"
+        if reduce:
+            draft(image, short_side)
         try:
             image.load()
         except (OSError, SyntaxError, ValueError) as exc:
             raise ImageError(f"{path}: cannot decode ({first_line(exc)})") from None
-        image = ImageOps.exif_transpose(image)
-        return to_8bit(image)
+        image = to_8bit(ImageOps.exif_transpose(image))
+        return shrink(image, short_side) if reduce else image
 
 
 class _opened:

@@ -8,6 +8,7 @@ resumed at an epoch boundary sees exactly the batches an uninterrupted run would
 
 from __future__ import annotations
 
+import os
 import random
 from typing import Any, Iterator, Sequence
 
@@ -19,7 +20,7 @@ from dltool.config.registry import TRANSFORMS, signature
 from dltool.config.spec import Spec
 from dltool.data.sampler import EpochSampler, epoch_seed
 from dltool.data.usercode import check_pickles
-from dltool.errors import RegistryError
+from dltool.errors import DataError, RegistryError
 
 
 def seed_worker(worker_id: int) -> None:
@@ -33,8 +34,9 @@ class Loader:
     """Iterable of (x, y) batches; `len()` is batches per epoch; call `set_epoch(e)` before each epoch."""
 
     def __init__(self, dataset: Any, loader: DataLoader, sampler: EpochSampler, seed: int,
-                 batch_transform: Any = None):
+                 batch_transform: Any = None, path: str = ""):
         self.dataset = dataset
+        self.path = path  # which loading path this is and why, in one line
         self.loader = loader
         self.sampler = sampler
         self.seed = seed
@@ -89,23 +91,43 @@ def make_loader(dataset: Any, data: Any, *, train: bool, seed: int, device: str 
                            rank=rank, world_size=world_size, with_seeds=train, pad=train)
     classes = len(getattr(dataset, "classes", []))
     batch_transform = build_batch_transform(data.batch_transforms, classes) if train else None
+    not_held = "data.cache: none"
     if data.cache != "none":
         from dltool.data.memory import memory_loader
 
         held = memory_loader(dataset, data, sampler, train=train, seed=seed, device=device,
                              batch_transform=batch_transform)
-        if held is not None:
+        if not isinstance(held, str):
             return held
-    check_pickles(getattr(dataset, "items", None), data.num_workers)
+        not_held = held
+    workers, why = worker_count(dataset, data)
+    check_pickles(getattr(dataset, "items", None), workers)
     pin = str(device).startswith("cuda") and data.pin_memory in ("auto", True)  # pinned pages help CUDA copies only
     loader = DataLoader(
         dataset, batch_size=data.batch_size if train else (data.eval_batch_size or data.batch_size),
-        sampler=sampler, num_workers=data.num_workers, drop_last=train and data.drop_last,
-        pin_memory=pin, persistent_workers=data.persistent_workers and data.num_workers > 0,
-        worker_init_fn=seed_worker if data.num_workers else None,
+        sampler=sampler, num_workers=workers, drop_last=train and data.drop_last,
+        pin_memory=pin, persistent_workers=data.persistent_workers and workers > 0,
+        worker_init_fn=seed_worker if workers else None,
         generator=torch.Generator().manual_seed(epoch_seed(seed, 0, 3)),
     )
-    return Loader(dataset, loader, sampler, seed, batch_transform)
+    source = getattr(getattr(dataset, "items", None), "note", "") or "samples read from the dataset"
+    path = (f"data: {source}; transformed one sample at a time in {workers} worker process"
+            f"{'' if workers == 1 else 'es'} ({why}), not held as one tensor ({not_held})")
+    return Loader(dataset, loader, sampler, seed, batch_transform, path)
+
+
+def worker_count(dataset: Any, data: Any) -> tuple[int, str]:
+    """(DataLoader workers, why): data.num_workers when set, else one per CPU but the one that
+    trains; 0 for the user's own dataset when it cannot be sent to worker processes."""
+    if data.num_workers is not None:
+        return data.num_workers, "data.num_workers"
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    workers = max(0, cpus - 1)
+    try:
+        check_pickles(getattr(dataset, "items", None), workers)
+    except DataError:
+        return 0, "the dataset does not pickle, so it stays in this process"
+    return workers, f"{cpus} CPUs, one left for training; data.num_workers sets it"
 
 
 def build_batch_transform(specs: Sequence[Any], num_classes: int) -> Any:

@@ -20,6 +20,7 @@ from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
 
 from dltool.data.batched import BUILDERS, MOVE_PIXELS, Crop, Op, batched_ops, unpadded
+from dltool.data.photos import PhotoCache
 from dltool.data.sampler import EpochSampler, epoch_seed
 from dltool.data.scan import DecodedFiles
 from dltool.data.transforms import ToTensor, to_unit_float
@@ -102,7 +103,7 @@ def _decoder(dataset: Any, once: Sequence[Any]) -> tuple[Iterator[torch.Tensor |
     seeds it per image), which threads would interleave.
     """
     indices = range(1, len(dataset))
-    if not isinstance(getattr(dataset, "items", None), DecodedFiles):
+    if not isinstance(getattr(dataset, "items", None), (DecodedFiles, PhotoCache)):
         return (_decode(dataset, k, once) for k in indices), None
     pool = ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1))
     return pool.map(lambda k: _decode(dataset, k, once), indices), pool
@@ -135,6 +136,7 @@ class MemoryLoader:
         self.batch_size, self.drop_last, self.seed = batch_size, drop_last, seed
         self.device, self.batch_transform = device, batch_transform
         self.epoch = 0
+        self.path = ""  # which loading path this is and why, in one line (set by memory_loader)
 
     def set_epoch(self, epoch: int) -> None:
         """Make the next pass the batches of `epoch` (a pure function of the seed and `epoch`)."""
@@ -212,8 +214,8 @@ def _targets_tensor(targets: Sequence[Any]) -> torch.Tensor:
 
 
 def memory_loader(dataset: Any, data: Any, sampler: EpochSampler, *, train: bool, seed: int, device: str,
-                  batch_transform: Any) -> MemoryLoader | None:
-    """A MemoryLoader when data.cache allows it and the pipeline has a batched form, else None.
+                  batch_transform: Any) -> MemoryLoader | str:
+    """A MemoryLoader when data.cache allows it and the pipeline has a batched form, else why not.
 
     Raises:
         DataError: data.cache is "ram" but the dataset or its transforms cannot be held that way.
@@ -228,11 +230,15 @@ def memory_loader(dataset: Any, data: Any, sampler: EpochSampler, *, train: bool
     if isinstance(images, str):
         return _refuse(data, images)
     batch_size = data.batch_size if train else (data.eval_batch_size or data.batch_size)
-    return MemoryLoader(dataset, images, ops, sampler, batch_size=batch_size, drop_last=train and data.drop_last,
+    held = MemoryLoader(dataset, images, ops, sampler, batch_size=batch_size, drop_last=train and data.drop_last,
                         seed=seed, device=torch.device(device), batch_transform=batch_transform, raw_ops=raw_ops)
+    source = getattr(getattr(dataset, "items", None), "note", "") or "samples read from the dataset"
+    held.path = (f"data: {source}; then held as one {images.numel() / 2**20:,.1f} MB uint8 tensor on {device} "
+                 "and transformed a batch at a time in this process (it fits data.cache_budget_mb)")
+    return held
 
 
-def _refuse(data: Any, reason: str) -> None:
+def _refuse(data: Any, reason: str) -> str:
     if data.cache == "ram":
         raise DataError(f"data.cache: ram: cannot hold this dataset in memory: {reason}; use cache: auto or none")
-    return None
+    return reason

@@ -34,8 +34,10 @@ def inspect_data(config: Any, *, stats: bool = False, show: int = 0, out: Path |
         write: how the PNG's bytes reach `out` (the CLI passes dltool.store.writing.write_atomic).
 
     Returns:
-        {"dataset", "task", "classes", "input_shape", "channels", "splits": {name: {"samples",
-        "counts"}}, "split_method", "bad_files": [{"path", "reason"}]} plus "stats" and "grid".
+        {"decode": {"short_side", "text"} (null for datasets that are no image files), "dataset", "task",
+        "classes", "input_shape", "channels", "splits": {name: {"samples", "counts", "reading" (how its
+        files are read: cached or not, and why)}}, "split_method", "bad_files": [{"path", "reason"}]}
+        plus "stats" and "grid".
     """
     wanted = ("train", "val", "test") if DATASETS.build(config.data.dataset).has("test") else ("train", "val")
     bundle = build_data(config, splits=wanted)
@@ -59,7 +61,12 @@ def summarize(bundle: DataBundle, splits: tuple[str, ...]) -> dict:
     for name in splits:
         dataset = getattr(bundle, name)
         per_split[name] = {"samples": len(dataset), "counts": class_counts(dataset.targets, bundle.classes)}
+        note = getattr(getattr(dataset, "items", None), "note", "")
+        if note:
+            per_split[name]["reading"] = note
+    decode = bundle.decode
     return {
+        "decode": None if decode is None else {"short_side": decode.short_side, "text": decode.describe()},
         "dataset": bundle.dataset_name, "task": bundle.task, "classes": bundle.classes,
         "input_shape": list(bundle.input_shape), "channels": bundle.channels, "splits": per_split,
         "split_method": bundle.split.get("method"),
@@ -132,6 +139,7 @@ def render(report: dict):
     from rich.console import Group
     from rich.markup import escape
     from rich.table import Table
+    from rich.text import Text
 
     splits = list(report["splits"])
     head = (f"[bold]{escape(report['dataset'])}[/bold]: {len(report['classes']) or 'no'} classes, "
@@ -143,7 +151,11 @@ def render(report: dict):
     for name in report["classes"]:
         table.add_row(escape(name), *(str(report["splits"][s]["counts"].get(name, 0)) for s in splits))
     table.add_row("[bold]total[/bold]", *(f"[bold]{report['splits'][s]['samples']}[/bold]" for s in splits))
-    parts: list = [head, table]
+    parts: list = [head]
+    if report.get("decode"):
+        parts.append(Text(report["decode"]["text"]))
+    parts += [Text(f"{name}: {split['reading']}") for name, split in report["splits"].items() if "reading" in split]
+    parts.append(table)
     if report["bad_files"]:
         bad = Table(title=f"{len(report['bad_files'])} files skipped")
         bad.add_column("path")

@@ -1,7 +1,8 @@
 """The eval preprocessing of a checkpoint as plain data, stored inside exported model files.
 
 A plan is a JSON-ready dict: the PIL `mode` images are converted to after decoding (as training
-converted them), `channels`, the model's `input_shape`, `max_pixels` (the decoding limit) and
+converted them), `channels`, the model's `input_shape`, `max_pixels` (the decoding limit),
+`short_side` (images decoded reduced to it, as dltool.data.draft does; null or absent: in full) and
 `steps`, the eval transform list compiled to a handful of operations any runtime can reproduce:
 
     {"op": "convert", "mode": "L"|"RGB"}              PIL conversion
@@ -39,13 +40,15 @@ def build_plan(config: Any, input_shape: Sequence[int]) -> dict:
     Raises:
         Unplannable: a step of data.transforms.eval (or its arguments) has no plain-data form.
     """
+    from dltool.data.draft import decode_size
     from dltool.data.transform_lists import transform_specs
     from dltool.inference.preprocess import image_mode
 
     specs = transform_specs(config.data.transforms)[1]
     mode = image_mode(config, input_shape, specs)
     return {"mode": mode, "channels": len(mode), "input_shape": list(input_shape),
-            "max_pixels": config.data.max_image_pixels, "steps": compile_steps(specs)}
+            "max_pixels": config.data.max_image_pixels, "short_side": decode_size(config.data).short_side,
+            "steps": compile_steps(specs)}
 
 
 def compile_steps(specs: Sequence[Spec]) -> list[dict]:

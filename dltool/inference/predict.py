@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import glob
 import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
@@ -77,8 +78,12 @@ def _folder_images(folder: Path) -> list[str]:
 
 
 def predict(inputs: Sequence[str], model_path: str | Path, *, topk: int = 5, batch_size: int = 64,
-            device: str = "auto", tta: str | None = None, trust_program: bool = False) -> list[Prediction]:
+            device: str = "auto", tta: str | None = None, trust_program: bool = False,
+            on_progress: Callable[[int, int], None] | None = None) -> list[Prediction]:
     """Classify every image the inputs name, in batches; unreadable inputs get an error entry.
+
+    The files of the next batch are decoded and preprocessed in threads (PIL decodes without the
+    GIL) while the model runs the current one.
 
     Args:
         inputs: files, folders (searched recursively for image files) and glob patterns.
@@ -88,6 +93,7 @@ def predict(inputs: Sequence[str], model_path: str | Path, *, topk: int = 5, bat
         device: auto, cpu, cuda or cuda:N.
         tta: average each image's probabilities over views (dltool.inference.tta): flip, crops.
         trust_program: run a TorchScript file (a program); without it, such a file is refused.
+        on_progress: called with (inputs done, inputs in all) after every batch.
 
     Returns:
         One Prediction per file found (or per input that named nothing), in input order.
@@ -110,22 +116,36 @@ def predict(inputs: Sequence[str], model_path: str | Path, *, topk: int = 5, bat
 
         def classify(tensors: list, k: int) -> list:
             return augment.classify(predictor, tensors, k, modes)
+    found = expand_inputs(inputs)
+    chunks = list(_chunks(found, batch_size))
     results: list[Prediction] = []
-    for chunk in _chunks(expand_inputs(inputs), batch_size):
-        ready, tensors = [], []
-        for path, error in chunk:
-            prediction = Prediction(path, error=error)
-            results.append(prediction)
-            if error is None:
-                try:
-                    tensors.append(predictor.preprocess(path))
-                    ready.append(prediction)
-                except ImageError as exc:
-                    prediction.error = _without_path(str(exc), path)
-        if tensors:
-            for prediction, (top, value) in zip(ready, classify(tensors, topk)):
-                prediction.top, prediction.value = top, value
+    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
+        pending = [pool.submit(_read, predictor, item) for item in (chunks[0] if chunks else [])]
+        for k in range(len(chunks)):
+            read = [future.result() for future in pending]
+            pending = [pool.submit(_read, predictor, item) for item in (chunks[k + 1] if k + 1 < len(chunks) else [])]
+            results += [prediction for prediction, _ in read]
+            ready = [(prediction, x) for prediction, x in read if x is not None]
+            if ready:
+                rows = classify([x for _, x in ready], topk)
+                for (prediction, _), (top, value) in zip(ready, rows):
+                    prediction.top, prediction.value = top, value
+            if on_progress is not None:
+                on_progress(len(results), len(found))
     return results
+
+
+def _read(predictor: Any, item: tuple[str, str | None]) -> tuple[Prediction, Any]:
+    """(the Prediction of one input, its model input or None when it has an error)."""
+    path, error = item
+    prediction = Prediction(path, error=error)
+    if error is not None:
+        return prediction, None
+    try:
+        return prediction, predictor.preprocess(path)
+    except ImageError as exc:
+        prediction.error = _without_path(str(exc), path)
+        return prediction, None
 
 
 def _torchscript(path: str | Path, device: str, trust_program: bool) -> Predictor:

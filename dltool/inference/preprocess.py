@@ -18,6 +18,7 @@ import torch
 from PIL import Image, ImageOps
 
 from dltool.config.spec import Spec
+from dltool.data.draft import decode_size
 from dltool.data.transform_lists import transform_specs
 from dltool.inference.preprocess_numpy import resized_size
 
@@ -336,6 +337,7 @@ class ImageReader:
         self.preprocess = Preprocess(specs)
         self.mode = image_mode(config, input_shape, specs)
         self.max_pixels = config.data.max_image_pixels
+        self.short_side = decode_size(config.data).short_side
 
     def __call__(self, path: str) -> torch.Tensor:
         """The model input (C, H, W) for the file at `path`.
@@ -345,7 +347,7 @@ class ImageReader:
         """
         from dltool.data.decode import load_image
 
-        image = load_image(str(path), self.max_pixels)
+        image = load_image(str(path), self.max_pixels, self.short_side)
         if image.mode != self.mode:
             image = image.convert(self.mode)
         return self.preprocess(image)

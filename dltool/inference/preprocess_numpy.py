@@ -26,6 +26,7 @@ class NumpyPreprocess:
         try:
             self.mode = plan["mode"]
             self.max_pixels = plan.get("max_pixels")
+            self.short_side = plan.get("short_side")  # absent in files exported before reduced decoding
             self.input_shape = tuple(plan["input_shape"])
             self.steps = [_step(step) for step in plan["steps"]]
         except (KeyError, TypeError, ValueError) as exc:
@@ -39,7 +40,7 @@ class NumpyPreprocess:
         """
         from dltool.data.decode import load_image
 
-        image: Any = load_image(str(path), self.max_pixels)
+        image: Any = load_image(str(path), self.max_pixels, self.short_side)
         if image.mode != self.mode:
             image = image.convert(self.mode)
         for step in self.steps:

@@ -215,6 +215,8 @@ def checkpoint_config(checkpoint: dict) -> Any:
     data = checkpoint.get("config")
     if not isinstance(data, dict):
         raise CheckpointError(f"{path}: the checkpoint holds no dltool config (config is {type(data).__name__})")
+    if isinstance(data.get("data"), dict) and "decode" not in data["data"]:
+        data = {**data, "data": {**data["data"], "decode": "full"}}  # saved before reduced decoding: in full
     try:
         return config_from_data(data, source=f"{path} (stored config)")
     except DltoolError as exc:

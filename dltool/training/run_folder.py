@@ -41,6 +41,21 @@ def metric_columns(task: str, num_classes: int) -> tuple[str, ...]:
 HOLD_ADVICE = "a run is trained where it can write: free space, make its folder writable, or copy it somewhere writable"
 
 
+# The lock files this process holds. A forked child (a DataLoader worker) would share each lock and
+# keep the run folder taken after this process was killed; it closes its copies at once.
+HELD_LOCKS: set[int] = set()
+
+
+def _drop_inherited_locks() -> None:
+    for fd in HELD_LOCKS:
+        with contextlib.suppress(OSError):
+            os.close(fd)
+    HELD_LOCKS.clear()
+
+
+os.register_at_fork(after_in_child=_drop_inherited_locks)
+
+
 class RunDir:
     """One run's folder and the files in it."""
 
@@ -130,12 +145,14 @@ class RunDir:
             os.close(fd)
             raise
         self._lock = fd
+        HELD_LOCKS.add(fd)
         return self
 
     def release(self) -> None:
         """Let the next process take the folder (the lock file stays: it is only ever locked, never
         trusted by its presence)."""
         if self._lock is not None:
+            HELD_LOCKS.discard(self._lock)
             os.close(self._lock)  # closing drops the flock
             self._lock = None
 

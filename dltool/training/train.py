@@ -390,6 +390,8 @@ class Session:
         if self.resume_rng is None:
             self._start_board()
         self.callback.on_fit_start(self._info())
+        if getattr(self.train_loader, "path", ""):
+            self.callback.on_message(self.train_loader.path)  # which loading path, and why
         if self.bundle.val is None and self.resume_rng is None and self.config.train.monitor == "auto":
             self.callback.on_message("no validation split (data.val_split: 0): the best checkpoint follows "
                                      "train_loss")
