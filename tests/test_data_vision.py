@@ -6,6 +6,7 @@ from __future__ import annotations
 import gzip
 import json
 import struct
+import urllib.request
 from urllib.error import URLError
 
 import numpy as np
@@ -147,6 +148,8 @@ def test_a_failed_download_leaves_nothing_behind(tmp_path, monkeypatch, existing
         monkeypatch.setenv(variable, "http://127.0.0.1:9")  # a real connection, refused at once: offline anywhere
     monkeypatch.delenv("no_proxy", raising=False)
     monkeypatch.delenv("NO_PROXY", raising=False)
+    # urlopen builds its opener once, reading the proxies then: the one built here goes when the test ends
+    monkeypatch.setattr(urllib.request, "_opener", None)
     root = tmp_path / "data"
     if existing:
         (root / "kept").mkdir(parents=True)
