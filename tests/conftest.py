@@ -78,7 +78,7 @@ def tmpfs(tmp_path):
 
     mounted = []
 
-    def make(size: str) -> Path:
+    def make(size: str = "312k") -> Path:
         if os.geteuid() != 0:
             pytest.skip("mounting a tmpfs needs root")
         folder = tmp_path / f"fs{len(mounted)}"

@@ -15,9 +15,8 @@ import numpy as np
 
 from dltool.errors import CheckpointError, ConfigError, MissingExtra, first_line
 from dltool.inference.kinds import ONNX
-from dltool.inference.metadata import NOT_USED, Invalid, check_classes, read_exported
-from dltool.inference.predictors import Predictor
-from dltool.inference.preprocess_numpy import NumpyPreprocess
+from dltool.inference.metadata import NOT_USED, Invalid, check_classes
+from dltool.inference.predictors import Predictor, read_exported_into
 
 EXTRA = 'pip install "dltool[onnx]"'
 ORT_ERRORS = ("Fail", "InvalidArgument", "NoSuchFile", "NoModel", "EngineError", "RuntimeException",
@@ -87,10 +86,7 @@ class OnnxPredictor(Predictor):
         self = cls()
         self.path = str(path)
         self.session, metadata = open_session(Path(path), device)
-        found = read_exported(metadata, self.path)
-        self.classes, self.task, self.output = found.classes, found.task, found.output
-        self.read = NumpyPreprocess(found.plan, self.path)
-        self.input_shape = self.read.input_shape
+        read_exported_into(self, metadata)
         model_input, model_output = self.session.get_inputs()[0], self.session.get_outputs()[0]
         self.input_name = model_input.name
         _check_dims(self.path, model_input.shape[1:], list(self.input_shape))

@@ -87,6 +87,21 @@ def top_rows(probs: np.ndarray, classes: Sequence[str], topk: int) -> list[list[
             for row, ix in zip(probs, order)]
 
 
+def read_exported_into(predictor: Any, metadata: dict[str, str]) -> None:
+    """Set an exported file's classes, task, output and numpy preprocessing from its checked metadata.
+
+    Raises:
+        CheckpointError: the metadata is missing, damaged or not what `dltool export` writes.
+    """
+    from dltool.inference.metadata import read_exported
+    from dltool.inference.preprocess_numpy import NumpyPreprocess
+
+    found = read_exported(metadata, predictor.path)
+    predictor.classes, predictor.task, predictor.output = found.classes, found.task, found.output
+    predictor.read = NumpyPreprocess(found.plan, predictor.path)
+    predictor.input_shape = predictor.read.input_shape
+
+
 def device_of(device: str) -> Any:
     """The torch device for --device (its errors name --device, not train.device)."""
     from dltool.training.runtime import resolve_device

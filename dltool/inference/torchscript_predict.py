@@ -13,9 +13,7 @@ import numpy as np
 
 from dltool.errors import CheckpointError, first_line
 from dltool.inference.kinds import TORCHSCRIPT
-from dltool.inference.metadata import read_exported
-from dltool.inference.predictors import Predictor, device_of
-from dltool.inference.preprocess_numpy import NumpyPreprocess
+from dltool.inference.predictors import Predictor, device_of, read_exported_into
 
 EXTRA_FILES = ("classes", "preprocess", "task", "output")
 
@@ -42,10 +40,7 @@ class TorchScriptPredictor(Predictor):
             raise CheckpointError(f"{self.path}: not a readable TorchScript file ({first})") from None
         metadata = {k: v.decode(errors="replace") if isinstance(v, bytes) else v
                     for k, v in extra.items() if v}
-        found = read_exported(metadata, self.path)
-        self.classes, self.task, self.output = found.classes, found.task, found.output
-        self.read = NumpyPreprocess(found.plan, self.path)
-        self.input_shape = self.read.input_shape
+        read_exported_into(self, metadata)
         return self
 
     def run(self, inputs: list[np.ndarray]) -> np.ndarray:

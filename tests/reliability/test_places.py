@@ -1,4 +1,4 @@
-"""Places that refuse writes, on real file systems (a small tmpfs, a read-only mount: as root only)
+"""Places that refuse writes, on real file systems (a small tmpfs, a read-only tmpfs: as root only)
 and by injection: one line, exit 2 when the place was unusable from the start, exit 1 during a run
 (after saving what can be saved), no temporary file left, summary.json agreeing with the checkpoints."""
 
@@ -40,8 +40,8 @@ def assert_summary_agrees(run: Path) -> None:
     assert summary["best_epoch"] == (torch.load(best, weights_only=True)["epoch"] if best.exists() else 0)
 
 
-def test_a_run_on_a_312k_tmpfs_stops_with_one_line_and_an_agreeing_summary(mount):
-    runs = mount("312k") / "runs"
+def test_a_run_on_a_312k_tmpfs_stops_with_one_line_and_an_agreeing_summary(tmpfs):
+    runs = tmpfs("312k") / "runs"
     result = invoke("train", str(QUICKSTART), *SMALL, "--runs-dir", str(runs), "--quiet")
     assert result.exit_code == 1, result.output
     line = one_line_error(result.stderr)
@@ -50,8 +50,8 @@ def test_a_run_on_a_312k_tmpfs_stops_with_one_line_and_an_agreeing_summary(mount
     assert_summary_agrees(runs / "quickstart")
 
 
-def test_a_full_disk_at_the_start_exits_2_and_leaves_no_run_folder(mount):
-    fs = mount("312k")
+def test_a_full_disk_at_the_start_exits_2_and_leaves_no_run_folder(tmpfs):
+    fs = tmpfs("312k")
     (fs / "runs").mkdir()
     with pytest.raises(OSError):
         with open(fs / "filler", "wb") as handle:
@@ -66,8 +66,8 @@ def test_a_full_disk_at_the_start_exits_2_and_leaves_no_run_folder(mount):
 
 
 @pytest.mark.parametrize("exists", [True, False])
-def test_runs_dir_on_a_read_only_mount_exits_2(mount, exists):
-    fs = mount("64k")
+def test_runs_dir_on_a_read_only_mount_exits_2(tmpfs, exists):
+    fs = tmpfs("64k")
     if exists:
         (fs / "runs").mkdir()
     read_only(fs)
@@ -78,8 +78,8 @@ def test_runs_dir_on_a_read_only_mount_exits_2(mount, exists):
                                               "choose a writable --runs-dir")
 
 
-def test_resume_on_a_read_only_mount_exits_2_and_changes_nothing(mount):
-    fs = mount("4m")
+def test_resume_on_a_read_only_mount_exits_2_and_changes_nothing(tmpfs):
+    fs = tmpfs("4m")
     run = train(write_config(fs, data={**TINY, "train": {**TINY["train"], "epochs": 2}}), runs_dir=fs / "runs").run_dir
     before = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
     read_only(fs)

@@ -37,8 +37,8 @@ def test_out_naming_a_file_exits_2_before_the_work(run, tmp_path):
     assert target.read_text() == "mine\n"
 
 
-def test_a_read_only_report_folder_exits_2_with_one_line(run, mount):
-    fs = mount("64k")
+def test_a_read_only_report_folder_exits_2_with_one_line(run, tmpfs):
+    fs = tmpfs("64k")
     read_only(fs)
     result = evaluate(str(run), "--out", str(fs / "eval"))
     assert result.exit_code == 2, result.output

@@ -71,5 +71,5 @@ def one_line_error(stderr: str) -> str:
 
 
 def read_only(folder: Path) -> None:
-    """Remount the tmpfs at `folder` read-only (the `mount` fixture unmounts it after the test)."""
+    """Remount the tmpfs at `folder` read-only (the `tmpfs` fixture unmounts it after the test)."""
     subprocess.run(["mount", "-o", "remount,ro", str(folder)], check=True)
