@@ -75,6 +75,7 @@ def test_the_files_carry_classes_preprocessing_and_config(digits_run, quickstart
         assert json.loads(meta["dltool_config"]) == checkpoint["config"]
         assert json.loads(meta["preprocess"]) == {
             "mode": "L", "channels": 1, "input_shape": [1, 16, 16], "max_pixels": checkpoint["config"]["data"]["max_image_pixels"],
+            "short_side": 16,  # photos are decoded at the size the eval transforms need (data.decode: reduced)
             "steps": [{"op": "resize", "size": [16, 16], "max_size": None, "interpolation": "bilinear"},
                       {"op": "to_array"}, {"op": "to_float", "divide_by": 255},
                       {"op": "normalize", "mean": [0.3], "std": [0.4]}]}
