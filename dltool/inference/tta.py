@@ -19,6 +19,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from dltool.errors import ConfigError, TtaWarning
+from dltool.inference.predictors import top_rows
 
 MODES = ("flip", "crops")
 CROP_SHARE = 0.875  # the side of a crop, as a share of the input's side (224 of 256, as ImageNet's crops)
@@ -150,17 +151,12 @@ def classify(predictor: Any, inputs: list, topk: int, modes: Sequence[str]) -> l
     height, width = predictor.input_shape[-2:]
     shown = views(modes, height, width)
     batch = [_apply(x, view) for x in inputs for view in shown]
-    rows = predictor.classify(batch, len(predictor.classes))
-    results = []
-    for start in range(0, len(rows), len(shown)):
-        probs = np.zeros(len(predictor.classes))
-        for top, _ in rows[start:start + len(shown)]:
-            for entry in top:
-                probs[entry["index"]] += entry["probability"] / len(shown)
-        order = np.argsort(-probs, kind="stable")[:min(topk, len(probs))]
-        results.append(([{"class": predictor.classes[int(i)], "index": int(i), "probability": float(probs[i])}
-                         for i in order], None))
-    return results
+    probs = np.zeros((len(batch), len(predictor.classes)))
+    for row, (top, _) in zip(probs, predictor.classify(batch, len(predictor.classes))):
+        for entry in top:
+            row[entry["index"]] = entry["probability"] / len(shown)
+    averaged = probs.reshape(len(inputs), len(shown), -1).sum(axis=1)  # view by view, in order
+    return [(top, None) for top in top_rows(averaged, predictor.classes, topk)]
 
 
 def _apply(x: Any, view: View) -> Any:

@@ -76,7 +76,7 @@ def write_atomic(path: str | Path, data: str | bytes, advice: str | None = None)
 
 def replace_atomically(path: str | Path, fill: Callable[[BinaryIO], object]) -> Path:
     """The one way dltool replaces a file: `fill` writes the new content into a temp file beside
-    `path` (`.NAME.XXXXXXXX.tmp`, created exclusively), which is flushed, fsynced and renamed over
+    `path` (`.NAME.<random>.tmp`, created exclusively), which is flushed, fsynced and renamed over
     `path`, and then the folder is fsynced. A crash at any moment leaves the old file or the new one,
     never a torn or empty one; the rename puts a new file in place and never writes into what was
     there (a FIFO or device node named `path` is not opened).
