@@ -37,18 +37,20 @@ class LrFindResult:
 
     def to_json(self) -> dict:
         return {"suggested_lr": self.suggested_lr, "how": self.how, "lrs": self.lrs, "losses": self.losses,
+                "raw_losses": self.raw_losses, "diverged_at": self.diverged_at,
                 "plot": str(self.plot) if self.plot else None}
 
 
 def lr_find(config_path: str | Path, overrides: Sequence[str] = (), *, start: float = 1e-7, end: float = 10.0,
-            steps: int = 100, out: str | Path | None = None) -> LrFindResult:
+            steps: int = 400, out: str | Path | None = None) -> LrFindResult:
     """Run the range test and draw loss against lr (suggestion marked) into `out`.
 
     Args:
         config_path: the YAML config (its scheduler is not used: the ramp is the schedule).
         overrides: KEY=VALUE applied to it.
         start, end: the first and last learning rate of the ramp (0 < start < end).
-        steps: mini-batches, one per learning rate (the train data is gone through again if it is short).
+        steps: optimizer steps, one per learning rate (each takes `train.accumulate` mini-batches; the
+            train data is gone through again if it is short).
         out: the PNG (default: <config name>-lr-find.png in the current folder).
 
     Raises:
@@ -69,7 +71,7 @@ def lr_find(config_path: str | Path, overrides: Sequence[str] = (), *, start: fl
     prepare_output(out, inputs=[config_path])
     result = _range_test(config, start, end, steps)
     result.suggested_lr, result.how = suggest_lr(result.lrs, result.losses, result.diverged_at)
-    result.plot = draw_lr_find(result.lrs, result.losses, result.suggested_lr, result.how, out)
+    result.plot = draw_lr_find(result, out)
     return result
 
 
@@ -163,5 +165,5 @@ def suggest_lr(lrs: Sequence[float], losses: Sequence[float], diverged_at: float
     else:
         return None, "the loss neither fell nor diverged; try a wider --start/--end or more --steps"
     if lr < lrs[0]:
-        return lrs[0], how + f", raised to the first lr tried (the loss was lowest near --start: try a lower one)"
+        return lrs[0], how + ", raised to the first lr tried (the loss was lowest near --start: try a lower one)"
     return min(lr, lrs[-1]), how
