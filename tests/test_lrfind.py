@@ -10,7 +10,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from dltool.cli import app
-from dltool.experiments.lrfind import suggest_lr
+from dltool.experiments.lrfind import smooth, suggest_lr
 
 QUICKSTART = Path(__file__).resolve().parent.parent / "configs" / "quickstart.yaml"
 
@@ -22,9 +22,12 @@ def test_lr_find_suggests_an_lr_that_trains_the_quickstart(tmp_path, monkeypatch
     result = CliRunner().invoke(app, ["lr-find", str(QUICKSTART), "train.device=cpu", "--json"])
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout)
-    assert set(report) == {"suggested_lr", "how", "lrs", "losses", "plot"}
-    assert report["how"] in ("steepest descent", "minimum / 10")
-    assert 1e-7 <= report["lrs"][0] < report["lrs"][-1] <= 10 and len(report["lrs"]) == len(report["losses"])
+    assert set(report) == {"suggested_lr", "how", "lrs", "losses", "raw_losses", "diverged_at", "plot"}
+    assert report["how"] == "the lowest loss's lr / 3"
+    assert 1e-7 <= report["lrs"][0] < report["lrs"][-1] <= 10
+    assert len(report["lrs"]) == len(report["losses"]) == len(report["raw_losses"])
+    assert report["lrs"][0] <= report["suggested_lr"] <= report["lrs"][-1]
+    assert report["diverged_at"] is not None and report["diverged_at"] >= report["lrs"][-1]
     assert all(math.isfinite(x) for x in report["losses"])
     assert report["plot"] == "quickstart-lr-find.png"
     with Image.open(tmp_path / "quickstart-lr-find.png") as image:
@@ -56,16 +59,38 @@ def test_lr_find_refuses_a_ramp_that_is_not_one(tmp_path):
     assert result.exit_code == 2 and result.stderr.strip() == "error: lr-find: --steps must be 5 or more; got 2"
 
 
-def test_suggestion_is_the_steepest_descent_before_the_minimum():
-    lrs = [10 ** (-6 + i * 0.25) for i in range(25)]  # 1e-6 .. 1
-    # flat, then falling fastest at index 11 (central difference 0.6 - 1.6), lowest at 18, then diverging
+LRS = [10 ** (-6 + i * 0.25) for i in range(25)]  # 1e-6 .. 1
+
+
+def test_suggestion_is_a_third_of_the_lowest_losss_lr():
+    # flat, falling from index 8, lowest at 18, then rising
     losses = [2.0] * 8 + [1.9, 1.8, 1.6, 1.2, 0.6, 0.4, 0.35, 0.3, 0.28, 0.27, 0.26, 0.5, 1.5, 3.0, 5.0, 9.0, 20.0]
-    lr, how = suggest_lr(lrs, losses)
-    assert how == "steepest descent" and lr == lrs[11]
+    lr, how = suggest_lr(LRS, losses, diverged_at=10 ** 0.25)
+    assert how == "the lowest loss's lr / 3" and lr == LRS[18] / 3
 
 
-def test_suggestion_falls_back_to_the_minimum_over_ten():
-    lrs = [1e-3, 1e-2, 1e-1, 1.0]
-    lr, how = suggest_lr(lrs, [1.0, 0.5, 2.0, 9.0])  # too few points before the minimum for a slope
-    assert how == "minimum / 10" and lr == 1e-2 / 10
-    assert suggest_lr([1e-3], [1.0]) == (None, "")
+def test_a_loss_that_never_fell_gives_a_tenth_of_where_it_diverged():
+    losses = [2.0, 2.0, 1.98, 2.0, 2.01, 2.3, 4.0]  # within 5% of the start until it rose
+    lr, how = suggest_lr(LRS[:7], losses, diverged_at=LRS[7])
+    assert lr == LRS[7] / 10
+    assert how == f"the loss did not fall before it diverged at lr {LRS[7]:.3g}; that / 10"
+
+
+def test_the_suggestion_stays_inside_the_swept_range():
+    lr, how = suggest_lr(LRS, [2.0, 1.0] + [1.5] * 23)  # lowest at the 2nd lr: a third of it is below --start
+    assert lr == LRS[0]
+    assert how == ("the lowest loss's lr / 3, raised to the first lr tried (the loss was lowest near --start: "
+                   "try a lower one)")
+    lr, _ = suggest_lr(LRS[:3], [1.0, 1.0, 1.0], diverged_at=1e3)  # a tenth of 1e3 is above the last lr
+    assert lr == LRS[2]
+
+
+def test_no_suggestion_when_the_curve_gives_none():
+    assert suggest_lr([1e-3], [1.0]) == (None, "the loss diverged at once; try a lower --start")
+    assert suggest_lr(LRS[:4], [1.0, 1.0, 1.0, 1.0]) == (
+        None, "the loss neither fell nor diverged; try a wider --start/--end or more --steps")
+
+
+def test_the_running_median_ignores_a_single_spike():
+    assert smooth([1.0, 1.0, 9.0, 1.0, 1.0], 1) == [1.0, 1.0, 1.0, 1.0, 1.0]
+    assert smooth([3.0, 2.0, 1.0], 1) == [2.5, 2.0, 1.5]  # fewer values at the ends

@@ -269,7 +269,7 @@ def lr_find_command(
     overrides: Optional[List[str]] = OverridesArg,
     start: float = typer.Option(1e-7, "--start", help="First learning rate of the ramp"),
     end: float = typer.Option(10.0, "--end", help="Last learning rate of the ramp"),
-    steps: int = typer.Option(100, "--steps", help="Mini-batches, one per learning rate"),
+    steps: int = typer.Option(400, "--steps", help="Optimizer steps, one per learning rate"),
     out: Optional[Path] = typer.Option(None, "--out", help="The PNG (default: <config name>-lr-find.png)"),
     as_json: bool = typer.Option(False, "--json", help="Print JSON on stdout"),
     code: Optional[List[Path]] = CodeOption,
@@ -285,7 +285,7 @@ def lr_find_command(
         return
     console = stderr_console()
     if result.suggested_lr is None:
-        console.print(f"the loss diverged at once; try a lower --start; wrote {result.plot}", markup=False, soft_wrap=True)
+        console.print(f"no suggestion: {result.how}; wrote {result.plot}", markup=False, soft_wrap=True)
     else:
         console.print(f"suggested lr {result.suggested_lr:.3g} ({result.how}); try: dltool train {config} "
                       f"optimizer.lr={result.suggested_lr:.3g}; wrote {result.plot}", markup=False, soft_wrap=True)

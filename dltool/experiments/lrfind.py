@@ -8,40 +8,49 @@ is saved: the model and optimizer are thrown away, and no run folder is written.
 from __future__ import annotations
 
 import math
+import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
 from dltool.errors import ConfigError, DataError
 
-SMOOTHING = 0.98  # exponential moving average of the loss, debiased as in Adam
-DIVERGED = 4.0    # stop once the smoothed loss is this many times its lowest value
+DIVERGED = 4.0           # stop once the running median of the loss is this many times its lowest
+SMOOTHING_DECADES = 0.15  # the curve is a running median over this much of the ramp either side
+FELL = 0.05              # a descent: the curve's minimum lies this far (a fraction) below its start
+BELOW_MINIMUM = 3.0      # the suggestion: the minimum's lr divided by this ...
+BELOW_DIVERGENCE = 10.0  # ... or, with no descent, the lr where the loss diverged divided by this
 
 
 @dataclass
 class LrFindResult:
-    """Learning rates tried, the smoothed loss after each, the suggestion and how it was chosen."""
+    """Learning rates tried, the loss after each (smoothed, and as measured), where the loss
+    diverged (None when it never did), the suggestion and how it was chosen."""
 
     lrs: list[float] = field(default_factory=list)
     losses: list[float] = field(default_factory=list)
+    raw_losses: list[float] = field(default_factory=list)
+    diverged_at: float | None = None
     suggested_lr: float | None = None
     how: str = ""
     plot: Path | None = None
 
     def to_json(self) -> dict:
         return {"suggested_lr": self.suggested_lr, "how": self.how, "lrs": self.lrs, "losses": self.losses,
+                "raw_losses": self.raw_losses, "diverged_at": self.diverged_at,
                 "plot": str(self.plot) if self.plot else None}
 
 
 def lr_find(config_path: str | Path, overrides: Sequence[str] = (), *, start: float = 1e-7, end: float = 10.0,
-            steps: int = 100, out: str | Path | None = None) -> LrFindResult:
+            steps: int = 400, out: str | Path | None = None) -> LrFindResult:
     """Run the range test and draw loss against lr (suggestion marked) into `out`.
 
     Args:
         config_path: the YAML config (its scheduler is not used: the ramp is the schedule).
         overrides: KEY=VALUE applied to it.
         start, end: the first and last learning rate of the ramp (0 < start < end).
-        steps: mini-batches, one per learning rate (the train data is gone through again if it is short).
+        steps: optimizer steps, one per learning rate (each takes `train.accumulate` mini-batches; the
+            train data is gone through again if it is short).
         out: the PNG (default: <config name>-lr-find.png in the current folder).
 
     Raises:
@@ -61,79 +70,100 @@ def lr_find(config_path: str | Path, overrides: Sequence[str] = (), *, start: fl
     picture_type(out)
     prepare_output(out, inputs=[config_path])
     result = _range_test(config, start, end, steps)
-    result.suggested_lr, result.how = suggest_lr(result.lrs, result.losses)
-    result.plot = draw_lr_find(result.lrs, result.losses, result.suggested_lr, result.how, out)
+    result.suggested_lr, result.how = suggest_lr(result.lrs, result.losses, result.diverged_at)
+    result.plot = draw_lr_find(result, out)
     return result
 
 
 def _range_test(config: Any, start: float, end: float, steps: int) -> LrFindResult:
+    """The ramp, one optimizer step per lr, each made by the engine's own `train_batch` (AMP,
+    accumulation over `train.accumulate` batches, clipping, EMA, the configured loss)."""
+    from dataclasses import replace
+
     from dltool.data import build_data
     from dltool.models import resolve_input_shape
     from dltool.training.callbacks import Callback
-    from dltool.training.engine import fit_targets
+    from dltool.training.engine import LoopState, train_batch
+    from dltool.training.optim import Schedule
     from dltool.training.runtime import num_threads
     from dltool.training.train import Session
 
+    # the ramp is the schedule: no scheduler and no warmup scale the lr it sets
+    config = replace(config, scheduler=None, train=replace(config.train, warmup_epochs=0.0))
     bundle = build_data(config)
     if not len(bundle.train):
         raise DataError(f"{config.path}: lr-find needs training data; the train split is empty")
     session = Session(config, bundle, resolve_input_shape(config, data=bundle), None, Callback())
-    model, optimizer, opts = session.model, session.optimizer, session.opts
+    optimizer, opts, accumulate = session.optimizer, session.opts, session.opts.accumulate
+    shares = [group["lr"] / optimizer.defaults["lr"] for group in optimizer.param_groups]  # param_groups' own lrs
     ratio = (end / start) ** (1 / (steps - 1))
-    result, average, lowest = LrFindResult(), 0.0, math.inf
-    model.train()
+    result, state, lowest = LrFindResult(), LoopState(), math.inf
+    half = max(1, round(SMOOTHING_DECADES / math.log10(ratio)))  # steps either side in the smoothing
+    batches = _batches(session.train_loader, steps * accumulate)
+    session.model.train()
     with num_threads(config.train.threads):
-        for step, (x, y) in enumerate(_batches(session.train_loader, steps)):
+        for step in range(steps):
             lr = min(end, start * ratio ** step)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            x, y = opts.to_device(x, y)
-            out = model(x)
-            loss = session.loss_fn(out, fit_targets(session.loss_fn, out, y, session.task))
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            value = loss.item()
-            if not math.isfinite(value):
+            for group, share in zip(optimizer.param_groups, shares):
+                group["lr"] = lr * share
+            loss = 0.0
+            for batch in range(accumulate):  # one optimizer step, as train makes it
+                x, y = next(batches)
+                done = train_batch(session.model, x, y, session.loss_fn, optimizer, Schedule(None, "none"), opts,
+                                   state, batch=batch, batches=accumulate, forward=session.forward)
+                loss += done.loss.item() / accumulate
+            if not math.isfinite(loss):
+                result.diverged_at = lr
                 break
-            average = SMOOTHING * average + (1 - SMOOTHING) * value
-            smoothed = average / (1 - SMOOTHING ** (step + 1))
             result.lrs.append(lr)
-            result.losses.append(smoothed)
-            lowest = min(lowest, smoothed)
-            if smoothed > DIVERGED * lowest:
+            result.raw_losses.append(loss)
+            recent = statistics.median(result.raw_losses[-(2 * half + 1):])  # the running median, as it stands
+            lowest = min(lowest, recent)
+            if recent > DIVERGED * lowest:
+                result.diverged_at = lr
                 break
+    result.losses = smooth(result.raw_losses, half)
     return result
 
 
-def _batches(loader: Any, steps: int):
-    """`steps` mini-batches, going through the loader again (a new epoch's order) when it runs out."""
+def smooth(values: Sequence[float], half: int) -> list[float]:
+    """The running median over `half` values either side (fewer at the ends): no lag, unlike a
+    moving average, and a single spike moves it little."""
+    return [statistics.median(values[max(0, i - half):i + half + 1]) for i in range(len(values))]
+
+
+def _batches(loader: Any, count: int):
+    """`count` mini-batches, going through the loader again (a new epoch's order) when it runs out."""
     given, epoch = 0, 1
-    while given < steps:
+    while given < count:
         loader.set_epoch(epoch)
         for batch in loader:
             yield batch
             given += 1
-            if given == steps:
+            if given == count:
                 return
         epoch += 1
 
 
-def suggest_lr(lrs: Sequence[float], losses: Sequence[float]) -> tuple[float | None, str]:
-    """The lr where the smoothed loss falls fastest (per log-lr), before its minimum and past the
-    first tenth of the ramp (where the average is still settling); else the minimum's lr / 10.
+def suggest_lr(lrs: Sequence[float], losses: Sequence[float], diverged_at: float | None = None) -> tuple[float | None, str]:
+    """The suggested optimizer.lr, by the rule that bench/lrfind_validate.py checks (training at it
+    reaches what the shipped configs' own rates reach): a third of the lr where the smoothed loss is
+    lowest, when it fell there (by `FELL` of where it started); when it never fell, a tenth of the lr
+    where it diverged. Never below the first lr tried, never above the last.
 
     Returns:
-        (lr, "steepest descent" or "minimum / 10"); (None, "") when fewer than 2 points were recorded.
+        (lr, how it was chosen); (None, why not) when the curve gives no answer.
     """
     if len(lrs) < 2:
-        return None, ""
+        return None, "the loss diverged at once; try a lower --start"
     lowest = min(range(len(losses)), key=losses.__getitem__)
-    skip = max(1, len(lrs) // 10)
-    if lowest - skip >= 3:
-        logs = [math.log10(lr) for lr in lrs]
-        slopes = [(losses[i + 1] - losses[i - 1]) / (logs[i + 1] - logs[i - 1]) for i in range(skip, lowest)]
-        steepest = skip + min(range(len(slopes)), key=slopes.__getitem__)
-        if slopes[steepest - skip] < 0:
-            return lrs[steepest], "steepest descent"
-    return lrs[lowest] / 10, "minimum / 10"
+    if losses[lowest] <= (1 - FELL) * losses[0]:
+        lr, how = lrs[lowest] / BELOW_MINIMUM, f"the lowest loss's lr / {BELOW_MINIMUM:g}"
+    elif diverged_at is not None:
+        lr, how = diverged_at / BELOW_DIVERGENCE, (f"the loss did not fall before it diverged at lr {diverged_at:.3g}; "
+                                                   f"that / {BELOW_DIVERGENCE:g}")
+    else:
+        return None, "the loss neither fell nor diverged; try a wider --start/--end or more --steps"
+    if lr < lrs[0]:
+        return lrs[0], how + ", raised to the first lr tried (the loss was lowest near --start: try a lower one)"
+    return min(lr, lrs[-1]), how

@@ -13,7 +13,7 @@ import functools
 import math
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, NamedTuple
 
 import torch
 from torch import nn
@@ -189,21 +189,15 @@ def train_one_epoch(model: nn.Module, loader: Iterable, loss_fn: nn.Module, opti
     for batch, (x, y) in enumerate(loader):
         if batch < skip:
             continue
-        x, y = opts.to_device(x, y)
-        distributed.sync_gradients(forward, (batch + 1) % opts.accumulate == 0 or batch + 1 == batches)
-        if batch % opts.accumulate == 0:
-            # zeroed before each step's first backward (not after the step), so the epoch's last
-            # gradients stay readable for the histograms
-            optimizer.zero_grad(set_to_none=True)
         check = functools.partial(_check_finite, check_each_step, epoch, batch, lr)
-        out, loss = _learn_fitting(forward, loss_fn, x, y, opts, state, optimizer, callback, epoch, batch, check)
+        done = train_batch(model, x, y, loss_fn, optimizer, schedule, opts, state, batch=batch, batches=batches,
+                           epoch=epoch, callback=callback, check=check, forward=forward)
         if not check_each_step:
-            first_bad = torch.where((first_bad < 0) & ~torch.isfinite(loss), batch, first_bad)
-        sums.add(loss, out, y, opts.task)
+            first_bad = torch.where((first_bad < 0) & ~torch.isfinite(done.loss), batch, first_bad)
+        sums.add(done.loss, done.out, done.y, opts.task)
         samples += x.shape[0]
-        if (batch + 1) % opts.accumulate == 0 or batch + 1 == batches:
-            lr = _optimizer_step(model, optimizer, schedule, opts, state.step)
-            state.step += 1
+        if done.lr is not None:
+            lr = done.lr
             state.batch = batch + 1
             if opts.compile_pending:
                 state.compile_seconds, started, samples = _compiled(opts, started), time.perf_counter(), 0
@@ -220,6 +214,47 @@ def train_one_epoch(model: nn.Module, loader: Iterable, loss_fn: nn.Module, opti
     samples = sums.all_reduce(samples)
     state.sums = sums.to_data() if state.interrupted else {}
     return {**sums.read(opts.task, "train_"), "lr": lr, "samples": samples, "seconds": time.perf_counter() - started}
+
+
+class Trained(NamedTuple):
+    """One batch through `train_batch`: its outputs, its targets on the device, its loss, and the lr
+    of the optimizer step it completed (None while gradients are still being accumulated)."""
+
+    out: torch.Tensor
+    y: torch.Tensor
+    loss: torch.Tensor
+    lr: float | None
+
+
+def train_batch(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn: nn.Module,
+                optimizer: torch.optim.Optimizer, schedule: Schedule, opts: StepOptions, state: LoopState, *,
+                batch: int, batches: int, epoch: int = 0, callback: Callback = Callback(),
+                check: Callable[[torch.Tensor], None] = lambda loss: None, forward: nn.Module | None = None) -> Trained:
+    """The training step every caller runs (train, tune trials, lr-find), one batch at a time:
+    forward and backward under `opts` (AMP, the loss scaled for `opts.accumulate`, in parts after
+    running out of memory) and, on the last batch of an accumulation group, clipping, the optimizer
+    step (with warmup), EMA and a per-step schedule; `state.step` counts the optimizer steps.
+
+    Args:
+        batch: 0-based index of this batch in the epoch (accumulation groups start at multiples of
+            `opts.accumulate`); batches: how many the epoch has (its last batch always steps).
+        check: called with each loss before its backward (raise there to stop before the update).
+        forward: what to call instead of `model` (a torch.compile'd or DDP wrapper).
+    """
+    forward = forward or model
+    x, y = opts.to_device(x, y)
+    last = (batch + 1) % opts.accumulate == 0 or batch + 1 == batches
+    distributed.sync_gradients(forward, last)
+    if batch % opts.accumulate == 0:
+        # zeroed before each step's first backward (not after the step), so the epoch's last
+        # gradients stay readable for the histograms
+        optimizer.zero_grad(set_to_none=True)
+    out, loss = _learn_fitting(forward, loss_fn, x, y, opts, state, optimizer, callback, epoch, batch, check)
+    if not last:
+        return Trained(out, y, loss, None)
+    lr = _optimizer_step(model, optimizer, schedule, opts, state.step)
+    state.step += 1
+    return Trained(out, y, loss, lr)
 
 
 def _check_finite(active: bool, epoch: int, batch: int, lr: float, loss: torch.Tensor) -> None:
