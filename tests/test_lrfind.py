@@ -6,6 +6,7 @@ import json
 import math
 from pathlib import Path
 
+import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -94,3 +95,24 @@ def test_no_suggestion_when_the_curve_gives_none():
 def test_the_running_median_ignores_a_single_spike():
     assert smooth([1.0, 1.0, 9.0, 1.0, 1.0], 1) == [1.0, 1.0, 1.0, 1.0, 1.0]
     assert smooth([3.0, 2.0, 1.0], 1) == [2.5, 2.0, 1.5]  # fewer values at the ends
+
+
+def test_lr_find_steps_through_trains_own_step_with_accumulation(tmp_path, monkeypatch):
+    from dltool.experiments.lrfind import lr_find
+    from dltool.training import engine
+
+    seen = []
+    real = engine.train_batch
+
+    def counting(*args, **kwargs):
+        done = real(*args, **kwargs)
+        seen.append((kwargs["batch"], kwargs["batches"], done.lr))
+        return done
+
+    monkeypatch.setattr(engine, "train_batch", counting)
+    result = lr_find(QUICKSTART, ["train.device=cpu", "train.accumulate=3", "train.clip_grad_norm=1.0"],
+                     start=1e-4, end=1e-2, steps=6, out=tmp_path / "lr.png")
+    assert [(batch, batches) for batch, batches, _ in seen] == [(0, 3), (1, 3), (2, 3)] * 6
+    stepped = [lr for _, _, lr in seen if lr is not None]  # the optimizer stepped on each group's third batch
+    assert len(stepped) == len(result.lrs) == 6
+    assert stepped == pytest.approx(result.lrs)
