@@ -11,8 +11,9 @@ from torchvision.transforms.v2.functional import _geometry
 
 from dltool.config.load import config_from_data
 from dltool.config.spec import parse_spec
+from dltool.data.draft import resized_size
 from dltool.errors import CheckpointError
-from dltool.inference.eval_plan import Unplannable, build_plan, compile_steps, crop_window, resized_size
+from dltool.inference.eval_plan import Unplannable, build_plan, compile_steps, crop_window
 from dltool.inference.plan_numpy import NumpyPreprocess
 from dltool.inference.plan_torch import Preprocess
 

@@ -21,8 +21,9 @@ array) and {"op": "to_dtype", "dtype": "float64", "scale": false} (torchvision's
 dtypes other than uint8 -> float32). A list with any other step has no plan: torch hands it to
 torchvision, export refuses it.
 
-The rules every runtime shares (Resize's output size, CenterCrop's padding and window) and the
-PIL half of the steps are written here once.
+The rules every runtime shares (CenterCrop's padding and window here; Resize's output size in
+dltool.data.draft, which decodes photos at the size a Resize needs) and the PIL half of the steps
+are written here once.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from typing import Any, Callable, Sequence
 from PIL import Image, ImageOps
 
 from dltool.config.spec import Spec
+from dltool.data.draft import decode_size, resized_size
 from dltool.errors import DltoolError
 
 # PIL resampling filters for torchvision's InterpolationMode values (torchvision's pil_modes_mapping).
@@ -70,7 +72,6 @@ def build_plan(config: Any, input_shape: Sequence[int]) -> dict:
     Raises:
         Unplannable: a step of data.transforms.eval (or its arguments) has no plain-data form.
     """
-    from dltool.data.draft import decode_size
     from dltool.data.transform_lists import transform_specs
 
     specs = transform_specs(config.data.transforms)[1]
@@ -248,20 +249,6 @@ STEPS: dict[str, Callable[..., tuple[list[dict], str]]] = {
     "convertimagedtype": _convert_image_dtype, "normalize": _normalize, "identity": _identity,
     "topuretensor": _identity,
 }
-
-
-def resized_size(height: int, width: int, size: list[int] | None, max_size: int | None) -> tuple[int, int]:
-    """The (height, width) torchvision's Resize gives an image of that size."""
-    short, long = (width, height) if width <= height else (height, width)
-    if size is None:
-        new_short, new_long = int(max_size * short / long), max_size
-    elif len(size) == 1:
-        new_short, new_long = size[0], int(size[0] * long / short)
-        if max_size is not None and new_long > max_size:
-            new_short, new_long = int(max_size * new_short / new_long), max_size
-    else:
-        return size[0], size[1]
-    return (new_long, new_short) if width <= height else (new_short, new_long)
 
 
 def crop_window(height: int, width: int, crop_h: int, crop_w: int) -> tuple[tuple[int, int, int, int], int, int]:
