@@ -123,7 +123,7 @@ def compile_steps(specs: Sequence[Spec], exported: bool = False) -> list[dict]:
 
 
 def _compile(spec: Spec, kind: str) -> tuple[list[dict], str]:
-    factory = STEPS.get(spec.name.lower())
+    factory = COMPILERS.get(spec.name.lower())
     if factory is None:
         raise Unplannable(_refused(spec, "it has no plain-data form an exported model can carry"))
     args = spec.args
@@ -242,8 +242,8 @@ def _identity(kind: str) -> tuple[list[dict], str]:
     return [], kind
 
 
-# transform name (lower case) -> factory(input kind, the transform's arguments) -> (steps, output kind)
-STEPS: dict[str, Callable[..., tuple[list[dict], str]]] = {
+# transform name (lower case) -> compiler(input kind, the transform's arguments) -> (steps, output kind)
+COMPILERS: dict[str, Callable[..., tuple[list[dict], str]]] = {
     "resize": _resize, "centercrop": _center_crop, "grayscale": _grayscale, "rgb": _rgb,
     "totensor": _to_tensor, "toimage": _to_image, "piltotensor": _to_image, "todtype": _to_dtype,
     "convertimagedtype": _convert_image_dtype, "normalize": _normalize, "identity": _identity,

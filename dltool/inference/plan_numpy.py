@@ -25,7 +25,7 @@ class NumpyPreprocess:
             self.max_pixels = plan.get("max_pixels")
             self.short_side = plan.get("short_side")  # absent in files exported before reduced decoding
             self.input_shape = tuple(plan["input_shape"])
-            self.steps = executable(plan["steps"], STEPS)
+            self.steps = executable(plan["steps"], ARRAY_STEPS)
         except (KeyError, TypeError, ValueError) as exc:
             raise CheckpointError(f"{source}: its preprocess metadata is not a dltool plan ({exc})") from None
 
@@ -74,7 +74,7 @@ def _normalize(mean: list[float], std: list[float]) -> Callable[[np.ndarray], np
 
 # op -> the step as a function of its fields, for the steps on arrays (eval_plan.PIL_STEPS: on PIL
 # images); together, the steps an exported file may hold (eval_plan.OPS)
-STEPS: dict[str, Callable[[dict], Callable]] = {
+ARRAY_STEPS: dict[str, Callable[[dict], Callable]] = {
     "center_crop": lambda step: cropper(step["size"], _pad),
     "to_array": lambda step: to_array,
     "to_float": lambda step: _to_float(step.get("divide_by"), step.get("multiply_by")),

@@ -90,7 +90,7 @@ def _normalize(mean: list[float], std: list[float]) -> Callable:
 
 
 # op -> the step as a function of its fields, for the steps on tensors (eval_plan.PIL_STEPS: on PIL images)
-STEPS: dict[str, Callable[[dict], Callable]] = {
+ARRAY_STEPS: dict[str, Callable[[dict], Callable]] = {
     "center_crop": lambda step: cropper(step["size"], _pad),
     "to_array": lambda step: to_image,
     "to_float": lambda step: _to_float(step.get("divide_by"), step.get("multiply_by")),
@@ -114,7 +114,7 @@ class Preprocess:
         except Unplannable:
             self.steps = None
         self.native = self.steps is not None
-        self._run = executable(self.steps or (), STEPS)
+        self._run = executable(self.steps or (), ARRAY_STEPS)
         self._pipeline: Callable | None = None
 
     def __call__(self, image: Image.Image) -> torch.Tensor:
