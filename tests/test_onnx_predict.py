@@ -17,8 +17,8 @@ from dltool.cli import app
 from dltool.config.load import config_from_data
 from dltool.data.transform_lists import transform_specs
 from dltool.data.transforms import build_pipeline, to_float_tensor
-from dltool.inference.plan import Unplannable, build_plan
-from dltool.inference.preprocess_numpy import NumpyPreprocess
+from dltool.inference.eval_plan import Unplannable, build_plan
+from dltool.inference.plan_numpy import NumpyPreprocess
 
 MLP = ["Flatten", {"Linear": {"out_features": 16}}, "ReLU", {"Linear": {"out_features": "num_classes"}}]
 NORM3 = {"Normalize": {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}}

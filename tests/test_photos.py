@@ -207,7 +207,7 @@ def photo_run(tmp_path_factory):
 
 def test_eval_predict_and_exported_files_agree_on_the_same_photos(photo_run):
     from dltool.data.build import build_data
-    from dltool.inference.preprocess import ImageReader
+    from dltool.inference.plan_torch import ImageReader
     from dltool.store.checkpoint import checkpoint_config, load_checkpoint
 
     folder, run, (onnx, torchscript) = photo_run

@@ -151,19 +151,29 @@ def draft(image: Image.Image, short_side: int) -> None:
 def shrink(image: Image.Image, short_side: int) -> Image.Image:
     """`image` resized (bilinear, antialiased) so its short side is `short_side`, when it is larger;
     the long side as torchvision's Resize(short_side) computes it."""
-    width, height = image.size
-    short, long = min(width, height), max(width, height)
-    if short <= short_side:
+    if min(image.size) <= short_side:
         return image
-    new_long = int(short_side * long / short)
-    size = (short_side, new_long) if width <= height else (new_long, short_side)
-    return image.resize(size, resample=Image.BILINEAR)
+    height, width = resized_size(image.height, image.width, [short_side], None)
+    return image.resize((width, height), resample=Image.BILINEAR)
 
 
 def decoded_pixels(width: int, height: int, image_format: str, short_side: int | None) -> int:
     """Pixels of a width x height image of `image_format` once decoded at `short_side` (an upper
     bound: drafting may round the long side one pixel up)."""
-    short, long = min(width, height), max(width, height)
-    if short_side is None or image_format != "JPEG" or short <= short_side:
+    if short_side is None or image_format != "JPEG" or min(width, height) <= short_side:
         return width * height
-    return short_side * (int(short_side * long / short) + 1)
+    return short_side * (max(resized_size(height, width, [short_side], None)) + 1)
+
+
+def resized_size(height: int, width: int, size: list[int] | None, max_size: int | None) -> tuple[int, int]:
+    """The (height, width) torchvision's Resize gives an image of that size."""
+    short, long = (width, height) if width <= height else (height, width)
+    if size is None:
+        new_short, new_long = int(max_size * short / long), max_size
+    elif len(size) == 1:
+        new_short, new_long = size[0], int(size[0] * long / short)
+        if max_size is not None and new_long > max_size:
+            new_short, new_long = int(max_size * new_short / new_long), max_size
+    else:
+        return size[0], size[1]
+    return (new_long, new_short) if width <= height else (new_short, new_long)

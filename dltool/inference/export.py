@@ -7,7 +7,7 @@ the CPU, and written with a dynamic batch axis:
   torch's default and supported path; where it cannot take a model (a layer torch.export cannot
   trace, such as RReLU), the TorchScript-based exporter (dynamo=False), which torch keeps for
   such models. The file's metadata holds `classes` (JSON list), `preprocess` (the eval transforms
-  as a plain-data plan, dltool.inference.plan), `task`, `output` (what the outputs are: softmax
+  as a plain-data plan, dltool.inference.eval_plan), `task`, `output` (what the outputs are: softmax
   logits unless the checkpoint says otherwise) and `dltool_config` (the resolved config).
 - TorchScript through `torch.jit.trace` (`torch.jit.script` where tracing fails), with the same
   metadata in `_extra_files`, so `torch.jit.load` runs it without dltool.
@@ -80,8 +80,8 @@ def export(target: str | Path, fmt: str = "onnx", out: str | Path | None = None,
         ExportError: a layer cannot be exported, or the file computes something else.
     """
     fmt = check_options(fmt, out, opset)
+    from dltool.inference.eval_plan import build_plan
     from dltool.inference.kinds import require_checkpoint
-    from dltool.inference.plan import build_plan
     from dltool.store.checkpoint import load_checkpoint, rebuild_model
 
     require_checkpoint(target, "export")

@@ -1,6 +1,6 @@
 """The metadata of a model file checked against what dltool itself writes, before any image is read.
 
-An exported file (ONNX or TorchScript) carries `classes`, `preprocess` (a plan, dltool.inference.plan),
+An exported file (ONNX or TorchScript) carries `classes`, `preprocess` (a plan, dltool.inference.eval_plan),
 `task` and `output`; a checkpoint carries its classes and its eval transforms. A file from elsewhere
 may hold anything there: lists of the wrong length, unknown modes or operations, a resize to
 100000x100000 that would fill the memory, or JSON nested deeper than Python's recursion limit.
@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any, Sequence
 
 from dltool.errors import CheckpointError
+from dltool.inference.eval_plan import INTERPOLATIONS, OPS
 
 # PIL's decompression-bomb limit, dltool's default data.max_image_pixels: no resize, crop or pad of
 # an eval list may produce more, whatever limit the file itself names.
@@ -25,16 +26,6 @@ MAX_STEPS = 64
 MODES = {"L": 1, "RGB": 3}
 TASKS = ("classification", "regression")
 OUTPUTS = ("softmax", "sigmoid", "probabilities", "log_softmax")
-INTERPOLATIONS = ("nearest", "nearest-exact", "bilinear", "bicubic", "box", "hamming", "lanczos")
-# op -> {field: required}
-OPS: dict[str, dict[str, bool]] = {
-    "convert": {"mode": True},
-    "resize": {"size": True, "max_size": False, "interpolation": False},
-    "center_crop": {"size": True},
-    "to_array": {},
-    "to_float": {"divide_by": False, "multiply_by": False},
-    "normalize": {"mean": True, "std": True},
-}
 
 
 NOT_USED = "the file was not written by `dltool export` or was changed since, so it is not used"
@@ -139,7 +130,7 @@ def check_classes(classes: Any, task: str, outputs: int | None = None, named: bo
 
 
 def check_plan(plan: Any) -> None:
-    """A preprocessing plan as dltool.inference.plan writes it.
+    """A preprocessing plan as dltool.inference.eval_plan writes it.
 
     Raises:
         Invalid: the first field that is not.

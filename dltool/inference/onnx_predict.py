@@ -1,8 +1,8 @@
 """`dltool predict --model FILE.onnx`: classify with an exported file through onnxruntime alone.
 
 Nothing here imports torch or torchvision: the file carries its classes and its eval preprocessing
-(dltool.inference.plan) in its metadata, images go through PIL and numpy
-(dltool.inference.preprocess_numpy), and every batch runs through one onnxruntime session. A cold
+(dltool.inference.eval_plan) in its metadata, images go through PIL and numpy
+(dltool.inference.plan_numpy), and every batch runs through one onnxruntime session. A cold
 one-image predict so costs a fraction of `import torch`.
 """
 

@@ -1,6 +1,6 @@
 """`dltool predict`: classify image files, folders and globs with a checkpoint alone.
 
-Images are read exactly as training read its eval samples (dltool.inference.preprocess.ImageReader: the same
+Images are read exactly as training read its eval samples (dltool.inference.plan_torch.ImageReader: the same
 decoding, channel conversion and eval transforms), batched, and run under `torch.inference_mode`.
 A file that cannot be read gets an error entry and the others are still classified.
 

@@ -15,7 +15,7 @@ from typing import Any, Callable, ClassVar, Protocol, Sequence
 
 import numpy as np
 
-from dltool.errors import CheckpointError, ConfigError
+from dltool.errors import CheckpointError, ConfigError, ImageError
 from dltool.inference import kinds
 
 
@@ -45,8 +45,6 @@ class Predictor(Protocol):
         Raises:
             ImageError: unreadable, or a shape after the eval transforms that the model does not take.
         """
-        from dltool.inference.preprocess_numpy import checked_input
-
         return checked_input(self.read(file), self.input_shape, file)
 
     def probabilities(self, outputs: np.ndarray) -> np.ndarray:
@@ -63,6 +61,18 @@ class Predictor(Protocol):
             raise CheckpointError(f"{self.path}: names {len(self.classes)} classes but its model gives {width} "
                                   "outputs; the file is inconsistent")
         return [(top, None) for top in top_rows(self.probabilities(outputs), self.classes, topk)]
+
+
+def checked_input(x: Any, input_shape: Sequence[int], path: str) -> Any:
+    """`x` (a tensor or an array) if the model takes its shape.
+
+    Raises:
+        ImageError: a shape after the eval transforms that the model does not take.
+    """
+    if tuple(x.shape) != tuple(input_shape):
+        raise ImageError(f"{path}: gives an input of shape {list(x.shape)} after the run's eval transforms, "
+                         f"but the model takes {list(input_shape)} (add a Resize to data.transforms.eval)")
+    return x
 
 
 def to_probabilities(outputs: np.ndarray, kind: str) -> np.ndarray:
@@ -94,7 +104,7 @@ def read_exported_into(predictor: Any, metadata: dict[str, str]) -> None:
         CheckpointError: the metadata is missing, damaged or not what `dltool export` writes.
     """
     from dltool.inference.metadata import read_exported
-    from dltool.inference.preprocess_numpy import NumpyPreprocess
+    from dltool.inference.plan_numpy import NumpyPreprocess
 
     found = read_exported(metadata, predictor.path)
     predictor.classes, predictor.task, predictor.output = found.classes, found.task, found.output
@@ -114,7 +124,7 @@ def device_of(device: str) -> Any:
 
 class CheckpointPredictor(Predictor):
     """A dltool checkpoint (or run folder): its model rebuilt from its config, images read as its
-    eval samples were (dltool.inference.preprocess.ImageReader)."""
+    eval samples were (dltool.inference.plan_torch.ImageReader)."""
 
     kind = kinds.CHECKPOINT
 
@@ -122,7 +132,7 @@ class CheckpointPredictor(Predictor):
     def load(cls, path: str | Path, device: str = "auto") -> CheckpointPredictor:
         from dltool.data.transform_lists import transform_specs
         from dltool.inference.metadata import Invalid, check_classes, check_eval_transforms
-        from dltool.inference.preprocess import ImageReader
+        from dltool.inference.plan_torch import ImageReader
         from dltool.models.outputs import DEFAULT as DEFAULT_OUTPUT
         from dltool.store.checkpoint import load_checkpoint, rebuild_model
 

@@ -12,7 +12,8 @@ from dltool.data import build_data
 from dltool.data import transforms as tv
 from dltool.data.build import _pipelines
 from dltool.data.transform_lists import transform_specs
-from dltool.inference.preprocess import Preprocess, image_mode
+from dltool.inference.eval_plan import image_mode
+from dltool.inference.plan_torch import Preprocess
 
 NATIVE_LISTS = [
     [{"Resize": [28, 28]}, "ToTensor", {"Normalize": {"mean": [0.5], "std": [0.5]}}],
@@ -107,7 +108,7 @@ def test_digits_eval_samples_are_rebuilt_exactly():
 
 
 def test_native_preprocessing_does_not_import_torchvision():
-    code = ("import sys\nfrom PIL import Image\nfrom dltool.inference.preprocess import Preprocess\n"
+    code = ("import sys\nfrom PIL import Image\nfrom dltool.inference.plan_torch import Preprocess\n"
             "from dltool.config.spec import parse_spec\n"
             "specs = [parse_spec(s, 'x') for s in ({'Resize': [28, 28]}, 'ToTensor', {'Normalize': [[0.5], [0.5]]})]\n"
             "out = Preprocess(specs)(Image.new('L', (8, 8)))\n"
