@@ -230,10 +230,10 @@ def test_render_shows_tables_and_worst_mistakes():
 
     from rich.console import Console
 
-    from dltool.inference.eval_report import render
+    from dltool.cli.render_eval import render_eval
 
     console = Console(file=io.StringIO(), width=100)
-    for part in render(_hand_result()):
+    for part in render_eval(_hand_result()):
         console.print(part)
     text = console.file.getvalue()
     assert text.startswith("ck.pt\n") and "│ accuracy      │ 0.6000 │" in text

@@ -1,6 +1,6 @@
 """Pictures beyond one run's curves.png: several runs overlaid (`dltool plot`, also while they train)
 and the lr-find curve. Drawn as curves.png is (dltool.training.curves: matplotlib's Agg canvas, no pyplot);
-eval's confusion matrix is drawn with matplotlib too, in dltool/eval_report.py.
+eval's confusion matrix is drawn with matplotlib too, in dltool/inference/eval_report.py.
 """
 
 from __future__ import annotations
