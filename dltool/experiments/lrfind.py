@@ -2,7 +2,8 @@
 
 The config's own data, model, loss and optimizer take one mini-batch per learning rate on an
 exponential ramp from `start` to `end`; the smoothed loss is recorded until it diverges. Nothing
-is saved: the model and optimizer are thrown away, and no run folder is written.
+is saved: the model and optimizer are thrown away, and no run folder is written; the one file
+written is the picture of the loss against the lr (`draw_lr_find`).
 """
 
 from __future__ import annotations
@@ -57,7 +58,6 @@ def lr_find(config_path: str | Path, overrides: Sequence[str] = (), *, start: fl
         ConfigError: bad arguments or config. DataError: no training data.
     """
     from dltool.config.load import load_config
-    from dltool.experiments.plots import draw_lr_find
     from dltool.store.writing import prepare_output
     from dltool.training.curves import picture_type
 
@@ -167,3 +167,37 @@ def suggest_lr(lrs: Sequence[float], losses: Sequence[float], diverged_at: float
     if lr < lrs[0]:
         return lrs[0], how + ", raised to the first lr tried (the loss was lowest near --start: try a lower one)"
     return min(lr, lrs[-1]), how
+
+
+def draw_lr_find(result: LrFindResult, path: str | Path) -> Path:
+    """Loss against learning rate, both on log axes: each step's loss faint, the running median
+    bold, the y range cut where the loss rose past its start (the divergence would flatten the
+    rest), the lr where it diverged and the suggestion marked and named. Written to `path` under
+    the rule of every --out (dltool.store.writing.write_output)."""
+    from dltool.store.writing import write_output
+    from dltool.training.curves import new_figure, save_picture
+
+    figure = new_figure(6, 4)
+    ax = figure.subplots()
+    positive = [loss for loss in result.raw_losses + result.losses if loss > 0]
+    if positive and len(positive) == len(result.raw_losses) + len(result.losses):
+        from matplotlib.ticker import LogFormatter
+
+        ax.set_yscale("log")
+        ax.yaxis.set_major_formatter(LogFormatter(labelOnlyBase=False))  # 2, 3 rather than 2x10^0
+        ax.yaxis.set_minor_formatter(LogFormatter(labelOnlyBase=False, minor_thresholds=(2, 0.5)))
+        low = min(positive)
+        ax.set_ylim(low / 1.2, max(result.losses[0] * 1.5, low * 2))
+    ax.plot(result.lrs, result.raw_losses, color="C0", alpha=0.3, linewidth=0.8, label="loss at each step")
+    ax.plot(result.lrs, result.losses, color="C0", label="running median")
+    ax.set_xscale("log")
+    ax.set_xlabel("learning rate")
+    ax.set_ylabel("training loss")
+    ax.grid(alpha=0.3, which="both")
+    if result.diverged_at is not None:
+        ax.axvline(result.diverged_at, color="0.5", linestyle=":", label=f"diverged at {result.diverged_at:.3g}")
+    if result.suggested_lr is not None:
+        ax.axvline(result.suggested_lr, color="C3", linestyle="--", label=f"suggested lr {result.suggested_lr:.3g}")
+    ax.legend(fontsize="small", loc="best")
+    figure.tight_layout()
+    return save_picture(figure, Path(path), write_output)

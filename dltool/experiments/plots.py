@@ -1,52 +1,17 @@
-"""Pictures beyond one run's curves.png: several runs overlaid (`dltool plot`, also while they train)
-and the lr-find curve. Drawn as curves.png is (dltool.training.curves: matplotlib's Agg canvas, no pyplot);
-eval's confusion matrix is drawn with matplotlib too, in dltool/inference/eval_report.py.
+"""`dltool plot`: several runs' curves overlaid in one picture, also while they train. Drawn as
+curves.png is (dltool.training.curves: matplotlib's Agg canvas, no pyplot); the lr-find curve
+(dltool.experiments.lrfind) and eval's confusion matrix (dltool/inference/eval_report.py) are drawn
+with matplotlib too.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Sequence
+from typing import Sequence
 
 from dltool.errors import ConfigError
-from dltool.training.curves import draw_runs, new_figure, picture_type, read_rows, read_summary, save_picture
-
-if TYPE_CHECKING:
-    from dltool.experiments.lrfind import LrFindResult
-
-
-def draw_lr_find(result: LrFindResult, path: str | Path) -> Path:
-    """Loss against learning rate, both on log axes: each step's loss faint, the running median
-    bold, the y range cut where the loss rose past its start (the divergence would flatten the
-    rest), the lr where it diverged and the suggestion marked and named. Written to `path` under
-    the rule of every --out (dltool.store.writing.write_output)."""
-    from dltool.store.writing import write_output
-
-    figure = new_figure(6, 4)
-    ax = figure.subplots()
-    positive = [loss for loss in result.raw_losses + result.losses if loss > 0]
-    if positive and len(positive) == len(result.raw_losses) + len(result.losses):
-        from matplotlib.ticker import LogFormatter
-
-        ax.set_yscale("log")
-        ax.yaxis.set_major_formatter(LogFormatter(labelOnlyBase=False))  # 2, 3 rather than 2x10^0
-        ax.yaxis.set_minor_formatter(LogFormatter(labelOnlyBase=False, minor_thresholds=(2, 0.5)))
-        low = min(positive)
-        ax.set_ylim(low / 1.2, max(result.losses[0] * 1.5, low * 2))
-    ax.plot(result.lrs, result.raw_losses, color="C0", alpha=0.3, linewidth=0.8, label="loss at each step")
-    ax.plot(result.lrs, result.losses, color="C0", label="running median")
-    ax.set_xscale("log")
-    ax.set_xlabel("learning rate")
-    ax.set_ylabel("training loss")
-    ax.grid(alpha=0.3, which="both")
-    if result.diverged_at is not None:
-        ax.axvline(result.diverged_at, color="0.5", linestyle=":", label=f"diverged at {result.diverged_at:.3g}")
-    if result.suggested_lr is not None:
-        ax.axvline(result.suggested_lr, color="C3", linestyle="--", label=f"suggested lr {result.suggested_lr:.3g}")
-    ax.legend(fontsize="small", loc="best")
-    figure.tight_layout()
-    return save_picture(figure, Path(path), write_output)
+from dltool.training.curves import draw_runs, picture_type, read_rows, read_summary
 
 
 @dataclass
