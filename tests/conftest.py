@@ -11,12 +11,21 @@ QUICKSTART = Path(__file__).resolve().parent.parent / "configs" / "quickstart.ya
 
 @pytest.fixture(scope="session")
 def digits_run(tmp_path_factory):
-    """The quickstart run (embedded digits, 16x16 CNN) cut to 2 epochs on the CPU: its run folder."""
+    """The quickstart run (embedded digits, 16x16 CNN) cut to 2 epochs on the CPU: its run folder.
+    Every test reads it as trained: one that writes into a run (an eval's default report, an export)
+    writes into its own copy, and the session checks at its end that nothing was added or changed."""
     from dltool.training.train import train
 
     folder = tmp_path_factory.mktemp("digits_run")
-    return train(QUICKSTART, runs_dir=folder / "runs", name="digits",
-                 overrides=["train.epochs=2", "train.device=cpu", "train.histograms=false"]).run_dir
+    run = train(QUICKSTART, runs_dir=folder / "runs", name="digits",
+                overrides=["train.epochs=2", "train.device=cpu", "train.histograms=false"]).run_dir
+    trained = _files(run)
+    yield run
+    assert _files(run) == trained, "a test wrote into the shared digits_run; give it a copy of its own"
+
+
+def _files(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
 @pytest.fixture

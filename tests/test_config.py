@@ -50,7 +50,9 @@ def test_quickstart_loads_into_typed_config():
     config = load_config(QUICKSTART)
     assert config.data.dataset.name == "Digits"
     assert config.model.layers[0].name == "Conv2d"
-    assert config.model.layers[0].mark.line is not None
+    mark = config.model.layers[0].mark  # where the first layer is written: `    - Conv2d: {...}`
+    assert Path(mark.file) == QUICKSTART
+    assert QUICKSTART.read_text().splitlines()[mark.line - 1][mark.column - 1:].startswith("Conv2d: ")
     assert config.train.epochs >= 1
 
 

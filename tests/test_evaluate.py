@@ -20,6 +20,13 @@ def _eval_json(*args):
     return json.loads(result.stdout)
 
 
+@pytest.fixture
+def own_run(digits_run, tmp_path):
+    """A copy of the session's quickstart run for a test that writes its default report folders into
+    the run: the run other tests read stays as trained."""
+    return shutil.copytree(digits_run, tmp_path / "digits")
+
+
 @pytest.fixture(scope="module")
 def evaluated(digits_run):
     return evaluate_checkpoint(digits_run, device="cpu")
@@ -76,12 +83,12 @@ def test_report_numbers_agree_with_each_other_and_scikit_learn(evaluated):
     assert report["weighted_avg"]["recall"] == pytest.approx(weighted[1])
 
 
-def test_files_written_to_the_run_eval_folder(digits_run):
-    result = CliRunner().invoke(app, ["eval", str(digits_run), "--device", "cpu"])
+def test_files_written_to_the_run_eval_folder(own_run):
+    result = CliRunner().invoke(app, ["eval", str(own_run), "--device", "cpu"])
     assert result.exit_code == 0, result.output
     assert result.stdout == ""
     assert "per class" in result.stderr and "confusion matrix" in result.stderr
-    out = digits_run / "eval"
+    out = own_run / "eval"
     assert sorted(p.name for p in out.iterdir()) == [
         "confusion_matrix.csv", "confusion_matrix.png", "metrics.json", "misclassified.csv"]
     rows = list(csv.reader(open(out / "confusion_matrix.csv")))
@@ -230,10 +237,10 @@ def test_render_shows_tables_and_worst_mistakes():
 
     from rich.console import Console
 
-    from dltool.inference.eval_report import render
+    from dltool.cli.render_eval import render_eval
 
     console = Console(file=io.StringIO(), width=100)
-    for part in render(_hand_result()):
+    for part in render_eval(_hand_result()):
         console.print(part)
     text = console.file.getvalue()
     assert text.startswith("ck.pt\n") and "│ accuracy      │ 0.6000 │" in text
@@ -277,14 +284,14 @@ def test_an_out_that_cannot_take_the_report_is_refused_before_the_work(digits_ru
     assert file.read_text() == "mine\n" and (mixed / "notes.txt").read_text() == "mine\n"
 
 
-def test_each_split_writes_its_own_report_folder(digits_run):
-    val = CliRunner().invoke(app, ["eval", str(digits_run), "--json"])
+def test_each_split_writes_its_own_report_folder(own_run):
+    val = CliRunner().invoke(app, ["eval", str(own_run), "--json"])
     assert val.exit_code == 0, val.output
-    before = _report(digits_run / "eval")
-    train = CliRunner().invoke(app, ["eval", str(digits_run), "--json", "--split", "train"])
+    before = _report(own_run / "eval")
+    train = CliRunner().invoke(app, ["eval", str(own_run), "--json", "--split", "train"])
     assert train.exit_code == 0, train.output
-    assert _report(digits_run / "eval") == before
-    assert json.loads((digits_run / "eval-train" / "metrics.json").read_text())["split"] == "train"
+    assert _report(own_run / "eval") == before
+    assert json.loads((own_run / "eval-train" / "metrics.json").read_text())["split"] == "train"
     assert json.loads(before["metrics.json"])["split"] == "val"
 
 

@@ -4,6 +4,7 @@ classes and eval preprocessing, and refuse (in one line) what they cannot export
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -35,27 +36,34 @@ def _session(path):
 
 
 @pytest.fixture(scope="module")
-def quickstart_files(digits_run):
+def quickstart_run(digits_run, tmp_path_factory):
+    """This module's own copy of the session's quickstart run: the exports go into it, never into the
+    run other modules read."""
+    return Path(shutil.copytree(digits_run, tmp_path_factory.mktemp("export") / "digits"))
+
+
+@pytest.fixture(scope="module")
+def quickstart_files(quickstart_run):
     """The quickstart run exported to ONNX and TorchScript (default file names in the run folder)."""
     for fmt in ("onnx", "torchscript"):
-        result = _export(digits_run, "--format", fmt)
+        result = _export(quickstart_run, "--format", fmt)
         assert result.exit_code == 0, result.output
-    return digits_run / "model.onnx", digits_run / "model.torchscript.pt"
+    return quickstart_run / "model.onnx", quickstart_run / "model.torchscript.pt"
 
 
-def test_onnx_predictions_equal_the_checkpoints_on_the_quickstart_run(digits_run, quickstart_files, tmp_path):
-    checkpoint = load_checkpoint(digits_run)
-    bundle = build_data(load_config(digits_run / "config.yaml"), splits=("val",), split_state=checkpoint["split"])
+def test_onnx_predictions_equal_the_checkpoints_on_the_quickstart_run(quickstart_run, quickstart_files, tmp_path):
+    checkpoint = load_checkpoint(quickstart_run)
+    bundle = build_data(load_config(quickstart_run / "config.yaml"), splits=("val",), split_state=checkpoint["split"])
     for i in range(0, len(bundle.val), 6):
         bundle.val.raw_image(i).save(tmp_path / f"{i:03d}.png")
     outputs = {}
-    for model in (digits_run, *quickstart_files):
+    for model in (quickstart_run, *quickstart_files):
         trust = ["--trust-program"] if model.name.endswith(".torchscript.pt") else []
         result = CliRunner().invoke(app, ["predict", str(tmp_path), "--model", str(model), "--format", "json",
                                           "--topk", "10", *trust])
         assert result.exit_code == 0, result.output
         outputs[model] = json.loads(result.stdout)
-    expected = outputs.pop(digits_run)
+    expected = outputs.pop(quickstart_run)
     assert len(expected) == 60
     for got in outputs.values():
         for a, b in zip(got, expected):
@@ -64,9 +72,9 @@ def test_onnx_predictions_equal_the_checkpoints_on_the_quickstart_run(digits_run
             assert all(abs(t["probability"] - probabilities[t["index"]]) <= 1e-4 for t in a["top"])
 
 
-def test_the_files_carry_classes_preprocessing_and_config(digits_run, quickstart_files):
+def test_the_files_carry_classes_preprocessing_and_config(quickstart_run, quickstart_files):
     onnx_path, script_path = quickstart_files
-    checkpoint = load_checkpoint(digits_run)
+    checkpoint = load_checkpoint(quickstart_run)
     props = {p.key: p.value for p in onnx.load(str(onnx_path)).metadata_props}
     extra = {"classes": "", "preprocess": "", "dltool_config": ""}
     torch.jit.load(str(script_path), _extra_files=extra)

@@ -11,7 +11,7 @@ from rich.console import Console
 from typer.testing import CliRunner
 
 from dltool.cli import app
-from dltool.experiments.render import runs_table
+from dltool.cli.render_experiments import runs_table
 from dltool.experiments.runs_table import FIELDS, list_runs
 from dltool.training.run_folder import RunDir
 

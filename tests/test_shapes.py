@@ -210,8 +210,13 @@ def test_depth_must_be_positive(tmp_path, depth):
 ])
 def test_each_layer_shows_the_arguments_it_was_built_with(tmp_path, written, shown):
     path = write(tmp_path, f"model:\n  input_shape: [1, 8, 8]\n  layers: [{written}]\n")
-    row = collect_shapes(load_config(path), (1, 8, 8)).rows[-1]
-    assert (f"{row.type}({row.arguments})" if row.arguments else row.type) == shown
+    report = collect_shapes(load_config(path), (1, 8, 8))
+    assert (report.rows[-1].type, report.rows[-1].arguments) == (shown.split("(")[0], shown.split("(", 1)[1][:-1])
+    console = Console(file=io.StringIO(), width=200, color_system=None)
+    console.print(render_table(report))
+    last = [line for line in console.file.getvalue().splitlines() if line.strip()][-3]  # the last layer's row
+    assert last.split()[:3] == [str(report.rows[-1].index), report.rows[-1].name, shown.split()[0]]
+    assert f" {shown} " in last
 
 
 def test_a_positional_list_whose_reading_is_ambiguous_is_refused(tmp_path):

@@ -81,7 +81,7 @@ def test_train_progress_and_summary_show_a_hostile_run_folder_literally():
 
 
 def test_tune_trials_from_a_shared_study_show_their_keys_values_and_states_literally():
-    from dltool.experiments.render import trial_line, trials_table
+    from dltool.cli.render_experiments import trial_line, trials_table
 
     trial = {"number": 0, "state": "[blink]\x1b[2J", "value": 0.5, "params": {MARKUP: f"[red]{ESCAPES}"}}
     visible = RICH_CODES.sub("", render(trials_table([trial], f"[u]{ESCAPES}", 0)))

@@ -13,7 +13,7 @@ from torchvision.transforms import v2
 from dltool.config.registry import TRANSFORMS
 from dltool.config.spec import parse_spec
 from dltool.data.transform_lists import deterministic_part
-from dltool.data.transforms import build_pipeline, build_transform, to_float_tensor
+from dltool.data.transforms import ToTensor, build_pipeline, build_transform, to_float_tensor
 from dltool.errors import RegistryError
 
 # Arguments for the transforms that have required ones, written as a YAML user would.
@@ -37,19 +37,55 @@ NOT_FOR_ONE_IMAGE = {"ClampBoundingBoxes", "ClampKeyPoints", "ConvertBoundingBox
                      "Lambda", "LinearTransformation", "UniformTemporalSubsample"}
 
 
+# The same transforms as ARGS, built by hand the way torchvision's documentation writes them.
+BY_HAND = {
+    "CenterCrop": lambda: v2.CenterCrop(8), "Compose": lambda: v2.Compose([v2.RandomHorizontalFlip()]),
+    "FiveCrop": lambda: v2.FiveCrop(8), "GaussianBlur": lambda: v2.GaussianBlur(3), "JPEG": lambda: v2.JPEG(quality=80),
+    "Normalize": lambda: v2.Normalize(mean=[0.5] * 3, std=[0.5] * 3), "Pad": lambda: v2.Pad(2),
+    "RandomAdjustSharpness": lambda: v2.RandomAdjustSharpness(2.0), "RandomAffine": lambda: v2.RandomAffine(degrees=10),
+    "RandomCrop": lambda: v2.RandomCrop(8),
+    "RandomApply": lambda: v2.RandomApply([v2.ColorJitter(brightness=0.3)], p=0.5),
+    "RandomChoice": lambda: v2.RandomChoice([v2.RandomHorizontalFlip(), v2.RandomVerticalFlip()]),
+    "RandomOrder": lambda: v2.RandomOrder([v2.RandomHorizontalFlip(), v2.RandomVerticalFlip()]),
+    "RandomPosterize": lambda: v2.RandomPosterize(bits=4), "RandomResize": lambda: v2.RandomResize(8, 12),
+    "RandomResizedCrop": lambda: v2.RandomResizedCrop(8), "RandomRotation": lambda: v2.RandomRotation(15),
+    "RandomShortestSize": lambda: v2.RandomShortestSize(min_size=8),
+    "RandomSolarize": lambda: v2.RandomSolarize(threshold=100), "Resize": lambda: v2.Resize([12, 12]),
+    "ScaleJitter": lambda: v2.ScaleJitter(target_size=[16, 16]), "TenCrop": lambda: v2.TenCrop(8),
+    "ToDtype": lambda: v2.ToDtype(torch.float32, scale=True),
+    "ToTensor": lambda: lambda image: image.as_subclass(torch.Tensor).float().div(255),  # as the classic one
+}
+
+
 def spec_for(name):
     return parse_spec({name: ARGS[name]} if name in ARGS else name, "data.transforms.train.0")
 
 
+def plain_tensors(out) -> list[torch.Tensor]:
+    """A transform's output (one image, a tuple of crops, a PIL image) as plain tensors."""
+    outs = out if isinstance(out, (tuple, list)) else [out]
+    return [torch.from_numpy(np.array(o)) if isinstance(o, Image.Image) else o.as_subclass(torch.Tensor)
+            for o in outs]
+
+
 @pytest.mark.parametrize("name", [n for n in TRANSFORMS.names() if n not in NOT_FOR_ONE_IMAGE])
 def test_every_transform_builds_and_runs(name):
+    """The YAML form builds torchvision's transform of that name with those arguments: on the same
+    image and seed it gives exactly what the transform built by hand gives."""
     torch.manual_seed(0)
     image = tv_tensors.Image(torch.randint(0, 256, (3, 48, 48), dtype=torch.uint8))  # ElasticTransform pads 20
     if name == "Normalize":
         image = v2.ToDtype(torch.float32, scale=True)(image)
-    out = build_transform(spec_for(name))(image)
-    first = out[0] if isinstance(out, (tuple, list)) else out
-    assert to_float_tensor(first).shape[0] in (1, 3)
+    built = build_transform(spec_for(name))
+    by_hand = BY_HAND[name]() if name in BY_HAND else getattr(v2, name)()
+    assert type(built) is (ToTensor if name == "ToTensor" else type(by_hand))
+    torch.manual_seed(1)
+    out = built(image)
+    torch.manual_seed(1)
+    expected = plain_tensors(by_hand(image))
+    assert to_float_tensor(out[0] if isinstance(out, (tuple, list)) else out).shape[0] in (1, 3)
+    assert [o.shape for o in plain_tensors(out)] == [e.shape for e in expected]
+    assert all(torch.equal(o, e) for o, e in zip(plain_tensors(out), expected))
 
 
 def test_registry_holds_every_v2_transform_and_totensor():

@@ -201,8 +201,8 @@ def tune_command(
     code: Optional[List[Path]] = CodeOption,
 ) -> None:
     """Hyperparameter search with Optuna over the config's tune: section; each trial is a run in runs/NAME/trials/."""
+    from dltool.cli.render_experiments import trials_table
     from dltool.cli.text import plain
-    from dltool.experiments.render import trials_table
     from dltool.experiments.tune import tune
 
     console = stderr_console()
@@ -250,8 +250,8 @@ class _TrialsProgress:
         self.bar.start()
 
     def trial(self, row: dict, finished: int, metric: str) -> None:
+        from dltool.cli.render_experiments import trial_line
         from dltool.cli.text import plain
-        from dltool.experiments.render import trial_line
 
         if self.bar is not None:
             self.bar.console.print(plain(trial_line(row, metric, finished, self.trials)), markup=False, soft_wrap=True)
@@ -323,8 +323,8 @@ def runs_command(
     if as_json:
         print_json(rows)
         return
+    from dltool.cli.render_experiments import runs_table
     from dltool.cli.text import plain, safe
-    from dltool.experiments.render import runs_table
 
     console = stderr_console()
     if not rows:
@@ -429,8 +429,9 @@ def data_command(
     """Classes and counts per split, skipped files, sample shape; --stats, --show N."""
     from functools import partial
 
+    from dltool.cli.render_data import render_data
     from dltool.config.load import load_config
-    from dltool.data.report import inspect_data, render
+    from dltool.data.report import inspect_data
     from dltool.store.writing import write_output
 
     with user_errors():
@@ -440,7 +441,7 @@ def data_command(
     if as_json:
         print_json(report)
     else:
-        stderr_console().print(render(report))
+        stderr_console().print(render_data(report))
 
 
 @app.command("train")
@@ -539,8 +540,9 @@ def eval_command(
     code: Optional[List[Path]] = CodeOption,
 ) -> None:
     """Evaluate a checkpoint: loss, accuracy, per-class metrics, confusion matrix, mistakes."""
+    from dltool.cli.render_eval import render_eval
     from dltool.cli.text import plain
-    from dltool.inference.eval_report import prepare_report_dir, render, write_outputs
+    from dltool.inference.eval_report import prepare_report_dir, write_outputs
     from dltool.inference.evaluate import default_out_dir, evaluate_checkpoint
 
     with user_errors():
@@ -559,7 +561,7 @@ def eval_command(
     if as_json:
         print_json(result.to_json())
     else:
-        for part in render(result):
+        for part in render_eval(result):
             console.print(part)
     with user_errors():
         written = write_outputs(result, report_dir)
@@ -602,8 +604,9 @@ def predict_command(
     code: Optional[List[Path]] = CodeOption,
 ) -> None:
     """Classify image files with a checkpoint (exit 2 when any input could not be read)."""
+    from dltool.cli.render_predict import render_predict
     from dltool.errors import ConfigError
-    from dltool.inference.predict import predict, render_table, to_csv_rows
+    from dltool.inference.predict import predict, to_csv_rows
 
     with user_errors():
         if output_format not in ("table", "json", "csv"):
@@ -630,7 +633,7 @@ def predict_command(
     else:
         from dltool.cli.text import console
 
-        console(stderr=False).print(render_table(predictions))
+        console(stderr=False).print(render_predict(predictions))
     if heat is not None:
         with user_errors():
             maps = heat.write(predictions, cam)

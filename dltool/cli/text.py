@@ -6,8 +6,8 @@ characters show as escapes (`\\x1b`, `\\n`), so a folder named `[bold red]x[/]` 
 terminal, one holding `\\x1b[31m` cannot send it an escape sequence, and a name holding a line break
 cannot add a line to a one-line error. `console` is the Console every command prints through: it
 shows the control characters in every string it prints as escapes too (line breaks kept), so text
-printed with markup off, and tables drawn by the library stages (which escape their markup with
-rich but cannot import this module), never reach the terminal raw either.
+printed with markup off, and cells the render modules escape with rich's own `escape`, never reach
+the terminal raw either.
 """
 
 from __future__ import annotations

@@ -132,39 +132,3 @@ def _label(bundle: DataBundle, target: Any) -> str:
         return bundle.classes[int(target)][:14]
     return f"{float(target):.3g}"
 
-
-def render(report: dict):
-    """The report as a rich renderable (tables on stderr in the CLI). Class names and file paths
-    come from the data's folders and files: their brackets are shown, never read as markup."""
-    from rich.console import Group
-    from rich.markup import escape
-    from rich.table import Table
-    from rich.text import Text
-
-    splits = list(report["splits"])
-    head = (f"[bold]{escape(report['dataset'])}[/bold]: {len(report['classes']) or 'no'} classes, "
-            f"input {tuple(report['input_shape'])}, split: {report['split_method']}")
-    table = Table()
-    table.add_column("class")
-    for name in splits:
-        table.add_column(name, justify="right")
-    for name in report["classes"]:
-        table.add_row(escape(name), *(str(report["splits"][s]["counts"].get(name, 0)) for s in splits))
-    table.add_row("[bold]total[/bold]", *(f"[bold]{report['splits'][s]['samples']}[/bold]" for s in splits))
-    parts: list = [head]
-    if report.get("decode"):
-        parts.append(Text(report["decode"]["text"]))
-    parts += [Text(f"{name}: {split['reading']}") for name, split in report["splits"].items() if "reading" in split]
-    parts.append(table)
-    if report["bad_files"]:
-        bad = Table(title=f"{len(report['bad_files'])} files skipped")
-        bad.add_column("path")
-        bad.add_column("reason")
-        for row in report["bad_files"]:
-            bad.add_row(escape(row["path"]), escape(row["reason"]))
-        parts.append(bad)
-    if "stats" in report:
-        parts.append(f"Normalize: {{mean: {report['stats']['mean']}, std: {report['stats']['std']}}}")
-    if "grid" in report:
-        parts.append(f"samples: {escape(report['grid'])}")
-    return Group(*parts)

@@ -2,7 +2,8 @@
 
 The config's own data, model, loss and optimizer take one mini-batch per learning rate on an
 exponential ramp from `start` to `end`; the smoothed loss is recorded until it diverges. Nothing
-is saved: the model and optimizer are thrown away, and no run folder is written.
+is saved: the model and optimizer are thrown away, and no run folder is written; the one file
+written is the picture of the loss against the lr (`draw_lr_find`).
 """
 
 from __future__ import annotations

@@ -1,5 +1,7 @@
-"""Several runs' curves overlaid in one picture (`dltool plot`, also while they train). Drawn as
-curves.png is (dltool.training.curves: matplotlib's Agg canvas, no pyplot); eval's confusion matrix is drawn with matplotlib too, in dltool/eval_report.py.
+"""`dltool plot`: several runs' curves overlaid in one picture, also while they train. Drawn as
+curves.png is (dltool.training.curves: matplotlib's Agg canvas, no pyplot); the lr-find curve
+(dltool.experiments.lrfind) and eval's confusion matrix (dltool/inference/eval_report.py) are drawn
+with matplotlib too.
 """
 
 from __future__ import annotations

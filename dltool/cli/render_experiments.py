@@ -1,6 +1,7 @@
-"""Tables for the experiment commands (tune's trials, runs, lr-find), drawn with rich from the plain
-data the library returns; the CLI prints them on stderr. Every value in a cell comes from a run
-folder, a summary.json or a study database, so its brackets are escaped, never read as markup."""
+"""What the experiment commands draw for the terminal: tune's trials (a table, and a line per ended
+trial) and the runs table, from the plain data the library returns; the CLI prints them on stderr.
+Every value in a cell comes from a run folder, a summary.json or a study database, so its brackets
+are escaped, never read as markup."""
 
 from __future__ import annotations
 
