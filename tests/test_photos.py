@@ -282,28 +282,35 @@ def test_predict_on_a_folder_decodes_in_threads_batch_after_batch_with_progress(
     assert batched[8].error is not None and batched[8].top is None
 
 
-def _lock_is_open(fd, answer):
-    try:
-        os.fstat(fd)
-        answer.put(True)
-    except OSError:
-        answer.put(False)
+def _started_then_wait(started, go):
+    started.set()  # the fork hooks have run by now
+    go.wait(30)
 
 
 def test_a_forked_worker_does_not_keep_the_run_folder_locked(tmp_path):
     import multiprocessing
 
+    from dltool.errors import RunBusy
     from dltool.training.run_folder import RunDir
 
     (tmp_path / "run").mkdir()
     run = RunDir(tmp_path / "run").hold()
     context = multiprocessing.get_context("fork")
-    answer = context.Queue()
-    child = context.Process(target=_lock_is_open, args=(run._lock, answer))
+    started, go = context.Event(), context.Event()
+    child = context.Process(target=_started_then_wait, args=(started, go))  # forked while the run is held
     child.start()
-    child.join(30)
-    assert answer.get(timeout=5) is False  # the child closed its copy of the lock at once
-    run.release()
+    try:
+        assert started.wait(30)
+        run.release()
+        assert child.is_alive()
+        RunDir(tmp_path / "run").hold().release()  # the live child holds no copy of the lock
+        with pytest.raises(RunBusy):  # while a holder does keep the folder taken
+            held = RunDir(tmp_path / "run").hold()
+            RunDir(tmp_path / "run").hold()
+        held.release()
+    finally:
+        go.set()
+        child.join(30)
 
 
 def test_a_cache_larger_than_the_shared_memory_free_is_not_made(tmp_path, monkeypatch):
