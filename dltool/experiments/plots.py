@@ -7,18 +7,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Sequence
+from typing import Any, Sequence
 
 from dltool.errors import ConfigError
 from dltool.training.curves import draw_runs, new_figure, picture_type, read_rows, read_summary, save_picture
 
-if TYPE_CHECKING:
-    from dltool.experiments.lrfind import LrFindResult
 
-
-def draw_lr_find(result: LrFindResult, path: str | Path) -> Path:
-    """Loss against learning rate, both on log axes: each step's loss faint, the running median
-    bold, the y range cut where the loss rose past its start (the divergence would flatten the
+def draw_lr_find(result: Any, path: str | Path) -> Path:
+    """An lr-find result (dltool.experiments.lrfind.LrFindResult) drawn: loss against learning rate,
+    both on log axes: each step's loss faint, the running median bold, the y range cut where the loss rose past its start (the divergence would flatten the
     rest), the lr where it diverged and the suggestion marked and named. Written to `path` under
     the rule of every --out (dltool.store.writing.write_output)."""
     from dltool.store.writing import write_output

@@ -89,6 +89,19 @@ class StepOptions:
         return x, y
 
 
+@dataclass
+class StepParts:
+    """What one training step works with: the model, what is called in its place (a compiled or
+    DDP wrapper, or the model itself), the loss, the optimizer, its schedule and the step options."""
+
+    model: nn.Module
+    forward: nn.Module | Callable[[torch.Tensor], torch.Tensor] | None  # None: the model itself
+    loss_fn: nn.Module
+    optimizer: torch.optim.Optimizer
+    schedule: Schedule
+    opts: StepOptions
+
+
 def amp_dtype(amp: str, device: torch.device) -> torch.dtype | None:
     """The autocast dtype of train.amp on `device`, None for full precision.
 
@@ -154,22 +167,18 @@ class _Sums:
         return int(packed[3].item())
 
 
-def train_one_epoch(model: nn.Module, loader: Iterable, loss_fn: nn.Module, optimizer: torch.optim.Optimizer,
-                    schedule: Schedule, opts: StepOptions, state: LoopState, *, epoch: int,
-                    callback: Callback = Callback(), stop: Callable[[], bool] = lambda: False,
-                    forward: nn.Module | None = None) -> dict:
+def train_one_epoch(parts: StepParts, loader: Iterable, state: LoopState, *, epoch: int,
+                    callback: Callback = Callback(), stop: Callable[[], bool] = lambda: False) -> dict:
     """Train for one epoch (or the rest of it, from `state.batch`), updating `state` as it goes.
 
     Args:
-        model: the module whose parameters `optimizer` holds.
+        parts: the model, loss, optimizer and schedule (dltool.training.optim) and the step options
+            (device, AMP, clipping, accumulation, EMA).
         loader: batches (x, y); `len(loader)` batches per epoch.
-        loss_fn, optimizer, schedule: as built by dltool.training.optim.
-        opts: device, AMP, clipping, accumulation, EMA.
         state: the run's position; `state.batch` batches of this epoch are skipped (already done).
         epoch: 1-based epoch number (for messages).
         callback: receives progress every `opts.log_every` batches.
         stop: polled after every optimizer step; True ends the epoch early (state.interrupted).
-        forward: what to call instead of `model` (a torch.compile'd wrapper).
 
     Returns:
         train_loss, train_accuracy (or train_mae), lr, samples, seconds of this epoch's training.
@@ -178,20 +187,20 @@ def train_one_epoch(model: nn.Module, loader: Iterable, loss_fn: nn.Module, opti
         RunFailed: the loss became NaN or infinite: on the CPU before the update is made, on CUDA at
             the next log interval (naming the first bad step; nothing after it is saved).
     """
-    forward = forward or model
-    model.train()
+    opts = parts.opts
+    parts.model.train()
     batches = len(loader)
     sums = _Sums(opts.device, state.sums, single_threshold(opts.output))
     # reading a CPU scalar costs nothing; on CUDA it stalls; in a process group all must stop together
     check_each_step = opts.device.type == "cpu" and distributed.current() is None
     first_bad = torch.full((), -1, dtype=torch.long, device=opts.device)
-    lr, started, samples, skip = current_lr(optimizer), time.perf_counter(), 0, state.batch
+    lr, started, samples, skip = current_lr(parts.optimizer), time.perf_counter(), 0, state.batch
     for batch, (x, y) in enumerate(loader):
         if batch < skip:
             continue
         check = functools.partial(_check_finite, check_each_step, epoch, batch, lr)
-        done = train_batch(model, x, y, loss_fn, optimizer, schedule, opts, state, batch=batch, batches=batches,
-                           epoch=epoch, callback=callback, check=check, forward=forward)
+        done = train_batch(parts, x, y, state, batch=batch, batches=batches, epoch=epoch, callback=callback,
+                           check=check)
         if not check_each_step:
             first_bad = torch.where((first_bad < 0) & ~torch.isfinite(done.loss), batch, first_bad)
         sums.add(done.loss, done.out, done.y, opts.task)
@@ -226,10 +235,9 @@ class Trained(NamedTuple):
     lr: float | None
 
 
-def train_batch(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn: nn.Module,
-                optimizer: torch.optim.Optimizer, schedule: Schedule, opts: StepOptions, state: LoopState, *,
-                batch: int, batches: int, epoch: int = 0, callback: Callback = Callback(),
-                check: Callable[[torch.Tensor], None] = lambda loss: None, forward: nn.Module | None = None) -> Trained:
+def train_batch(parts: StepParts, x: torch.Tensor, y: torch.Tensor, state: LoopState, *, batch: int, batches: int,
+                epoch: int = 0, callback: Callback = Callback(),
+                check: Callable[[torch.Tensor], None] = lambda loss: None) -> Trained:
     """The training step every caller runs (train, tune trials, lr-find), one batch at a time:
     forward and backward under `opts` (AMP, the loss scaled for `opts.accumulate`, in parts after
     running out of memory) and, on the last batch of an accumulation group, clipping, the optimizer
@@ -239,9 +247,9 @@ def train_batch(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn: nn.
         batch: 0-based index of this batch in the epoch (accumulation groups start at multiples of
             `opts.accumulate`); batches: how many the epoch has (its last batch always steps).
         check: called with each loss before its backward (raise there to stop before the update).
-        forward: what to call instead of `model` (a torch.compile'd or DDP wrapper).
     """
-    forward = forward or model
+    opts, optimizer = parts.opts, parts.optimizer
+    forward = parts.forward or parts.model
     x, y = opts.to_device(x, y)
     last = (batch + 1) % opts.accumulate == 0 or batch + 1 == batches
     distributed.sync_gradients(forward, last)
@@ -249,10 +257,10 @@ def train_batch(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn: nn.
         # zeroed before each step's first backward (not after the step), so the epoch's last
         # gradients stay readable for the histograms
         optimizer.zero_grad(set_to_none=True)
-    out, loss = _learn_fitting(forward, loss_fn, x, y, opts, state, optimizer, callback, epoch, batch, check)
+    out, loss = _learn_fitting(forward, parts.loss_fn, x, y, opts, state, optimizer, callback, epoch, batch, check)
     if not last:
         return Trained(out, y, loss, None)
-    lr = _optimizer_step(model, optimizer, schedule, opts, state.step)
+    lr = _optimizer_step(parts.model, optimizer, parts.schedule, opts, state.step)
     state.step += 1
     return Trained(out, y, loss, lr)
 
@@ -490,10 +498,9 @@ class FitPlan:
     resume_rng: dict | None = None  # random states to restore when resuming inside an epoch
 
 
-def fit(model: nn.Module, train_loader: Any, val_loader: Any | None, loss_fn: nn.Module,
-        optimizer: torch.optim.Optimizer, schedule: Schedule, opts: StepOptions, plan: FitPlan, *,
-        state: LoopState | None = None, callback: Callback = Callback(), stop: Callable[[], bool] = lambda: False,
-        forward: nn.Module | None = None) -> LoopState:
+def fit(parts: StepParts, train_loader: Any, val_loader: Any | None, plan: FitPlan, *,
+        state: LoopState | None = None, callback: Callback = Callback(), stop: Callable[[], bool] = lambda: False
+        ) -> LoopState:
     """Train from `state` (a fresh run when None) to `plan.epochs`, early stopping, or a stop request.
 
     After each epoch, `plan.on_epoch_end(state, row, improved, collected)` records it (metrics,
@@ -508,7 +515,7 @@ def fit(model: nn.Module, train_loader: Any, val_loader: Any | None, loss_fn: nn
     """
     state = state or LoopState()
     for epoch in range(state.epoch + 1, plan.epochs + 1):
-        if start_epoch(model, train_loader, plan.seed, epoch, plan.unfreeze_at):
+        if start_epoch(parts.model, train_loader, plan.seed, epoch, plan.unfreeze_at):
             callback.on_message(f"epoch {epoch}: unfroze all parameters (train.unfreeze_at={plan.unfreeze_at})")
         if state.batch and plan.resume_rng is not None:
             from dltool.training.runtime import set_rng_state
@@ -516,16 +523,14 @@ def fit(model: nn.Module, train_loader: Any, val_loader: Any | None, loss_fn: nn
             set_rng_state(plan.resume_rng)
         callback.on_epoch_start(epoch, plan.epochs, len(train_loader))
         started = time.perf_counter()
-        trained = train_one_epoch(model, train_loader, loss_fn, optimizer, schedule, opts, state, epoch=epoch,
-                                  callback=callback, stop=stop, forward=forward)
+        trained = train_one_epoch(parts, train_loader, state, epoch=epoch, callback=callback, stop=stop)
         state.train_seconds += trained["seconds"]
         state.train_samples += trained["samples"]
         if state.interrupted:
             if plan.on_interrupt is not None:
                 plan.on_interrupt(state)
             return state
-        row, collected = _finish_epoch(model, val_loader, loss_fn, schedule, opts, plan, state, epoch, trained,
-                                       started, callback)
+        row, collected = _finish_epoch(parts, val_loader, plan, state, epoch, trained, started, callback)
         better = _record(state, row, plan)
         if plan.on_epoch_end is not None:
             plan.on_epoch_end(state, row, better, collected)
@@ -542,15 +547,16 @@ def fit(model: nn.Module, train_loader: Any, val_loader: Any | None, loss_fn: nn
     return state
 
 
-def _finish_epoch(model, val_loader, loss_fn, schedule, opts, plan, state, epoch, trained, started, callback):
+def _finish_epoch(parts, val_loader, plan, state, epoch, trained, started, callback):
     """Validate, step the epoch schedule, and build the epoch's metrics row."""
-    evaluated = opts.ema.module if opts.ema is not None else model
+    opts = parts.opts
+    evaluated = opts.ema.module if opts.ema is not None else parts.model
     distributed.sync_buffers(evaluated)
     metrics, collected = {}, None
     if val_loader is not None:
-        metrics, collected = evaluate(evaluated, val_loader, loss_fn, opts, collect=True, callback=callback, epoch=epoch)
+        metrics, collected = evaluate(evaluated, val_loader, parts.loss_fn, opts, collect=True, callback=callback, epoch=epoch)
     train_metrics = {k: v for k, v in trained.items() if k.startswith("train_")}
-    step_epoch_schedule(schedule, {**metrics, **train_metrics}, plan.monitor)
+    step_epoch_schedule(parts.schedule, {**metrics, **train_metrics}, plan.monitor)
     row = {"epoch": epoch, "lr": trained["lr"], **train_metrics, **metrics,
            "epoch_seconds": time.perf_counter() - started,
            "samples_per_second": trained["samples"] / max(1e-9, trained["seconds"])}

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,27 +17,24 @@ import torch
 
 import dltool
 from dltool.config.load import Config, apply_override, config_from_data, load_config
-from dltool.config.spec import Marks, located
+from dltool.config.spec import Marks
 from dltool.errors import CheckpointError, ConfigError, DltoolError, Interrupted, RunFailed, Unwritable
 from dltool.models import with_model_defaults
-from dltool.models.outputs import output_kind
 from dltool.training import distributed
 from dltool.training.callbacks import Callback, Callbacks
-from dltool.training.engine import FitPlan, LoopState, StepOptions, fit
+from dltool.training.engine import FitPlan, LoopState, fit
 from dltool.training.firststep import check_first_step
 from dltool.training.loggers import MlflowLogger
 from dltool.training.loggers import require as require_loggers
-from dltool.training.optim import build_loss, build_optimizer, build_scheduler, monitor_mode, replay
+from dltool.training.optim import replay
+from dltool.training.parts import Parts, build_parts
 from dltool.training.run_folder import RunDir, metric_columns, never_saved, resume_checkpoint, run_dir_of
 from dltool.training.runtime import (
-    EMA,
     StopSignal,
-    configure_backends,
     keep_freed_memory,
     num_threads,
     resolve_device,
     rng_state,
-    seed_all,
     set_rng_state,
 )
 
@@ -114,34 +110,14 @@ def check_config_or_resume(config: Any, resume: Any) -> None:
 class Session:
     """One run being trained: its parts, its folder, and what it saves."""
 
-    def __init__(self, config: Config, bundle: Any, input_shape: tuple, run: RunDir | None, callback: Callback,
-                 split_state: dict | None = None):
-        from dltool.models import build_model
-
-        self.config, self.bundle, self.rundir, self.callback = config, bundle, run, callback
-        self.input_shape, self.classes, self.task = tuple(input_shape), list(bundle.classes), bundle.task
-        self.split = split_state if split_state is not None else bundle.split
-        train_cfg = config.train
-        self.device = resolve_device(train_cfg.device, config.marks)
-        group = distributed.join(self.device)  # under torchrun: this rank's device, in the process group
-        self.device = group.device if group is not None else self.device
+    def __init__(self, parts: Parts, run: RunDir | None, callback: Callback):
+        self.parts, self.rundir = parts, run
+        self.config, self.bundle, self.device = parts.config, parts.bundle, parts.device
+        self.input_shape, self.classes, self.task, self.split = parts.input_shape, parts.classes, parts.task, parts.split
         self.callback = callback if distributed.is_main() else Callback()
-        configure_backends(self.device, train_cfg.deterministic)
-        seed_all(config.seed)
-        # a resumed run's weights come from its checkpoint: pretrained ones are not read (nor downloaded) again
-        model = build_model(config.model, self.input_shape, len(self.classes) or None, pretrained=run is None)
-        self.model = model.to(self.device, memory_format=_memory_format(train_cfg.channels_last))
-        counts = [0] * len(self.classes)
-        for target in bundle.train.targets if self.classes else ():
-            counts[int(target)] += 1
-        self.loss_fn = build_loss(config.loss, counts).to(self.device)
-        self.optimizer = build_optimizer(config.optimizer, self.model, device=self.device)
-        self.train_loader, self.val_loader = self._loaders()
-        self.steps_per_epoch = math.ceil(len(self.train_loader) / train_cfg.accumulate)
-        self.schedule = self._schedule(train_cfg.epochs)
-        self.monitor, self.mode = self._monitor()
-        self.opts = self._step_options()
-        self.forward = distributed.replicate(self.model, compile=train_cfg.compile)
+        self.model, self.loss_fn, self.optimizer, self.schedule = parts.model, parts.loss_fn, parts.optimizer, parts.schedule
+        self.train_loader, self.val_loader, self.opts = parts.train_loader, parts.val_loader, parts.opts
+        self.monitor, self.mode = parts.monitor, parts.mode
         self.state = LoopState()
         self.board = None
         self.tracker = None  # the MLflow run, when train.loggers names mlflow
@@ -154,16 +130,11 @@ class Session:
               split_state: dict | None = None, folder: Path | None = None) -> Session:
         """A new run: data from the config, a new run folder with config.yaml written first (or,
         given `folder`, that run folder again: a run started over)."""
-        from dltool.data import build_data
-        from dltool.models import resolve_input_shape
-
-        distributed.join(resolve_device(config.train.device, config.marks))
-        with distributed.main_first():
-            bundle = build_data(config, split_state=split_state)
-        input_shape = resolve_input_shape(config, data=bundle)
-        session = cls(config, bundle, input_shape, None, callback)  # a config that fails to build leaves no folder
+        parts = build_parts(config, split=split_state)  # a config that fails to build leaves no folder
+        bundle = parts.bundle
+        session = cls(parts, None, callback)
         # one batch through copies: a config that cannot train leaves no folder either
-        for note in check_first_step(session):
+        for note in check_first_step(parts):
             callback.on_message(note)
         columns = metric_columns(bundle.task, len(bundle.classes))
         if folder is None:
@@ -204,7 +175,9 @@ class Session:
         run = distributed.own_run_dir(RunDir(run_dir_of(path), columns)).hold()
         try:
             run.remove_stale_temps()
-            session = cls(config, bundle, checkpoint["input_shape"], run, callback, split_state=checkpoint["split"])
+            parts = build_parts(config, bundle=bundle, input_shape=checkpoint["input_shape"], split=checkpoint["split"],
+                                pretrained=False)
+            session = cls(parts, run, callback)
             session.restore(checkpoint)
             run.write_config(config.to_data())  # what the run now is (train.* overrides applied)
         except BaseException:
@@ -220,53 +193,6 @@ class Session:
             _check_resume_override(text)
         return cls.fresh(load_config(folder / "config.yaml", overrides), folder.parent, folder.name, callback,
                          folder=folder)
-
-    def _loaders(self) -> tuple[Any, Any]:
-        from dltool.data import make_loader
-
-        data, seed, device = self.config.data, self.config.seed, str(self.device)
-        group = distributed.current()
-        shard = {"rank": group.rank, "world_size": group.world_size} if group is not None else {}
-        train = make_loader(self.bundle.train, data, train=True, seed=seed, device=device, **shard)
-        if len(train) == 0:
-            raise ConfigError(_no_full_batch(len(self.bundle.train), group, self.config))
-        val = (make_loader(self.bundle.val, data, train=False, seed=seed, device=device, **shard)
-               if self.bundle.val else None)
-        return train, val
-
-    def _schedule(self, epochs: int) -> Any:
-        cfg = self.config.train
-        mode = monitor_mode(self._monitor_name(), cfg.mode)
-        return build_scheduler(self.config.scheduler, self.optimizer, epochs, self.steps_per_epoch,
-                               interval=cfg.scheduler_interval, warmup_epochs=cfg.warmup_epochs, mode=mode)
-
-    def _monitor_name(self) -> str:
-        monitor = self.config.train.monitor
-        if monitor == "auto":
-            if self.bundle.val is None:
-                return "train_loss"
-            return "val_loss" if self.task == "regression" else "val_accuracy"
-        return monitor
-
-    def _monitor(self) -> tuple[str, str]:
-        monitor = self._monitor_name()
-        key = "mae" if self.task == "regression" else "accuracy"
-        allowed = ["train_loss", f"train_{key}"]
-        if self.bundle.val is not None:
-            allowed += ["val_loss", f"val_{key}"] + (["val_top5_accuracy"] if len(self.classes) >= 5 else [])
-        if monitor not in allowed:
-            raise ConfigError(located(f"{monitor!r} is not measured in this run; allowed: auto, {', '.join(allowed)}",
-                                      "train.monitor", self.config.marks))
-        return monitor, monitor_mode(monitor, self.config.train.mode)
-
-    def _step_options(self) -> StepOptions:
-        cfg = self.config.train
-        scaler = torch.amp.GradScaler(self.device.type) if cfg.amp == "fp16" else None
-        return StepOptions(
-            device=self.device, task=self.task, accumulate=cfg.accumulate, clip_grad_norm=cfg.clip_grad_norm,
-            clip_grad_value=cfg.clip_grad_value, amp=cfg.amp, channels_last=cfg.channels_last,
-            log_every=cfg.log_every, scaler=scaler, ema=EMA(self.model, cfg.ema) if cfg.ema else None,
-            compile_pending=cfg.compile, output=output_kind(self.config))
 
     def restore(self, checkpoint: dict) -> None:
         """Load every saved state; a changed train.epochs re-plans the schedule from where the run is."""
@@ -454,8 +380,8 @@ class Session:
                        mode=self.mode, patience=cfg.patience, min_delta=cfg.min_delta, unfreeze_at=cfg.unfreeze_at,
                        on_epoch_end=self.on_epoch_end, on_interrupt=self.on_interrupt, resume_rng=self.resume_rng)
         try:
-            return fit(self.model, self.train_loader, self.val_loader, self.loss_fn, self.optimizer, self.schedule,
-                       self.opts, plan, state=self.state, callback=self.callback, stop=stop, forward=self.forward)
+            return fit(self.parts, self.train_loader, self.val_loader, plan, state=self.state, callback=self.callback,
+                       stop=stop)
         except torch.OutOfMemoryError:
             raise RunFailed(self._out_of_memory()) from None
 
@@ -527,17 +453,6 @@ class Session:
                 "global_batch_size": self.config.data.batch_size * world_size * self.config.train.accumulate}
 
 
-def _no_full_batch(samples: int, group: Any, config: Config) -> str:
-    """The error for data.drop_last with fewer train samples (per process) than one batch: an epoch
-    of no steps."""
-    data = config.data
-    per_process = math.ceil(samples / group.world_size) if group else samples
-    count = f"the {samples} training samples" + (f" ({per_process} per process)" if group else "")
-    return located(f"{data.batch_size} is more than {count}, and data.drop_last drops the incomplete batch: no "
-                   f"step would run; use data.batch_size={max(1, per_process)} or less, or data.drop_last: false",
-                   "data.batch_size", config.marks)
-
-
 def _check_resume_override(text: str) -> None:
     if not text.startswith("train."):
         raise ConfigError(f"override {text!r}: on --resume only train.* keys can change "
@@ -562,10 +477,6 @@ def _resumed_config(checkpoint: dict, overrides: Sequence[str], path: Path) -> C
         raise ConfigError(f"--resume: {path} {how}; to train on, extend it: "
                           f"dltool train --resume {run_dir_of(path)} train.epochs={done + 10}")
     return config
-
-
-def _memory_format(channels_last: bool) -> torch.memory_format:
-    return torch.channels_last if channels_last else torch.preserve_format
 
 
 def _on_cpu(value: Any) -> Any:
