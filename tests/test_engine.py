@@ -13,7 +13,8 @@ from dltool.config.registry import LOSSES, OPTIMIZERS, SCHEDULERS
 from dltool.config.spec import parse_spec
 from dltool.errors import RegistryError, RunFailed
 from dltool.training.callbacks import Callback
-from dltool.training.engine import FitPlan, LoopState, StepOptions, StepParts, evaluate, fit, train_one_epoch
+from dltool.training.engine import LoopState, StepOptions, StepParts, evaluate, train_one_epoch
+from dltool.training.loop import FitLoop, FitPlan
 from dltool.training.optim import build_loss, build_optimizer, build_scheduler, replay
 from dltool.training.runtime import EMA, rng_state, seed_all, set_rng_state
 
@@ -45,7 +46,8 @@ def run_fit(epochs: int, state: LoopState | None = None, parts=None, **plan_extr
     model, opt, schedule = parts or _parts(epochs)
     loader = DataLoader(blobs(), batch_size=16)
     plan = FitPlan(epochs=epochs, seed=0, monitor="val_accuracy", mode="max", **plan_extra)
-    state = fit(step_parts(model, opt, schedule, StepOptions(CPU, log_every=2)), loader, loader, plan, state=state)
+    state = FitLoop(step_parts(model, opt, schedule, StepOptions(CPU, log_every=2)), loader, loader, plan,
+                    state=state).run()
     return model, opt, schedule, state
 
 

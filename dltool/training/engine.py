@@ -1,4 +1,5 @@
-"""The training loop: `train_one_epoch`, `evaluate` and `fit`, plain functions with explicit arguments.
+"""The training step and epoch: `train_batch`, `train_one_epoch` and `evaluate`, plain functions
+over a run's parts (`StepParts`); the epochs around them are `dltool.training.loop.FitLoop`'s.
 
 Metrics are summed on the device and read once per log interval, so the loop never waits on the
 accelerator between steps. Progress goes to `dltool.training.callbacks.Callback` objects; the library itself never prints.
@@ -23,7 +24,7 @@ from dltool.models.outputs import single_threshold, to_probabilities
 from dltool.training import distributed
 from dltool.training.callbacks import Callback
 from dltool.training.optim import Schedule, current_lr
-from dltool.training.runtime import EMA, seed_epoch
+from dltool.training.runtime import EMA
 
 SOFT_TARGET_LOSSES = (nn.BCEWithLogitsLoss, nn.BCELoss, nn.MultiLabelSoftMarginLoss)
 
@@ -448,128 +449,3 @@ def _outputs_fitting(model: nn.Module, x: torch.Tensor, opts: StepOptions, callb
         opts.eval_splits = min(opts.eval_splits * 2, x.shape[0])
         callback.on_message(f"{opts.device} ran out of memory in evaluation: each batch now goes through the model "
                             f"in {opts.eval_splits} parts")
-
-
-def improved(value: float, best: float | None, mode: str, min_delta: float) -> bool:
-    """Whether `value` beats `best` by more than `min_delta` in direction `mode`."""
-    if best is None:
-        return not math.isnan(value)
-    return value > best + min_delta if mode == "max" else value < best - min_delta
-
-
-def step_epoch_schedule(schedule: Schedule, metrics: dict, monitor: str) -> None:
-    """Advance an epoch-wise schedule (ReduceLROnPlateau with the monitored metric)."""
-    if schedule.interval == "epoch":
-        schedule.scheduler.step()
-    elif schedule.interval == "plateau":
-        schedule.scheduler.step(metrics[monitor])
-
-
-def start_epoch(model: nn.Module, loader: Any, seed: int, epoch: int, unfreeze_at: int | None) -> bool:
-    """Seed the RNGs and the loader for `epoch`; unfreeze every parameter once `unfreeze_at` epochs are done.
-
-    Returns:
-        True when this call unfroze parameters.
-    """
-    seed_epoch(seed, epoch)
-    if hasattr(loader, "set_epoch"):
-        loader.set_epoch(epoch)
-    if unfreeze_at is not None and epoch > unfreeze_at:
-        frozen = [p for p in model.parameters() if not p.requires_grad]
-        for param in frozen:
-            param.requires_grad_(True)
-        return bool(frozen)
-    return False
-
-
-@dataclass
-class FitPlan:
-    """What `fit` runs: the epochs, what it watches, and what it calls at each epoch end."""
-
-    epochs: int
-    seed: int
-    monitor: str
-    mode: str
-    patience: int | None = None
-    min_delta: float = 0.0
-    unfreeze_at: int | None = None
-    on_epoch_end: Callable[[LoopState, dict, bool, dict | None], None] | None = None
-    on_interrupt: Callable[[LoopState], None] | None = None
-    resume_rng: dict | None = None  # random states to restore when resuming inside an epoch
-
-
-def fit(parts: StepParts, train_loader: Any, val_loader: Any | None, plan: FitPlan, *,
-        state: LoopState | None = None, callback: Callback = Callback(), stop: Callable[[], bool] = lambda: False
-        ) -> LoopState:
-    """Train from `state` (a fresh run when None) to `plan.epochs`, early stopping, or a stop request.
-
-    After each epoch, `plan.on_epoch_end(state, row, improved, collected)` records it (metrics,
-    checkpoints); after a stop request mid-epoch, `plan.on_interrupt(state)` does, and the returned
-    state has `interrupted` set.
-
-    Returns:
-        The final LoopState (history holds one row per epoch).
-
-    Raises:
-        RunFailed: a non-finite loss.
-    """
-    state = state or LoopState()
-    for epoch in range(state.epoch + 1, plan.epochs + 1):
-        if start_epoch(parts.model, train_loader, plan.seed, epoch, plan.unfreeze_at):
-            callback.on_message(f"epoch {epoch}: unfroze all parameters (train.unfreeze_at={plan.unfreeze_at})")
-        if state.batch and plan.resume_rng is not None:
-            from dltool.training.runtime import set_rng_state
-
-            set_rng_state(plan.resume_rng)
-        callback.on_epoch_start(epoch, plan.epochs, len(train_loader))
-        started = time.perf_counter()
-        trained = train_one_epoch(parts, train_loader, state, epoch=epoch, callback=callback, stop=stop)
-        state.train_seconds += trained["seconds"]
-        state.train_samples += trained["samples"]
-        if state.interrupted:
-            if plan.on_interrupt is not None:
-                plan.on_interrupt(state)
-            return state
-        row, collected = _finish_epoch(parts, val_loader, plan, state, epoch, trained, started, callback)
-        better = _record(state, row, plan)
-        if plan.on_epoch_end is not None:
-            plan.on_epoch_end(state, row, better, collected)
-        callback.on_epoch_end(epoch, row, better)
-        if plan.patience is not None and state.bad_epochs >= plan.patience:
-            state.stopped_early = True
-            callback.on_message(f"early stopping: {plan.monitor} did not improve for {plan.patience} epochs")
-            break
-        if stop() and epoch < plan.epochs:  # after the last epoch there is nothing left to resume
-            state.interrupted = True
-            if plan.on_interrupt is not None:
-                plan.on_interrupt(state)
-            break
-    return state
-
-
-def _finish_epoch(parts, val_loader, plan, state, epoch, trained, started, callback):
-    """Validate, step the epoch schedule, and build the epoch's metrics row."""
-    opts = parts.opts
-    evaluated = opts.ema.module if opts.ema is not None else parts.model
-    distributed.sync_buffers(evaluated)
-    metrics, collected = {}, None
-    if val_loader is not None:
-        metrics, collected = evaluate(evaluated, val_loader, parts.loss_fn, opts, collect=True, callback=callback, epoch=epoch)
-    train_metrics = {k: v for k, v in trained.items() if k.startswith("train_")}
-    step_epoch_schedule(parts.schedule, {**metrics, **train_metrics}, plan.monitor)
-    row = {"epoch": epoch, "lr": trained["lr"], **train_metrics, **metrics,
-           "epoch_seconds": time.perf_counter() - started,
-           "samples_per_second": trained["samples"] / max(1e-9, trained["seconds"])}
-    state.epoch, state.batch, state.sums = epoch, 0, {}
-    return row, collected
-
-
-def _record(state: LoopState, row: dict, plan: FitPlan) -> bool:
-    """Add `row` to the history and update best/bad-epoch counters; True when the monitor improved."""
-    state.history.append(row)
-    value = row[plan.monitor]
-    if improved(value, state.best, plan.mode, plan.min_delta):
-        state.best, state.best_epoch, state.bad_epochs = value, row["epoch"], 0
-        return True
-    state.bad_epochs += 1
-    return False
