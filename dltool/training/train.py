@@ -40,7 +40,7 @@ def train(config: Config | str | Path | None = None, *, runs_dir: str | Path = "
         resume: a run folder or checkpoint to continue; its config is used, and `overrides` may
             change `train.*` keys only (e.g. `train.epochs=30` to extend the run).
         overrides: KEY=VALUE strings applied on top of the config.
-        callbacks: progress hooks (see dltool.training.engine.Callback).
+        callbacks: hooks called beside the run's own (dltool.training.callbacks.Callback): progress, a trial's reporter.
 
     Returns:
         A TrainResult.
