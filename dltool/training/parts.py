@@ -16,6 +16,7 @@ import torch
 
 from dltool.config.load import Config
 from dltool.config.spec import located
+from dltool.data.bundle import DataBundle
 from dltool.errors import ConfigError
 from dltool.models.outputs import output_kind
 from dltool.training import distributed
@@ -30,7 +31,7 @@ class Parts(StepParts):
     step options) and the data they learn from, with what the run watches."""
 
     config: Config
-    bundle: Any                 # dltool.data.DataBundle: the datasets, classes, task, split
+    bundle: DataBundle          # the datasets, classes, task, split
     input_shape: tuple
     classes: list
     task: str
@@ -43,7 +44,7 @@ class Parts(StepParts):
     mode: str
 
 
-def build_parts(config: Config, *, bundle: Any = None, input_shape: Any = None, split: dict | None = None,
+def build_parts(config: Config, *, bundle: DataBundle | None = None, input_shape: Any = None, split: dict | None = None,
                 pretrained: bool = True) -> Parts:
     """Every part of a run from `config`, on this process's device (under torchrun, in its group).
 
@@ -91,7 +92,7 @@ def build_parts(config: Config, *, bundle: Any = None, input_shape: Any = None, 
                  mode=monitor_mode(monitor, config.train.mode))
 
 
-def _class_counts(bundle: Any, classes: list) -> list[int]:
+def _class_counts(bundle: DataBundle, classes: list) -> list[int]:
     """Train samples per class (for `weight: balanced`); empty for regression."""
     counts = [0] * len(classes)
     for target in bundle.train.targets if classes else ():
@@ -99,7 +100,7 @@ def _class_counts(bundle: Any, classes: list) -> list[int]:
     return counts
 
 
-def _loaders(config: Config, bundle: Any, device: torch.device) -> tuple[Any, Any]:
+def _loaders(config: Config, bundle: DataBundle, device: torch.device) -> tuple[Any, Any]:
     from dltool.data import make_loader
 
     data, seed = config.data, config.seed
@@ -113,7 +114,7 @@ def _loaders(config: Config, bundle: Any, device: torch.device) -> tuple[Any, An
     return train, val
 
 
-def _monitor_name(config: Config, bundle: Any) -> str:
+def _monitor_name(config: Config, bundle: DataBundle) -> str:
     monitor = config.train.monitor
     if monitor == "auto":
         if bundle.val is None:
@@ -122,7 +123,7 @@ def _monitor_name(config: Config, bundle: Any) -> str:
     return monitor
 
 
-def _check_monitor(config: Config, bundle: Any, monitor: str) -> None:
+def _check_monitor(config: Config, bundle: DataBundle, monitor: str) -> None:
     """train.monitor names a metric this run measures."""
     key = "mae" if bundle.task == "regression" else "accuracy"
     allowed = ["train_loss", f"train_{key}"]

@@ -108,27 +108,22 @@ def fresh_run(config: Config, runs_dir: str | Path, name: str, callback: Callbac
             rundir.keep_metrics_until(0)
         rundir.write_config(config.to_data())
         rundir.write_bad_files(parts.bundle.bad_files)
+        return Run(parts, rundir, callback, Fresh())
     except BaseException:
         # a new folder whose first file could not be written goes (the place was unusable from the start)
         rundir.abandon() if folder is None else rundir.release()
         raise
-    return Run(parts, rundir, callback, Fresh())
 
 
 def resumed_run(target: str | Path, overrides: Sequence[str], callback: Callback) -> Run:
     """A run continued from its checkpoint: same config (train.* overrides allowed), same split,
     every saved state loaded into its parts."""
     from dltool.data import build_data
-    from dltool.store.checkpoint import load_checkpoint
 
     if never_saved(Path(target)):  # refuses a folder whose last.pt is gone but whose work is there
         return started_over(Path(target), overrides, callback)
     path = resume_checkpoint(target)
-    checkpoint = load_checkpoint(path)
-    missing = [key for key in RESUME_KEYS if key not in checkpoint]
-    if missing:
-        raise CheckpointError(f"{path}: cannot resume from it: it lacks {', '.join(missing)} (only a checkpoint "
-                              "`dltool train` wrote can be resumed; eval and predict can still use it)")
+    checkpoint = _resumable(path)
     config = _resumed_config(checkpoint, overrides, path)
     distributed.join(resolve_device(config.train.device, config.marks))
     with distributed.main_first():
@@ -159,6 +154,18 @@ def started_over(folder: Path, overrides: Sequence[str], callback: Callback) -> 
         _check_resume_override(text)
     return fresh_run(load_config(folder / "config.yaml", overrides), folder.parent, folder.name, callback,
                      folder=folder)
+
+
+def _resumable(path: Path) -> dict:
+    """The checkpoint at `path`, refused unless it holds every state a resumed run restores."""
+    from dltool.store.checkpoint import load_checkpoint
+
+    checkpoint = load_checkpoint(path)
+    missing = [key for key in RESUME_KEYS if key not in checkpoint]
+    if missing:
+        raise CheckpointError(f"{path}: cannot resume from it: it lacks {', '.join(missing)} (only a checkpoint "
+                              "`dltool train` wrote can be resumed; eval and predict can still use it)")
+    return checkpoint
 
 
 def _check_resume_override(text: str) -> None:
