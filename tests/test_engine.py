@@ -264,3 +264,33 @@ def test_to_device_keeps_batches_already_there_and_applies_channels_last():
     x, y = torch.rand(2, 3, 4, 4), torch.tensor([0, 1])
     moved, targets = opts.to_device(x, y)
     assert moved.is_contiguous(memory_format=torch.channels_last) and targets is y
+
+
+class LoopHooks(Callback):
+    def __init__(self):
+        self.calls = []
+
+    def on_epoch_start(self, epoch, epochs, batches):
+        self.calls.append(("epoch_start", epoch))
+
+    def on_eval_start(self, epoch, batches):
+        self.calls.append(("eval_start", epoch))
+
+    def on_epoch_end(self, epoch, row, improved):
+        self.calls.append(("epoch_end", epoch))
+
+    def on_interrupt(self):
+        self.calls.append(("interrupt",))
+
+
+def test_the_loop_owns_its_state_and_calls_its_hooks_in_order():
+    model, opt, schedule = _parts(3)
+    loader = DataLoader(blobs(), batch_size=16)
+    hooks, polls = LoopHooks(), []
+    loop = FitLoop(step_parts(model, opt, schedule), loader, loader,
+                   FitPlan(epochs=3, seed=0, monitor="val_accuracy", mode="max"), hooks=hooks)
+    # polled after each of the 8 steps of an epoch and at its end: the 11th poll is epoch 2's second step
+    state = loop.run(stop=lambda: (polls.append(1), len(polls) >= 11)[1])
+    assert hooks.calls == [("epoch_start", 1), ("eval_start", 1), ("epoch_end", 1), ("epoch_start", 2), ("interrupt",)]
+    assert state is loop.state and state.interrupted and (state.epoch, state.batch, state.step) == (1, 2, 10)
+    assert loop.collected is not None and loop.collected["probs"].shape == (120, 5)
