@@ -258,7 +258,7 @@ def train_batch(parts: StepParts, x: torch.Tensor, y: torch.Tensor, state: LoopS
         # zeroed before each step's first backward (not after the step), so the epoch's last
         # gradients stay readable for the histograms
         optimizer.zero_grad(set_to_none=True)
-    out, loss = _learn_fitting(forward, parts.loss_fn, x, y, opts, state, optimizer, callback, epoch, batch, check)
+    out, loss = _learn_fitting(parts, x, y, state, callback, epoch, batch, check)
     if not last:
         return Trained(out, y, loss, None)
     lr = _optimizer_step(parts.model, optimizer, parts.schedule, opts, state.step)
@@ -271,19 +271,19 @@ def _check_finite(active: bool, epoch: int, batch: int, lr: float, loss: torch.T
         raise _non_finite(loss, epoch, batch, lr)
 
 
-def _learn_fitting(forward: nn.Module, loss_fn: nn.Module, x: torch.Tensor, y: torch.Tensor, opts: StepOptions,
-                   state: LoopState, optimizer: torch.optim.Optimizer, callback: Callback, epoch: int, batch: int,
-                   check: Callable[[torch.Tensor], None]) -> tuple[torch.Tensor, torch.Tensor]:
-    """`_learn` in `state.splits` parts; when the device runs out of memory, again in twice as many
+def _learn_fitting(parts: StepParts, x: torch.Tensor, y: torch.Tensor, state: LoopState, callback: Callback,
+                   epoch: int, batch: int, check: Callable[[torch.Tensor], None]) -> tuple[torch.Tensor, torch.Tensor]:
+    """`_learn` in `state.splits` pieces; when the device runs out of memory, again in twice as many
     (kept for the rest of the run), as long as `_can_split` allows."""
+    opts, forward = parts.opts, parts.forward or parts.model
     while True:
         try:
-            return _learn(forward, loss_fn, x, y, opts, state.splits, check)
+            return _learn(forward, parts.loss_fn, x, y, opts, state.splits, check)
         except torch.OutOfMemoryError:
             if not _can_split(opts, state.splits, x.shape[0], batch):
                 raise
         # out of the except block, the failed attempt's tensors are free
-        optimizer.zero_grad(set_to_none=True)
+        parts.optimizer.zero_grad(set_to_none=True)
         if opts.device.type == "cuda":
             torch.cuda.empty_cache()
         state.splits *= 2
@@ -292,18 +292,18 @@ def _learn_fitting(forward: nn.Module, loss_fn: nn.Module, x: torch.Tensor, y: t
 
 
 def _learn(forward: nn.Module, loss_fn: nn.Module, x: torch.Tensor, y: torch.Tensor, opts: StepOptions,
-           parts: int, check: Callable[[torch.Tensor], None]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Forward and backward of one batch, in `parts` pieces when the whole does not fit in memory:
+           pieces: int, check: Callable[[torch.Tensor], None]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Forward and backward of one batch, in `pieces` when the whole does not fit in memory:
     each piece's loss is weighted by its share of the batch, so the gradients add up to the whole
     batch's (BatchNorm aside, which sees each piece's statistics). `check(loss)` runs before each
     backward. Returns the outputs and the batch's loss."""
-    if parts == 1:
+    if pieces == 1:
         out, loss = _forward_loss(forward, loss_fn, x, y, opts)
         check(loss)
         _backward(loss / opts.accumulate if opts.accumulate > 1 else loss, opts.scaler)
         return out, loss
     outs, total = [], torch.zeros((), device=x.device)
-    for xs, ys in zip(x.tensor_split(parts), y.tensor_split(parts)):
+    for xs, ys in zip(x.tensor_split(pieces), y.tensor_split(pieces)):
         if xs.shape[0] == 0:
             continue
         out, loss = _forward_loss(forward, loss_fn, xs, ys, opts)
@@ -315,11 +315,11 @@ def _learn(forward: nn.Module, loss_fn: nn.Module, x: torch.Tensor, y: torch.Ten
     return torch.cat(outs), total
 
 
-def _can_split(opts: StepOptions, parts: int, rows: int, batch: int) -> bool:
-    """Whether a step that ran out of memory can be retried in twice as many parts: the batch has
+def _can_split(opts: StepOptions, pieces: int, rows: int, batch: int) -> bool:
+    """Whether a step that ran out of memory can be retried in twice as many pieces: the batch has
     rows to spare, its gradients are the only ones accumulated so far (the first batch of its
     step), and no other process waits on this one's backward."""
-    return parts * 2 <= rows and batch % opts.accumulate == 0 and distributed.current() is None
+    return pieces * 2 <= rows and batch % opts.accumulate == 0 and distributed.current() is None
 
 
 def _forward_loss(forward: nn.Module, loss_fn: nn.Module, x: torch.Tensor, y: torch.Tensor,
