@@ -51,7 +51,7 @@ def build_parts(config: Config, *, bundle: DataBundle | None = None, input_shape
     Args:
         bundle: the data, when the caller has built it already; else built here (on rank 0 first).
         input_shape: the model's input shape (a resumed run's checkpoint has it); default: the data's.
-        split: a split record for the data to repeat (a fold, a resumed run's split).
+        split: a split record for the data to repeat (a fold of `--folds`), when it is built here.
         pretrained: whether a model with pretrained weights reads them (a resumed run's come from
             its checkpoint instead: not read, nor downloaded, again).
 
@@ -87,7 +87,7 @@ def build_parts(config: Config, *, bundle: DataBundle | None = None, input_shape
     forward = distributed.replicate(model, compile=config.train.compile)
     return Parts(model=model, forward=forward, loss_fn=loss_fn, optimizer=optimizer, schedule=schedule, opts=opts,
                  config=config, bundle=bundle, input_shape=input_shape, classes=classes, task=bundle.task,
-                 split=split if split is not None else bundle.split, device=device, train_loader=train_loader,
+                 split=bundle.split, device=device, train_loader=train_loader,
                  val_loader=val_loader, steps_per_epoch=steps_per_epoch, monitor=monitor,
                  mode=monitor_mode(monitor, config.train.mode))
 

@@ -99,9 +99,11 @@ class Run:
                 self._write_failed_summary(exc)
                 raise
             finally:
-                self.loop.hooks.on_close(self.outcome)
-                self.rundir.release()
-                distributed.leave()
+                try:
+                    self.loop.hooks.on_close(self.outcome)
+                finally:  # the folder is let go even when a hook fails to close
+                    self.rundir.release()
+                    distributed.leave()
 
     def _run(self) -> TrainResult:
         parts, fresh = self.parts, isinstance(self.start, Fresh)

@@ -8,6 +8,7 @@ made by `dltool.training.parts.build_parts` and trained by `dltool.training.run.
 from __future__ import annotations
 
 import copy
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -132,8 +133,8 @@ def resumed_run(target: str | Path, overrides: Sequence[str], callback: Callback
     rundir = distributed.own_run_dir(RunDir(run_dir_of(path), columns)).hold()
     try:
         rundir.remove_stale_temps()
-        parts = build_parts(config, bundle=bundle, input_shape=checkpoint["input_shape"], split=checkpoint["split"],
-                            pretrained=False)
+        parts = build_parts(config, bundle=bundle, input_shape=checkpoint["input_shape"], pretrained=False)
+        parts = replace(parts, split=checkpoint["split"])  # the run keeps the split record it began with
         state = restore(parts, checkpoint)
         rng = distributed.own_rng(checkpoint)  # each rank's dropout continues as it would have
         set_rng_state(rng)
