@@ -13,7 +13,8 @@ from dltool.config.registry import LOSSES, OPTIMIZERS, SCHEDULERS
 from dltool.config.spec import parse_spec
 from dltool.errors import RegistryError, RunFailed
 from dltool.training.callbacks import Callback
-from dltool.training.engine import FitPlan, LoopState, StepOptions, evaluate, fit, train_one_epoch
+from dltool.training.engine import LoopState, StepOptions, StepParts, evaluate, train_one_epoch
+from dltool.training.loop import FitLoop, FitPlan
 from dltool.training.optim import build_loss, build_optimizer, build_scheduler, replay
 from dltool.training.runtime import EMA, rng_state, seed_all, set_rng_state
 
@@ -37,12 +38,16 @@ def sgd(model: nn.Module, lr: float = 0.1, **extra) -> torch.optim.Optimizer:
     return build_optimizer(parse_spec({"name": "SGD", "lr": lr, "momentum": 0.9, **extra}, "optimizer"), model)
 
 
+def step_parts(model, opt, schedule, opts=None, loss_fn=None) -> StepParts:
+    return StepParts(model, None, loss_fn or nn.CrossEntropyLoss(), opt, schedule, opts or StepOptions(CPU))
+
+
 def run_fit(epochs: int, state: LoopState | None = None, parts=None, **plan_extra):
     model, opt, schedule = parts or _parts(epochs)
     loader = DataLoader(blobs(), batch_size=16)
     plan = FitPlan(epochs=epochs, seed=0, monitor="val_accuracy", mode="max", **plan_extra)
-    state = fit(model, loader, loader, nn.CrossEntropyLoss(), opt, schedule, StepOptions(CPU, log_every=2), plan,
-                state=state)
+    state = FitLoop(step_parts(model, opt, schedule, StepOptions(CPU, log_every=2)), loader, loader, plan,
+                    state=state).run()
     return model, opt, schedule, state
 
 
@@ -79,7 +84,7 @@ def test_stop_request_ends_the_epoch_after_the_current_step():
     model, opt, schedule = _parts(2)
     loader = DataLoader(blobs(), batch_size=16)
     state = LoopState()
-    train_one_epoch(model, loader, nn.CrossEntropyLoss(), opt, schedule, StepOptions(CPU), state, epoch=1,
+    train_one_epoch(step_parts(model, opt, schedule), loader, state, epoch=1,
                     stop=lambda: (seen.append(1), len(seen) >= 2)[1])  # polled once per step
     assert state.interrupted and state.batch == 2 and state.step == 2 and state.sums["count"] == 32
 
@@ -90,8 +95,7 @@ def test_non_finite_loss_stops_within_one_step_naming_epoch_and_step():
     loader = DataLoader(blobs(), batch_size=16)
     state = LoopState()
     with pytest.raises(RunFailed, match=r"the loss became (nan|inf) at epoch 4, step (\d+) \(lr 1e\+12\)") as failed:
-        train_one_epoch(model, loader, nn.CrossEntropyLoss(), opt, build_scheduler(None, opt, 1, 8),
-                        StepOptions(CPU), state, epoch=4)
+        train_one_epoch(step_parts(model, opt, build_scheduler(None, opt, 1, 8)), loader, state, epoch=4)
     step = int(str(failed.value).split("step ")[1].split(" ")[0])
     assert state.step == step - 1  # no update was made with the bad loss
 
@@ -104,8 +108,8 @@ def test_accumulating_two_half_batches_equals_one_full_batch():
         model[1].reset_parameters()
         opt = torch.optim.SGD(model.parameters(), lr=0.5)
         loader = DataLoader(blobs(64), batch_size=batch_size)
-        train_one_epoch(model, loader, nn.CrossEntropyLoss(), opt, build_scheduler(None, opt, 1, 2),
-                        StepOptions(CPU, accumulate=accumulate), LoopState(), epoch=1)
+        train_one_epoch(step_parts(model, opt, build_scheduler(None, opt, 1, 2), StepOptions(CPU, accumulate=accumulate)),
+                        loader, LoopState(), epoch=1)
         results.append(model[1].weight.detach().clone())
     torch.testing.assert_close(results[0], results[1], rtol=1e-5, atol=1e-6)
 
@@ -219,8 +223,8 @@ class Recorder(Callback):
 def test_progress_reaches_the_callback_every_log_interval():
     model, opt, schedule = _parts(1)
     recorder = Recorder()
-    train_one_epoch(model, DataLoader(blobs(), batch_size=16), nn.CrossEntropyLoss(), opt, schedule,
-                    StepOptions(CPU, log_every=3), LoopState(), epoch=1, callback=recorder)
+    train_one_epoch(step_parts(model, opt, schedule, StepOptions(CPU, log_every=3)), DataLoader(blobs(), batch_size=16),
+                    LoopState(), epoch=1, callback=recorder)
     assert [c[1] for c in recorder.calls] == [3, 6, 8]
     assert recorder.calls[0][2] == ["accuracy", "loss", "samples_per_second"]
 
@@ -260,3 +264,33 @@ def test_to_device_keeps_batches_already_there_and_applies_channels_last():
     x, y = torch.rand(2, 3, 4, 4), torch.tensor([0, 1])
     moved, targets = opts.to_device(x, y)
     assert moved.is_contiguous(memory_format=torch.channels_last) and targets is y
+
+
+class LoopHooks(Callback):
+    def __init__(self):
+        self.calls = []
+
+    def on_epoch_start(self, epoch, epochs, batches):
+        self.calls.append(("epoch_start", epoch))
+
+    def on_eval_start(self, epoch, batches):
+        self.calls.append(("eval_start", epoch))
+
+    def on_epoch_end(self, epoch, row, improved):
+        self.calls.append(("epoch_end", epoch))
+
+    def on_interrupt(self):
+        self.calls.append(("interrupt",))
+
+
+def test_the_loop_owns_its_state_and_calls_its_hooks_in_order():
+    model, opt, schedule = _parts(3)
+    loader = DataLoader(blobs(), batch_size=16)
+    hooks, polls = LoopHooks(), []
+    loop = FitLoop(step_parts(model, opt, schedule), loader, loader,
+                   FitPlan(epochs=3, seed=0, monitor="val_accuracy", mode="max"), hooks=hooks)
+    # polled after each of the 8 steps of an epoch and at its end: the 11th poll is epoch 2's second step
+    state = loop.run(stop=lambda: (polls.append(1), len(polls) >= 11)[1])
+    assert hooks.calls == [("epoch_start", 1), ("eval_start", 1), ("epoch_end", 1), ("epoch_start", 2), ("interrupt",)]
+    assert state is loop.state and state.interrupted and (state.epoch, state.batch, state.step) == (1, 2, 10)
+    assert loop.collected is not None and loop.collected["probs"].shape == (120, 5)

@@ -149,27 +149,26 @@ def test_torchvision_cutmix_or_mixup_recipe_trains(tmp_path, monkeypatch):
 def test_the_check_leaves_model_optimizer_and_random_states_as_they_were(tmp_path):
     from dltool.config.load import load_config
     from dltool.data import build_data
-    from dltool.training.callbacks import Callback
     from dltool.training.firststep import check_first_step
+    from dltool.training.parts import build_parts
     from dltool.training.runtime import rng_state
-    from dltool.training.train import Session
 
     (tmp_path / "cfg.yaml").write_text(HEAD + MODEL.replace("    - ReLU\n", "    - BatchNorm2d\n    - ReLU\n")
                                        + "optimizer: {name: Adam, lr: 0.01}\nscheduler: OneCycleLR\n"
                                        "train: {epochs: 2, device: cpu}\n")
     config = load_config(tmp_path / "cfg.yaml")
     bundle = build_data(config)
-    session = Session(config, bundle, bundle.input_shape, None, Callback())
-    weights = {k: v.clone() for k, v in session.model.state_dict().items()}
-    optimizer, scheduler = repr(session.optimizer.state_dict()), repr(session.schedule.state_dict())
+    parts = build_parts(config, bundle=bundle, input_shape=bundle.input_shape)
+    weights = {k: v.clone() for k, v in parts.model.state_dict().items()}
+    optimizer, scheduler = repr(parts.optimizer.state_dict()), repr(parts.schedule.state_dict())
     before = rng_state()
-    check_first_step(session)
+    check_first_step(parts)
     after = rng_state()
     assert torch.equal(before["torch"], after["torch"])
     assert torch.equal(before["numpy"]["keys"], after["numpy"]["keys"]) and before["python"] == after["python"]
-    assert all(torch.equal(weights[k], v) for k, v in session.model.state_dict().items())
-    assert all(p.grad is None for p in session.model.parameters())
-    assert repr(session.optimizer.state_dict()) == optimizer and repr(session.schedule.state_dict()) == scheduler
+    assert all(torch.equal(weights[k], v) for k, v in parts.model.state_dict().items())
+    assert all(p.grad is None for p in parts.model.parameters())
+    assert repr(parts.optimizer.state_dict()) == optimizer and repr(parts.schedule.state_dict()) == scheduler
 
 
 def test_label_smoothing_out_of_range_is_a_range_error(tmp_path, monkeypatch):

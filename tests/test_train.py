@@ -318,3 +318,35 @@ def test_val_split_zero_trains_on_everything_and_says_so_once(tmp_path, monkeypa
     assert result.exit_code == 2
     assert result.stderr == ("error: data.val_split: 0: every sample is for training, there is no validation split; "
                              "use --split train, or other data (e.g. data.dataset.root=other/folder)\n")
+
+
+class Hooks(Callback):
+    """Records the named hooks a run calls, in order (steps and messages left out)."""
+
+    def __init__(self):
+        self.calls = []
+
+    def on_fit_start(self, info):
+        self.calls.append("fit_start")
+
+    def on_epoch_end(self, epoch, row, improved):
+        self.calls.append(f"epoch_end {epoch}")
+
+    def on_interrupt(self):
+        self.calls.append("interrupt")
+
+    def on_fit_end(self, summary):
+        self.calls.append(f"fit_end {summary['status']}")
+
+    def on_close(self, outcome):
+        self.calls.append(f"close {outcome}")
+
+
+def test_a_run_calls_the_callers_hooks_at_their_named_points(tmp_path):
+    hooks = Hooks()
+    train(write_config(tmp_path, train__epochs=2), runs_dir=tmp_path / "runs", callbacks=[hooks])
+    assert hooks.calls == ["fit_start", "epoch_end 1", "epoch_end 2", "fit_end finished", "close finished"]
+    hooks = Hooks()
+    with pytest.raises(Interrupted):
+        train(write_config(tmp_path, name="b"), runs_dir=tmp_path / "runs", callbacks=[SignalAt(1, None), hooks])
+    assert hooks.calls == ["fit_start", "epoch_end 1", "interrupt", "close interrupted"]  # no fit_end: not finished

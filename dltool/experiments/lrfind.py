@@ -1,7 +1,8 @@
 """`dltool lr-find`: the learning-rate range test (Smith, 2015; fastai's lr_find, Lightning's LR finder).
 
-The config's own data, model, loss and optimizer take one mini-batch per learning rate on an
-exponential ramp from `start` to `end`; the smoothed loss is recorded until it diverges. Nothing
+The config's own parts (data, model, loss, optimizer) make one optimizer step per learning rate on
+an exponential ramp from `start` to `end`, through train's own step; the loss is recorded until its
+running median diverges. Nothing
 is saved: the model and optimizer are thrown away, and no run folder is written; the one file
 written is the picture of the loss against the lr (`draw_lr_find`).
 """
@@ -81,26 +82,24 @@ def _range_test(config: Any, start: float, end: float, steps: int) -> LrFindResu
     from dataclasses import replace
 
     from dltool.data import build_data
-    from dltool.models import resolve_input_shape
-    from dltool.training.callbacks import Callback
     from dltool.training.engine import LoopState, train_batch
     from dltool.training.optim import Schedule
+    from dltool.training.parts import build_parts
     from dltool.training.runtime import num_threads
-    from dltool.training.train import Session
 
     # the ramp is the schedule: no scheduler and no warmup scale the lr it sets
     config = replace(config, scheduler=None, train=replace(config.train, warmup_epochs=0.0))
     bundle = build_data(config)
     if not len(bundle.train):
         raise DataError(f"{config.path}: lr-find needs training data; the train split is empty")
-    session = Session(config, bundle, resolve_input_shape(config, data=bundle), None, Callback())
-    optimizer, opts, accumulate = session.optimizer, session.opts, session.opts.accumulate
+    parts = replace(build_parts(config, bundle=bundle), schedule=Schedule(None, "none"))
+    optimizer, accumulate = parts.optimizer, parts.opts.accumulate
     shares = [group["lr"] / optimizer.defaults["lr"] for group in optimizer.param_groups]  # param_groups' own lrs
     ratio = (end / start) ** (1 / (steps - 1))
     result, state, lowest = LrFindResult(), LoopState(), math.inf
     half = max(1, round(SMOOTHING_DECADES / math.log10(ratio)))  # steps either side in the smoothing
-    batches = _batches(session.train_loader, steps * accumulate)
-    session.model.train()
+    batches = _batches(parts.train_loader, steps * accumulate)
+    parts.model.train()
     with num_threads(config.train.threads):
         for step in range(steps):
             lr = min(end, start * ratio ** step)
@@ -109,8 +108,7 @@ def _range_test(config: Any, start: float, end: float, steps: int) -> LrFindResu
             loss = 0.0
             for batch in range(accumulate):  # one optimizer step, as train makes it
                 x, y = next(batches)
-                done = train_batch(session.model, x, y, session.loss_fn, optimizer, Schedule(None, "none"), opts,
-                                   state, batch=batch, batches=accumulate, forward=session.forward)
+                done = train_batch(parts, x, y, state, batch=batch, batches=accumulate)
                 loss += done.loss.item() / accumulate
             if not math.isfinite(loss):
                 result.diverged_at = lr

@@ -60,12 +60,10 @@ def _embedded_data(config: Any) -> Any:
 def _first_step(config: Any, data: Any) -> None:
     """With the data at hand, exactly what `train` does before its run folder exists: every part
     built and one batch taken through copies of them (dltool.training.firststep)."""
-    from dltool.models import resolve_input_shape
-    from dltool.training.callbacks import Callback
     from dltool.training.firststep import check_first_step
-    from dltool.training.train import Session
+    from dltool.training.parts import build_parts
 
-    check_first_step(Session(config, data, resolve_input_shape(config, data=data), None, Callback()))
+    check_first_step(build_parts(config, bundle=data))
 
 
 def _check_dataset(spec: Spec) -> None:

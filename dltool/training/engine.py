@@ -1,4 +1,5 @@
-"""The training loop: `train_one_epoch`, `evaluate` and `fit`, plain functions with explicit arguments.
+"""The training step and epoch: `train_batch`, `train_one_epoch` and `evaluate`, plain functions
+over a run's parts (`StepParts`); the epochs around them are `dltool.training.loop.FitLoop`'s.
 
 Metrics are summed on the device and read once per log interval, so the loop never waits on the
 accelerator between steps. Progress goes to `dltool.training.callbacks.Callback` objects; the library itself never prints.
@@ -23,7 +24,7 @@ from dltool.models.outputs import single_threshold, to_probabilities
 from dltool.training import distributed
 from dltool.training.callbacks import Callback
 from dltool.training.optim import Schedule, current_lr
-from dltool.training.runtime import EMA, seed_epoch
+from dltool.training.runtime import EMA
 
 SOFT_TARGET_LOSSES = (nn.BCEWithLogitsLoss, nn.BCELoss, nn.MultiLabelSoftMarginLoss)
 
@@ -87,6 +88,19 @@ class StepOptions:
         if self.channels_last and x.dim() == 4:
             x = x.contiguous(memory_format=torch.channels_last)
         return x, y
+
+
+@dataclass
+class StepParts:
+    """What one training step works with: the model, what is called in its place (a compiled or
+    DDP wrapper, or the model itself), the loss, the optimizer, its schedule and the step options."""
+
+    model: nn.Module
+    forward: nn.Module | Callable[[torch.Tensor], torch.Tensor] | None  # None: the model itself
+    loss_fn: nn.Module
+    optimizer: torch.optim.Optimizer
+    schedule: Schedule
+    opts: StepOptions
 
 
 def amp_dtype(amp: str, device: torch.device) -> torch.dtype | None:
@@ -154,22 +168,18 @@ class _Sums:
         return int(packed[3].item())
 
 
-def train_one_epoch(model: nn.Module, loader: Iterable, loss_fn: nn.Module, optimizer: torch.optim.Optimizer,
-                    schedule: Schedule, opts: StepOptions, state: LoopState, *, epoch: int,
-                    callback: Callback = Callback(), stop: Callable[[], bool] = lambda: False,
-                    forward: nn.Module | None = None) -> dict:
+def train_one_epoch(parts: StepParts, loader: Iterable, state: LoopState, *, epoch: int,
+                    callback: Callback = Callback(), stop: Callable[[], bool] = lambda: False) -> dict:
     """Train for one epoch (or the rest of it, from `state.batch`), updating `state` as it goes.
 
     Args:
-        model: the module whose parameters `optimizer` holds.
+        parts: the model, loss, optimizer and schedule (dltool.training.optim) and the step options
+            (device, AMP, clipping, accumulation, EMA).
         loader: batches (x, y); `len(loader)` batches per epoch.
-        loss_fn, optimizer, schedule: as built by dltool.training.optim.
-        opts: device, AMP, clipping, accumulation, EMA.
         state: the run's position; `state.batch` batches of this epoch are skipped (already done).
         epoch: 1-based epoch number (for messages).
         callback: receives progress every `opts.log_every` batches.
         stop: polled after every optimizer step; True ends the epoch early (state.interrupted).
-        forward: what to call instead of `model` (a torch.compile'd wrapper).
 
     Returns:
         train_loss, train_accuracy (or train_mae), lr, samples, seconds of this epoch's training.
@@ -178,20 +188,20 @@ def train_one_epoch(model: nn.Module, loader: Iterable, loss_fn: nn.Module, opti
         RunFailed: the loss became NaN or infinite: on the CPU before the update is made, on CUDA at
             the next log interval (naming the first bad step; nothing after it is saved).
     """
-    forward = forward or model
-    model.train()
+    opts = parts.opts
+    parts.model.train()
     batches = len(loader)
     sums = _Sums(opts.device, state.sums, single_threshold(opts.output))
     # reading a CPU scalar costs nothing; on CUDA it stalls; in a process group all must stop together
     check_each_step = opts.device.type == "cpu" and distributed.current() is None
     first_bad = torch.full((), -1, dtype=torch.long, device=opts.device)
-    lr, started, samples, skip = current_lr(optimizer), time.perf_counter(), 0, state.batch
+    lr, started, samples, skip = current_lr(parts.optimizer), time.perf_counter(), 0, state.batch
     for batch, (x, y) in enumerate(loader):
         if batch < skip:
             continue
         check = functools.partial(_check_finite, check_each_step, epoch, batch, lr)
-        done = train_batch(model, x, y, loss_fn, optimizer, schedule, opts, state, batch=batch, batches=batches,
-                           epoch=epoch, callback=callback, check=check, forward=forward)
+        done = train_batch(parts, x, y, state, batch=batch, batches=batches, epoch=epoch, callback=callback,
+                           check=check)
         if not check_each_step:
             first_bad = torch.where((first_bad < 0) & ~torch.isfinite(done.loss), batch, first_bad)
         sums.add(done.loss, done.out, done.y, opts.task)
@@ -226,10 +236,9 @@ class Trained(NamedTuple):
     lr: float | None
 
 
-def train_batch(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn: nn.Module,
-                optimizer: torch.optim.Optimizer, schedule: Schedule, opts: StepOptions, state: LoopState, *,
-                batch: int, batches: int, epoch: int = 0, callback: Callback = Callback(),
-                check: Callable[[torch.Tensor], None] = lambda loss: None, forward: nn.Module | None = None) -> Trained:
+def train_batch(parts: StepParts, x: torch.Tensor, y: torch.Tensor, state: LoopState, *, batch: int, batches: int,
+                epoch: int = 0, callback: Callback = Callback(),
+                check: Callable[[torch.Tensor], None] = lambda loss: None) -> Trained:
     """The training step every caller runs (train, tune trials, lr-find), one batch at a time:
     forward and backward under `opts` (AMP, the loss scaled for `opts.accumulate`, in parts after
     running out of memory) and, on the last batch of an accumulation group, clipping, the optimizer
@@ -239,9 +248,9 @@ def train_batch(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn: nn.
         batch: 0-based index of this batch in the epoch (accumulation groups start at multiples of
             `opts.accumulate`); batches: how many the epoch has (its last batch always steps).
         check: called with each loss before its backward (raise there to stop before the update).
-        forward: what to call instead of `model` (a torch.compile'd or DDP wrapper).
     """
-    forward = forward or model
+    opts, optimizer = parts.opts, parts.optimizer
+    forward = parts.forward or parts.model
     x, y = opts.to_device(x, y)
     last = (batch + 1) % opts.accumulate == 0 or batch + 1 == batches
     distributed.sync_gradients(forward, last)
@@ -249,10 +258,10 @@ def train_batch(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn: nn.
         # zeroed before each step's first backward (not after the step), so the epoch's last
         # gradients stay readable for the histograms
         optimizer.zero_grad(set_to_none=True)
-    out, loss = _learn_fitting(forward, loss_fn, x, y, opts, state, optimizer, callback, epoch, batch, check)
+    out, loss = _learn_fitting(parts, x, y, state, callback, epoch, batch, check)
     if not last:
         return Trained(out, y, loss, None)
-    lr = _optimizer_step(model, optimizer, schedule, opts, state.step)
+    lr = _optimizer_step(parts.model, optimizer, parts.schedule, opts, state.step)
     state.step += 1
     return Trained(out, y, loss, lr)
 
@@ -262,19 +271,19 @@ def _check_finite(active: bool, epoch: int, batch: int, lr: float, loss: torch.T
         raise _non_finite(loss, epoch, batch, lr)
 
 
-def _learn_fitting(forward: nn.Module, loss_fn: nn.Module, x: torch.Tensor, y: torch.Tensor, opts: StepOptions,
-                   state: LoopState, optimizer: torch.optim.Optimizer, callback: Callback, epoch: int, batch: int,
-                   check: Callable[[torch.Tensor], None]) -> tuple[torch.Tensor, torch.Tensor]:
-    """`_learn` in `state.splits` parts; when the device runs out of memory, again in twice as many
+def _learn_fitting(parts: StepParts, x: torch.Tensor, y: torch.Tensor, state: LoopState, callback: Callback,
+                   epoch: int, batch: int, check: Callable[[torch.Tensor], None]) -> tuple[torch.Tensor, torch.Tensor]:
+    """`_learn` in `state.splits` pieces; when the device runs out of memory, again in twice as many
     (kept for the rest of the run), as long as `_can_split` allows."""
+    opts, forward = parts.opts, parts.forward or parts.model
     while True:
         try:
-            return _learn(forward, loss_fn, x, y, opts, state.splits, check)
+            return _learn(forward, parts.loss_fn, x, y, opts, state.splits, check)
         except torch.OutOfMemoryError:
             if not _can_split(opts, state.splits, x.shape[0], batch):
                 raise
         # out of the except block, the failed attempt's tensors are free
-        optimizer.zero_grad(set_to_none=True)
+        parts.optimizer.zero_grad(set_to_none=True)
         if opts.device.type == "cuda":
             torch.cuda.empty_cache()
         state.splits *= 2
@@ -283,18 +292,18 @@ def _learn_fitting(forward: nn.Module, loss_fn: nn.Module, x: torch.Tensor, y: t
 
 
 def _learn(forward: nn.Module, loss_fn: nn.Module, x: torch.Tensor, y: torch.Tensor, opts: StepOptions,
-           parts: int, check: Callable[[torch.Tensor], None]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Forward and backward of one batch, in `parts` pieces when the whole does not fit in memory:
+           pieces: int, check: Callable[[torch.Tensor], None]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Forward and backward of one batch, in `pieces` when the whole does not fit in memory:
     each piece's loss is weighted by its share of the batch, so the gradients add up to the whole
     batch's (BatchNorm aside, which sees each piece's statistics). `check(loss)` runs before each
     backward. Returns the outputs and the batch's loss."""
-    if parts == 1:
+    if pieces == 1:
         out, loss = _forward_loss(forward, loss_fn, x, y, opts)
         check(loss)
         _backward(loss / opts.accumulate if opts.accumulate > 1 else loss, opts.scaler)
         return out, loss
     outs, total = [], torch.zeros((), device=x.device)
-    for xs, ys in zip(x.tensor_split(parts), y.tensor_split(parts)):
+    for xs, ys in zip(x.tensor_split(pieces), y.tensor_split(pieces)):
         if xs.shape[0] == 0:
             continue
         out, loss = _forward_loss(forward, loss_fn, xs, ys, opts)
@@ -306,11 +315,11 @@ def _learn(forward: nn.Module, loss_fn: nn.Module, x: torch.Tensor, y: torch.Ten
     return torch.cat(outs), total
 
 
-def _can_split(opts: StepOptions, parts: int, rows: int, batch: int) -> bool:
-    """Whether a step that ran out of memory can be retried in twice as many parts: the batch has
+def _can_split(opts: StepOptions, pieces: int, rows: int, batch: int) -> bool:
+    """Whether a step that ran out of memory can be retried in twice as many pieces: the batch has
     rows to spare, its gradients are the only ones accumulated so far (the first batch of its
     step), and no other process waits on this one's backward."""
-    return parts * 2 <= rows and batch % opts.accumulate == 0 and distributed.current() is None
+    return pieces * 2 <= rows and batch % opts.accumulate == 0 and distributed.current() is None
 
 
 def _forward_loss(forward: nn.Module, loss_fn: nn.Module, x: torch.Tensor, y: torch.Tensor,
@@ -440,130 +449,3 @@ def _outputs_fitting(model: nn.Module, x: torch.Tensor, opts: StepOptions, callb
         opts.eval_splits = min(opts.eval_splits * 2, x.shape[0])
         callback.on_message(f"{opts.device} ran out of memory in evaluation: each batch now goes through the model "
                             f"in {opts.eval_splits} parts")
-
-
-def improved(value: float, best: float | None, mode: str, min_delta: float) -> bool:
-    """Whether `value` beats `best` by more than `min_delta` in direction `mode`."""
-    if best is None:
-        return not math.isnan(value)
-    return value > best + min_delta if mode == "max" else value < best - min_delta
-
-
-def step_epoch_schedule(schedule: Schedule, metrics: dict, monitor: str) -> None:
-    """Advance an epoch-wise schedule (ReduceLROnPlateau with the monitored metric)."""
-    if schedule.interval == "epoch":
-        schedule.scheduler.step()
-    elif schedule.interval == "plateau":
-        schedule.scheduler.step(metrics[monitor])
-
-
-def start_epoch(model: nn.Module, loader: Any, seed: int, epoch: int, unfreeze_at: int | None) -> bool:
-    """Seed the RNGs and the loader for `epoch`; unfreeze every parameter once `unfreeze_at` epochs are done.
-
-    Returns:
-        True when this call unfroze parameters.
-    """
-    seed_epoch(seed, epoch)
-    if hasattr(loader, "set_epoch"):
-        loader.set_epoch(epoch)
-    if unfreeze_at is not None and epoch > unfreeze_at:
-        frozen = [p for p in model.parameters() if not p.requires_grad]
-        for param in frozen:
-            param.requires_grad_(True)
-        return bool(frozen)
-    return False
-
-
-@dataclass
-class FitPlan:
-    """What `fit` runs: the epochs, what it watches, and what it calls at each epoch end."""
-
-    epochs: int
-    seed: int
-    monitor: str
-    mode: str
-    patience: int | None = None
-    min_delta: float = 0.0
-    unfreeze_at: int | None = None
-    on_epoch_end: Callable[[LoopState, dict, bool, dict | None], None] | None = None
-    on_interrupt: Callable[[LoopState], None] | None = None
-    resume_rng: dict | None = None  # random states to restore when resuming inside an epoch
-
-
-def fit(model: nn.Module, train_loader: Any, val_loader: Any | None, loss_fn: nn.Module,
-        optimizer: torch.optim.Optimizer, schedule: Schedule, opts: StepOptions, plan: FitPlan, *,
-        state: LoopState | None = None, callback: Callback = Callback(), stop: Callable[[], bool] = lambda: False,
-        forward: nn.Module | None = None) -> LoopState:
-    """Train from `state` (a fresh run when None) to `plan.epochs`, early stopping, or a stop request.
-
-    After each epoch, `plan.on_epoch_end(state, row, improved, collected)` records it (metrics,
-    checkpoints); after a stop request mid-epoch, `plan.on_interrupt(state)` does, and the returned
-    state has `interrupted` set.
-
-    Returns:
-        The final LoopState (history holds one row per epoch).
-
-    Raises:
-        RunFailed: a non-finite loss.
-    """
-    state = state or LoopState()
-    for epoch in range(state.epoch + 1, plan.epochs + 1):
-        if start_epoch(model, train_loader, plan.seed, epoch, plan.unfreeze_at):
-            callback.on_message(f"epoch {epoch}: unfroze all parameters (train.unfreeze_at={plan.unfreeze_at})")
-        if state.batch and plan.resume_rng is not None:
-            from dltool.training.runtime import set_rng_state
-
-            set_rng_state(plan.resume_rng)
-        callback.on_epoch_start(epoch, plan.epochs, len(train_loader))
-        started = time.perf_counter()
-        trained = train_one_epoch(model, train_loader, loss_fn, optimizer, schedule, opts, state, epoch=epoch,
-                                  callback=callback, stop=stop, forward=forward)
-        state.train_seconds += trained["seconds"]
-        state.train_samples += trained["samples"]
-        if state.interrupted:
-            if plan.on_interrupt is not None:
-                plan.on_interrupt(state)
-            return state
-        row, collected = _finish_epoch(model, val_loader, loss_fn, schedule, opts, plan, state, epoch, trained,
-                                       started, callback)
-        better = _record(state, row, plan)
-        if plan.on_epoch_end is not None:
-            plan.on_epoch_end(state, row, better, collected)
-        callback.on_epoch_end(epoch, row, better)
-        if plan.patience is not None and state.bad_epochs >= plan.patience:
-            state.stopped_early = True
-            callback.on_message(f"early stopping: {plan.monitor} did not improve for {plan.patience} epochs")
-            break
-        if stop() and epoch < plan.epochs:  # after the last epoch there is nothing left to resume
-            state.interrupted = True
-            if plan.on_interrupt is not None:
-                plan.on_interrupt(state)
-            break
-    return state
-
-
-def _finish_epoch(model, val_loader, loss_fn, schedule, opts, plan, state, epoch, trained, started, callback):
-    """Validate, step the epoch schedule, and build the epoch's metrics row."""
-    evaluated = opts.ema.module if opts.ema is not None else model
-    distributed.sync_buffers(evaluated)
-    metrics, collected = {}, None
-    if val_loader is not None:
-        metrics, collected = evaluate(evaluated, val_loader, loss_fn, opts, collect=True, callback=callback, epoch=epoch)
-    train_metrics = {k: v for k, v in trained.items() if k.startswith("train_")}
-    step_epoch_schedule(schedule, {**metrics, **train_metrics}, plan.monitor)
-    row = {"epoch": epoch, "lr": trained["lr"], **train_metrics, **metrics,
-           "epoch_seconds": time.perf_counter() - started,
-           "samples_per_second": trained["samples"] / max(1e-9, trained["seconds"])}
-    state.epoch, state.batch, state.sums = epoch, 0, {}
-    return row, collected
-
-
-def _record(state: LoopState, row: dict, plan: FitPlan) -> bool:
-    """Add `row` to the history and update best/bad-epoch counters; True when the monitor improved."""
-    state.history.append(row)
-    value = row[plan.monitor]
-    if improved(value, state.best, plan.mode, plan.min_delta):
-        state.best, state.best_epoch, state.bad_epochs = value, row["epoch"], 0
-        return True
-    state.bad_epochs += 1
-    return False

@@ -22,6 +22,7 @@ from torch import nn
 
 from dltool.config.spec import located
 from dltool.errors import ConfigError, DltoolError, first_line
+from dltool.training.parts import Parts
 from dltool.training.runtime import rng_state, set_rng_state
 
 # Losses that compare outputs with numbers: they do not take class labels.
@@ -32,11 +33,11 @@ CLASS_INDEX_LOSSES = (nn.CrossEntropyLoss, nn.NLLLoss, nn.MultiMarginLoss)
 MAX_PLAN_STEPS = 200_000
 
 
-def check_first_step(session: Any) -> list[str]:
-    """Run one batch of `session` through copies of its parts; raise what a user must fix.
+def check_first_step(parts: Parts) -> list[str]:
+    """Run one batch of a run's parts through copies of them; raise what a user must fix.
 
     Args:
-        session: a dltool.training.train.Session built but not yet started (no run folder yet).
+        parts: the Parts of a run not yet started (no run folder yet).
 
     Returns:
         Warnings, one line each: what trains, but badly (a Softmax before CrossEntropyLoss).
@@ -44,17 +45,17 @@ def check_first_step(session: Any) -> list[str]:
     Raises:
         ConfigError: one located line naming the config key the failure comes from.
     """
-    config = session.config
-    check_transforms(config, session.bundle)
-    _check_loss_fits(config, session.task, len(session.classes), session.loss_fn)
-    notes = _probabilities_into_the_loss(config, session.model, session.loss_fn)
-    _check_trainable(config, session.model)
+    config = parts.config
+    check_transforms(config, parts.bundle)
+    _check_loss_fits(config, parts.task, len(parts.classes), parts.loss_fn)
+    notes = _probabilities_into_the_loss(config, parts.model, parts.loss_fn)
+    _check_trainable(config, parts.model)
     saved = rng_state()
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            _one_step(session)
-            _check_plan(session)
+            _one_step(parts)
+            _check_plan(parts)
     except torch.OutOfMemoryError:
         pass  # the run's own out-of-memory handling (smaller parts, a located message) takes it from here
     finally:
@@ -165,13 +166,13 @@ def _check_trainable(config: Any, model: nn.Module) -> None:
             "model.freeze" if config.model.freeze else "model", config.marks))
 
 
-def _one_step(session: Any) -> None:
+def _one_step(parts: Parts) -> None:
     """Forward, loss, backward and an optimizer step of the first train batch, on copies."""
     from dltool.training.engine import fit_targets
 
-    model, loss_fn, optimizer = copy.deepcopy((session.model, session.loss_fn, session.optimizer))
-    x, y = _first_batch(session)
-    opts = session.opts
+    model, loss_fn, optimizer = copy.deepcopy((parts.model, parts.loss_fn, parts.optimizer))
+    x, y = _first_batch(parts)
+    opts = parts.opts
     x, y = opts.to_device(x, y)
     model.train()
     try:
@@ -180,9 +181,9 @@ def _one_step(session: Any) -> None:
     except DltoolError:
         raise
     except Exception as exc:  # noqa: BLE001
-        raise ConfigError(_forward_error(session, x, exc)) from None
-    _check_single_output(session, out, loss_fn)
-    _check_pos_weight(session, out, loss_fn)
+        raise ConfigError(_forward_error(parts, x, exc)) from None
+    _check_single_output(parts, out, loss_fn)
+    _check_pos_weight(parts, out, loss_fn)
     try:
         with opts.autocast():
             loss = loss_fn(out, fit_targets(loss_fn, out, y, opts.task))
@@ -190,49 +191,49 @@ def _one_step(session: Any) -> None:
     except Exception as exc:  # noqa: BLE001
         raise ConfigError(located(
             f"{type(loss_fn).__name__} cannot take the model's outputs of shape {list(out.shape)} with targets of "
-            f"shape {list(y.shape)} ({y.dtype}): {first_line(exc)}", session.config.loss.key,
-            session.config.marks)) from None
+            f"shape {list(y.shape)} ({y.dtype}): {first_line(exc)}", parts.config.loss.key,
+            parts.config.marks)) from None
     optimizer.zero_grad(set_to_none=True)
     try:
         loss.backward()
     except Exception as exc:  # noqa: BLE001
         raise ConfigError(located(f"backward through the model failed: {first_line(exc)}", "model.layers",
-                                  session.config.marks)) from None
+                                  parts.config.marks)) from None
     try:
         type(optimizer).step(optimizer)  # not optimizer.step: a scheduler wraps it around the original optimizer
     except Exception as exc:  # noqa: BLE001
-        spec = session.config.optimizer
+        spec = parts.config.optimizer
         raise ConfigError(located(f"{spec.name} cannot take a step: {first_line(exc)}", spec.key,
-                                  session.config.marks)) from None
+                                  parts.config.marks)) from None
 
 
-def _check_single_output(session: Any, out: torch.Tensor, loss_fn: nn.Module) -> None:
+def _check_single_output(parts: Parts, out: torch.Tensor, loss_fn: nn.Module) -> None:
     """One output per sample is a binary classifier's: only a loss on probabilities of class 1 fits it."""
-    if session.task != "classification" or out.dim() != 2 or out.shape[1] != 1:
+    if parts.task != "classification" or out.dim() != 2 or out.shape[1] != 1:
         return
     if not isinstance(loss_fn, (nn.BCEWithLogitsLoss, nn.BCELoss)):
-        config = session.config
+        config = parts.config
         raise ConfigError(located(
-            f"{type(loss_fn).__name__} needs one output per class ({len(session.classes)}); a single output "
+            f"{type(loss_fn).__name__} needs one output per class ({len(parts.classes)}); a single output "
             "(Linear: {out_features: 1}) goes with BCEWithLogitsLoss", config.loss.key, config.marks))
 
 
-def _check_pos_weight(session: Any, out: torch.Tensor, loss_fn: nn.Module) -> None:
+def _check_pos_weight(parts: Parts, out: torch.Tensor, loss_fn: nn.Module) -> None:
     """BCEWithLogitsLoss's pos_weight: one value, or one per output."""
     weight = getattr(loss_fn, "pos_weight", None)
     if weight is None or out.dim() != 2 or weight.numel() in (1, out.shape[1]):
         return
-    config = session.config
+    config = parts.config
     raise ConfigError(located(f"{weight.numel()} values for {out.shape[1]} outputs per sample; give one, or one per "
                               "output", f"{config.loss.key}.pos_weight", config.marks))
 
 
-def _first_batch(session: Any) -> tuple[torch.Tensor, torch.Tensor]:
+def _first_batch(parts: Parts) -> tuple[torch.Tensor, torch.Tensor]:
     """The first batch of epoch 1, as the run will see it (the loader is reseeded before each epoch)."""
-    config = session.config
-    session.train_loader.set_epoch(1)
+    config = parts.config
+    parts.train_loader.set_epoch(1)
     try:
-        return next(iter(session.train_loader))
+        return next(iter(parts.train_loader))
     except DltoolError:
         raise
     except Exception as exc:  # noqa: BLE001
@@ -241,14 +242,14 @@ def _first_batch(session: Any) -> tuple[torch.Tensor, torch.Tensor]:
                                   config.marks)) from None
 
 
-def _forward_error(session: Any, x: torch.Tensor, exc: Exception) -> str:
+def _forward_error(parts: Parts, x: torch.Tensor, exc: Exception) -> str:
     """Which key a failed forward pass comes from: the declared input shape, eval transforms that
     give another size than the train ones, or the layers themselves."""
-    config, marks = session.config, session.config.marks
-    sample, built_for = list(x.shape[1:]), list(session.input_shape)
+    config, marks = parts.config, parts.config.marks
+    sample, built_for = list(x.shape[1:]), list(parts.input_shape)
     if config.model.input_shape and built_for != sample:
         return declared_shape_error(built_for, sample, "data.transforms.train", marks)
-    eval_shape = list(session.bundle.input_shape)
+    eval_shape = list(parts.bundle.input_shape)
     if eval_shape != sample:
         return located(f"gives samples of shape {eval_shape} but data.transforms.train gives {sample}, and the "
                        "model is built for one of them; make both lists end in the same size (e.g. the same Resize)",
@@ -263,22 +264,22 @@ def declared_shape_error(declared: list, sample: list, transforms_key: str, mark
                    "model.input_shape", marks)
 
 
-def _check_plan(session: Any) -> None:
+def _check_plan(parts: Parts) -> None:
     """The schedule stepped through the whole run on a copy: arguments that end it early (OneCycleLR's
     total_steps, ...) fail here rather than in the middle of the run."""
-    schedule = session.schedule
+    schedule = parts.schedule
     if schedule.scheduler is None or schedule.interval == "plateau":
         return
-    shared = {id(p): p for p in session.model.parameters()}  # a schedule sets lrs only: the weights stay shared
+    shared = {id(p): p for p in parts.model.parameters()}  # a schedule sets lrs only: the weights stay shared
     scheduler = copy.deepcopy(schedule.scheduler, shared)
-    epochs = session.config.train.epochs
-    steps = epochs * session.steps_per_epoch if schedule.interval == "step" else epochs
-    spec = session.config.scheduler
+    epochs = parts.config.train.epochs
+    steps = epochs * parts.steps_per_epoch if schedule.interval == "step" else epochs
+    spec = parts.config.scheduler
     try:
         for _ in range(min(steps, MAX_PLAN_STEPS)):
             scheduler.step()
     except Exception as exc:  # noqa: BLE001
         run = f"{steps} optimizer steps ({epochs} epochs)" if schedule.interval == "step" else f"{epochs} epochs"
         raise ConfigError(located(f"{spec.name} cannot follow this run's {run}: {first_line(exc)}", spec.key,
-                                  session.config.marks)) from None
+                                  parts.config.marks)) from None
 

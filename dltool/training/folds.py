@@ -77,7 +77,8 @@ def cross_validate(config: Config, folds: int, *, runs_dir: str | Path, name: st
         ConfigError: fewer than 2 folds. Others as `dltool.training.train.train`.
     """
     from dltool.data import build_data
-    from dltool.training.train import Session, TrainResult
+    from dltool.training.run import TrainResult
+    from dltool.training.train import fresh_run
 
     if folds < 2:
         raise ConfigError(f"--folds: must be 2 or more; got {folds}")
@@ -89,8 +90,7 @@ def cross_validate(config: Config, folds: int, *, runs_dir: str | Path, name: st
     results = []
     for split in splits:
         callback.on_message(f"fold {split['fold']}/{folds}: {len(split['train'])} train, {len(split['val'])} val samples")
-        session = Session.fresh(config, parent.path, f"fold-{split['fold']}", callback, split_state=split)
-        results.append(session.run())
+        results.append(fresh_run(config, parent.path, f"fold-{split['fold']}", callback, split=split).run())
     summary = _summary(results, folds)
     parent.write_summary(summary)
     return TrainResult(parent.path, summary, [])

@@ -1,58 +1,33 @@
-"""`train()`: config -> data, model, loss, optimizer, schedule -> fit -> run directory.
+"""`train()`: config -> parts -> a Run (loop, hooks, run folder) -> TrainResult.
 
 A fresh run and a resumed one differ only in where their parts come from: the YAML (with a new
-run folder) or a checkpoint (with its run folder, its split, and every state it saved).
+run folder) or a checkpoint (with its run folder, its split, and every state it saved). Both are
+made by `dltool.training.parts.build_parts` and trained by `dltool.training.run.Run`.
 """
 
 from __future__ import annotations
 
-import contextlib
 import copy
-import math
-import time
-from dataclasses import dataclass, field
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Sequence
 
-import torch
-
-import dltool
 from dltool.config.load import Config, apply_override, config_from_data, load_config
-from dltool.config.spec import Marks, located
-from dltool.errors import CheckpointError, ConfigError, DltoolError, Interrupted, RunFailed, Unwritable
+from dltool.config.spec import Marks
+from dltool.errors import CheckpointError, ConfigError
 from dltool.models import with_model_defaults
-from dltool.models.outputs import output_kind
 from dltool.training import distributed
 from dltool.training.callbacks import Callback, Callbacks
-from dltool.training.engine import FitPlan, LoopState, StepOptions, fit
+from dltool.training.checkpointing import restore
 from dltool.training.firststep import check_first_step
-from dltool.training.loggers import MlflowLogger
 from dltool.training.loggers import require as require_loggers
-from dltool.training.optim import build_loss, build_optimizer, build_scheduler, monitor_mode, replay
+from dltool.training.parts import build_parts
+from dltool.training.run import Fresh, Resumed, Run, TrainResult
 from dltool.training.run_folder import RunDir, metric_columns, never_saved, resume_checkpoint, run_dir_of
-from dltool.training.runtime import (
-    EMA,
-    StopSignal,
-    configure_backends,
-    keep_freed_memory,
-    num_threads,
-    resolve_device,
-    rng_state,
-    seed_all,
-    set_rng_state,
-)
+from dltool.training.runtime import resolve_device, set_rng_state
 
 # what a resumed run restores besides the model and its config
 RESUME_KEYS = ("optimizer", "scheduler", "rng", "split", "input_shape", "task", "classes", "loop")
-
-
-@dataclass
-class TrainResult:
-    """What a finished (or early-stopped) run leaves: its folder, summary.json's content, its rows."""
-
-    run_dir: Path
-    summary: dict
-    history: list = field(default_factory=list)
 
 
 def train(config: Config | str | Path | None = None, *, runs_dir: str | Path = "runs", name: str | None = None,
@@ -66,7 +41,7 @@ def train(config: Config | str | Path | None = None, *, runs_dir: str | Path = "
         resume: a run folder or checkpoint to continue; its config is used, and `overrides` may
             change `train.*` keys only (e.g. `train.epochs=30` to extend the run).
         overrides: KEY=VALUE strings applied on top of the config.
-        callbacks: progress hooks (see dltool.training.engine.Callback).
+        callbacks: hooks called beside the run's own (dltool.training.callbacks.Callback): progress, a trial's reporter.
 
     Returns:
         A TrainResult.
@@ -79,12 +54,12 @@ def train(config: Config | str | Path | None = None, *, runs_dir: str | Path = "
     callback = Callbacks(callbacks or ())
     check_config_or_resume(config, resume)
     if resume is not None:
-        return Session.resumed(resume, overrides, callback).run()
+        return resumed_run(resume, overrides, callback).run()
     config, note = with_model_defaults(fresh_config(config, overrides))
     require_loggers(config)
     if note:
         callback.on_message(note)
-    return Session.fresh(config, runs_dir, name or config.stem, callback).run()
+    return fresh_run(config, runs_dir, name or config.stem, callback).run()
 
 
 def fresh_config(config: Config | str | Path | None, overrides: Sequence[str]) -> Config:
@@ -111,431 +86,87 @@ def check_config_or_resume(config: Any, resume: Any) -> None:
                           f"--resume: dltool train --resume {resume} train.epochs=30")
 
 
-class Session:
-    """One run being trained: its parts, its folder, and what it saves."""
+def fresh_run(config: Config, runs_dir: str | Path, name: str, callback: Callback, split: dict | None = None,
+              folder: Path | None = None) -> Run:
+    """A new run: its parts from the config, checked with one batch, then a new run folder with
+    config.yaml written first (or, given `folder`, that run folder again: a run started over).
 
-    def __init__(self, config: Config, bundle: Any, input_shape: tuple, run: RunDir | None, callback: Callback,
-                 split_state: dict | None = None):
-        from dltool.models import build_model
-
-        self.config, self.bundle, self.rundir, self.callback = config, bundle, run, callback
-        self.input_shape, self.classes, self.task = tuple(input_shape), list(bundle.classes), bundle.task
-        self.split = split_state if split_state is not None else bundle.split
-        train_cfg = config.train
-        self.device = resolve_device(train_cfg.device, config.marks)
-        group = distributed.join(self.device)  # under torchrun: this rank's device, in the process group
-        self.device = group.device if group is not None else self.device
-        self.callback = callback if distributed.is_main() else Callback()
-        configure_backends(self.device, train_cfg.deterministic)
-        seed_all(config.seed)
-        # a resumed run's weights come from its checkpoint: pretrained ones are not read (nor downloaded) again
-        model = build_model(config.model, self.input_shape, len(self.classes) or None, pretrained=run is None)
-        self.model = model.to(self.device, memory_format=_memory_format(train_cfg.channels_last))
-        counts = [0] * len(self.classes)
-        for target in bundle.train.targets if self.classes else ():
-            counts[int(target)] += 1
-        self.loss_fn = build_loss(config.loss, counts).to(self.device)
-        self.optimizer = build_optimizer(config.optimizer, self.model, device=self.device)
-        self.train_loader, self.val_loader = self._loaders()
-        self.steps_per_epoch = math.ceil(len(self.train_loader) / train_cfg.accumulate)
-        self.schedule = self._schedule(train_cfg.epochs)
-        self.monitor, self.mode = self._monitor()
-        self.opts = self._step_options()
-        self.forward = distributed.replicate(self.model, compile=train_cfg.compile)
-        self.state = LoopState()
-        self.board = None
-        self.tracker = None  # the MLflow run, when train.loggers names mlflow
-        self.ended = "FAILED"  # how the MLflow run ends: FINISHED, KILLED (interrupted) or FAILED
-        self.collected = None
-        self.resume_rng: dict | None = None
-
-    @classmethod
-    def fresh(cls, config: Config, runs_dir: str | Path, name: str, callback: Callback,
-              split_state: dict | None = None, folder: Path | None = None) -> Session:
-        """A new run: data from the config, a new run folder with config.yaml written first (or,
-        given `folder`, that run folder again: a run started over)."""
-        from dltool.data import build_data
-        from dltool.models import resolve_input_shape
-
-        distributed.join(resolve_device(config.train.device, config.marks))
-        with distributed.main_first():
-            bundle = build_data(config, split_state=split_state)
-        input_shape = resolve_input_shape(config, data=bundle)
-        session = cls(config, bundle, input_shape, None, callback)  # a config that fails to build leaves no folder
-        # one batch through copies: a config that cannot train leaves no folder either
-        for note in check_first_step(session):
-            callback.on_message(note)
-        columns = metric_columns(bundle.task, len(bundle.classes))
-        if folder is None:
-            session.rundir = distributed.create_run_dir(lambda: RunDir.take(runs_dir, name, columns))
-        else:
-            session.rundir = distributed.own_run_dir(RunDir(folder, columns)).hold()
-        try:
-            if folder is not None:
-                session.rundir.remove_stale_temps()
-                session.rundir.keep_metrics_until(0)
-            session.rundir.write_config(config.to_data())
-            session.rundir.write_bad_files(bundle.bad_files)
-        except BaseException:
-            # a new folder whose first file could not be written goes (the place was unusable from the start)
-            session.rundir.abandon() if folder is None else session.rundir.release()
-            raise
-        return session
-
-    @classmethod
-    def resumed(cls, target: str | Path, overrides: Sequence[str], callback: Callback) -> Session:
-        """A run continued from its checkpoint: same config (train.* overrides allowed), same split."""
-        from dltool.data import build_data
-        from dltool.store.checkpoint import load_checkpoint
-
-        if never_saved(Path(target)):  # refuses a folder whose last.pt is gone but whose work is there
-            return cls.started_over(Path(target), overrides, callback)
-        path = resume_checkpoint(target)
-        checkpoint = load_checkpoint(path)
-        missing = [key for key in RESUME_KEYS if key not in checkpoint]
-        if missing:
-            raise CheckpointError(f"{path}: cannot resume from it: it lacks {', '.join(missing)} (only a checkpoint "
-                                  "`dltool train` wrote can be resumed; eval and predict can still use it)")
-        config = _resumed_config(checkpoint, overrides, path)
-        distributed.join(resolve_device(config.train.device, config.marks))
-        with distributed.main_first():
-            bundle = build_data(config, split_state=checkpoint["split"])
-        columns = metric_columns(checkpoint["task"], len(checkpoint["classes"]))
-        run = distributed.own_run_dir(RunDir(run_dir_of(path), columns)).hold()
-        try:
-            run.remove_stale_temps()
-            session = cls(config, bundle, checkpoint["input_shape"], run, callback, split_state=checkpoint["split"])
-            session.restore(checkpoint)
-            run.write_config(config.to_data())  # what the run now is (train.* overrides applied)
-        except BaseException:
-            run.release()
-            raise
-        return session
-
-    @classmethod
-    def started_over(cls, folder: Path, overrides: Sequence[str], callback: Callback) -> Session:
-        """A run killed before its first checkpoint, started again in its own folder from its
-        config.yaml (train.* overrides allowed): there is nothing to continue, so epoch 1 again."""
-        for text in overrides:
-            _check_resume_override(text)
-        return cls.fresh(load_config(folder / "config.yaml", overrides), folder.parent, folder.name, callback,
-                         folder=folder)
-
-    def _loaders(self) -> tuple[Any, Any]:
-        from dltool.data import make_loader
-
-        data, seed, device = self.config.data, self.config.seed, str(self.device)
-        group = distributed.current()
-        shard = {"rank": group.rank, "world_size": group.world_size} if group is not None else {}
-        train = make_loader(self.bundle.train, data, train=True, seed=seed, device=device, **shard)
-        if len(train) == 0:
-            raise ConfigError(_no_full_batch(len(self.bundle.train), group, self.config))
-        val = (make_loader(self.bundle.val, data, train=False, seed=seed, device=device, **shard)
-               if self.bundle.val else None)
-        return train, val
-
-    def _schedule(self, epochs: int) -> Any:
-        cfg = self.config.train
-        mode = monitor_mode(self._monitor_name(), cfg.mode)
-        return build_scheduler(self.config.scheduler, self.optimizer, epochs, self.steps_per_epoch,
-                               interval=cfg.scheduler_interval, warmup_epochs=cfg.warmup_epochs, mode=mode)
-
-    def _monitor_name(self) -> str:
-        monitor = self.config.train.monitor
-        if monitor == "auto":
-            if self.bundle.val is None:
-                return "train_loss"
-            return "val_loss" if self.task == "regression" else "val_accuracy"
-        return monitor
-
-    def _monitor(self) -> tuple[str, str]:
-        monitor = self._monitor_name()
-        key = "mae" if self.task == "regression" else "accuracy"
-        allowed = ["train_loss", f"train_{key}"]
-        if self.bundle.val is not None:
-            allowed += ["val_loss", f"val_{key}"] + (["val_top5_accuracy"] if len(self.classes) >= 5 else [])
-        if monitor not in allowed:
-            raise ConfigError(located(f"{monitor!r} is not measured in this run; allowed: auto, {', '.join(allowed)}",
-                                      "train.monitor", self.config.marks))
-        return monitor, monitor_mode(monitor, self.config.train.mode)
-
-    def _step_options(self) -> StepOptions:
-        cfg = self.config.train
-        scaler = torch.amp.GradScaler(self.device.type) if cfg.amp == "fp16" else None
-        return StepOptions(
-            device=self.device, task=self.task, accumulate=cfg.accumulate, clip_grad_norm=cfg.clip_grad_norm,
-            clip_grad_value=cfg.clip_grad_value, amp=cfg.amp, channels_last=cfg.channels_last,
-            log_every=cfg.log_every, scaler=scaler, ema=EMA(self.model, cfg.ema) if cfg.ema else None,
-            compile_pending=cfg.compile, output=output_kind(self.config))
-
-    def restore(self, checkpoint: dict) -> None:
-        """Load every saved state; a changed train.epochs re-plans the schedule from where the run is."""
-        from dltool.store.checkpoint import load_weights
-
-        ema = self.opts.ema
-        load_weights(self.model, checkpoint.get("train_model", checkpoint["model"]), checkpoint["path"])
-        if ema is not None and "ema" in checkpoint:
-            ema.load_state_dict(checkpoint["ema"])
-        elif ema is not None:  # train.ema switched on at resume: the average starts from the weights
-            ema.module.load_state_dict(self.model.state_dict())
-        if self.opts.scaler is not None and checkpoint.get("scaler"):
-            self.opts.scaler.load_state_dict(checkpoint["scaler"])
-        self.state = LoopState.from_data(checkpoint["loop"])
-        self.state.interrupted = self.state.stopped_early = False
-        if not distributed.is_main():
-            self.state.sums = {}  # the saved partial sums are all ranks' together: rank 0 carries them
-        planned = checkpoint["config"]["train"]["epochs"]
-        if self.config.train.epochs == planned or self.schedule.interval == "plateau":
-            self.optimizer.load_state_dict(checkpoint["optimizer"])
-            self.schedule.load_state_dict(checkpoint["scheduler"])
-        else:
-            replay(self.schedule, self.state.step if self.schedule.interval == "step" else self.state.epoch)
-            planned_lrs = [group["lr"] for group in self.optimizer.param_groups]
-            self.optimizer.load_state_dict(checkpoint["optimizer"])
-            for group, lr in zip(self.optimizer.param_groups, planned_lrs):
-                group["lr"] = lr
-        self.resume_rng = distributed.own_rng(checkpoint)  # each rank's dropout continues as it would have
-        set_rng_state(self.resume_rng)
-        self.rundir.saved["last"] = checkpoint["loop"]
-        self.rundir.keep_metrics_until(self.state.epoch)
-
-    def checkpoint(self) -> dict:
-        """The checkpoint dict (docs/run-folder.md#checkpoint): plain data and tensors only."""
-        ema = self.opts.ema
-        weights = (ema.module if ema is not None else self.model).state_dict()
-        state = {
-            "model": weights, "optimizer": self.optimizer.state_dict(), "scheduler": self.schedule.state_dict(),
-            "epoch": self.state.epoch, "step": self.state.step, "config": self.config.to_data(),
-            "classes": self.classes, "metrics": self.state.history[-1] if self.state.history else {},
-            "rng": rng_state(), "versions": {"dltool": dltool.__version__, "torch": str(torch.__version__)},
-            "split": self.split, "input_shape": list(self.input_shape), "task": self.task,
-            "loop": self.state.to_data(), "monitor": self.monitor, "output": self.opts.output,
-        }
-        if ema is not None:
-            state["train_model"] = self.model.state_dict()
-            state["ema"] = ema.state_dict()
-        if self.opts.scaler is not None:
-            state["scaler"] = self.opts.scaler.state_dict()
-        ranks = distributed.gather_rng(state["rng"])
-        if ranks is not None:
-            state["rank_rng"] = ranks
-        return _on_cpu(state)
-
-    def save(self, *, best: bool) -> None:
-        """last.pt (and best.pt); refuses to write weights that are not finite."""
-        state = self.checkpoint()
-        for key in ("model", "train_model"):
-            bad = [n for n, t in state.get(key, {}).items() if t.is_floating_point() and not torch.isfinite(t).all()]
-            if bad:
-                raise RunFailed(f"epoch {self.state.epoch}: weight {bad[0]} is not finite; not saved "
-                                f"(the checkpoints keep the last good weights); lower optimizer.lr")
-        self.rundir.save(state, best=best)
-
-    def on_epoch_end(self, state: LoopState, row: dict, better: bool, collected: dict | None) -> None:
-        # the row goes first: a kill between the two leaves a row that resume drops and rewrites,
-        # never a checkpointed epoch without its row
-        self.rundir.append_metrics(row)
-        self.save(best=better)
-        self.board.epoch(row, row["epoch"])
-        if self.tracker is not None:
-            self.tracker.epoch(row)
-        if self.config.train.histograms:
-            self.board.histograms(self.model, row["epoch"])
-        self.board.flush()
-        self.collected = collected
-
-    def on_interrupt(self, state: LoopState) -> None:
-        self.save(best=False)
-
-    def run(self) -> TrainResult:
-        """Fit to the configured epochs and finish the run folder; the folder is released at the end.
-
-        Raises:
-            RunFailed, Interrupted: see `train`; a write the disk refused during the run is a RunFailed
-            too, after summary.json says what the checkpoints hold.
-        """
-        keep_freed_memory()
-        with num_threads(self.config.train.threads):
-            try:
-                try:
-                    return self._run()
-                except Unwritable as exc:
-                    raise RunFailed(f"{exc}; {self._kept()}") from None
-            except RunFailed as exc:
-                self._write_failed_summary(exc)
-                raise
-            finally:
-                if self.board is not None:
-                    with contextlib.suppress(DltoolError):  # a failure closing it was reported first
-                        self.board.close()
-                self._write_curves()
-                if self.tracker is not None:
-                    self.tracker.finish(self.ended)  # after curves.png and summary.json are written
-                self.rundir.release()
-                distributed.leave()
-
-    def _run(self) -> TrainResult:
-        from dltool.training.board import Board
-
-        if self.resume_rng is None:
-            self.save(best=False)  # first of all: a folder without last.pt is one that never trained
-        # a resumed run drops the events written after its checkpoint; a run started over, all of them
-        purge = self.state.epoch + 1 if self.state.epoch else (0 if self.rundir.tb.exists() else None)
-        main, loggers = distributed.is_main(), self.config.train.loggers
-        self.board = Board(self.rundir.tb, purge_step=purge) if main and "tensorboard" in loggers \
-            else distributed.Silent()
-        if main and "mlflow" in loggers:
-            self.tracker = MlflowLogger(self.rundir.path, self.callback.on_message)
-            self.tracker.start(self.config.to_data(), resumed=self.resume_rng is not None)
-        if self.resume_rng is None:
-            self._start_board()
-        self.callback.on_fit_start(self._info())
-        if getattr(self.train_loader, "path", ""):
-            self.callback.on_message(self.train_loader.path)  # which loading path, and why
-        if self.bundle.val is None and self.resume_rng is None and self.config.train.monitor == "auto":
-            self.callback.on_message("no validation split (data.val_split: 0): the best checkpoint follows "
-                                     "train_loss")
-        with StopSignal() as signalled:
-            request = signalled.or_asked(self.callback.stop_reason)  # a signal, or a callback (a pruned trial)
-            stop = distributed.shared_stop(request, self.config.train.log_every)
-            state = self._fit(stop)
-        asked = state.interrupted and signalled.requested is None  # by a callback: an ending, not an interruption
-        state.interrupted = state.interrupted and not asked
-        summary = self._summary(self.callback.stop_reason() if asked else
-                                "interrupted" if state.interrupted else "finished")
-        if distributed.current() is not None:
-            summary["replica_sha256"] = distributed.replica_digests(self.model)
-        if state.interrupted:
-            self.ended = "KILLED"
-            self.board.close()
-            self.rundir.write_summary(summary)
-            where = f"epoch {state.epoch + 1}, batch {state.batch}" if state.batch else f"the end of epoch {state.epoch}"
-            stopped = Interrupted(f"interrupted by {stop.requested} at {where}; saved {self.rundir.last}; "
-                                  f"continue with: dltool train --resume {self.rundir.path}")
-            stopped.everywhere = distributed.current() is not None  # all ranks stopped together
-            if stop.requested == "SIGHUP":
-                stopped.exit_code = 129  # as a shell reports a process its hangup ended
-            raise stopped
-        self._finish_board(summary)
-        self.board.close()
-        self.rundir.write_summary(summary)
-        self.ended = "FINISHED"
-        self.callback.on_fit_end(summary)
-        return TrainResult(self.rundir.path, summary, list(state.history))
-
-    def _write_curves(self) -> None:
-        """curves.png, however the run ended; drawn after training, outside its timed path. A picture
-        the disk refuses never fails the run that its checkpoints hold."""
-        from dltool.training.curves import write_curves
-
-        if distributed.is_main():
-            with contextlib.suppress(DltoolError, OSError):
-                write_curves(self.rundir.path)
-
-    def _kept(self) -> str:
-        saved = self.rundir.saved.get("last")
-        kept = f"last.pt holds epoch {saved['epoch']}" if saved else "no checkpoint was saved"
-        return f"{kept}; continue with: dltool train --resume {self.rundir.path}"
-
-    def _write_failed_summary(self, exc: RunFailed) -> None:
-        """summary.json as the checkpoints are after a failure (never the epochs they do not hold)."""
-        last = LoopState.from_data(self.rundir.saved["last"]) if self.rundir.saved.get("last") else LoopState()
-        best = self.rundir.saved.get("best")
-        best = LoopState.from_data(best) if best and best["epoch"] > last.epoch else last
-        try:
-            self.rundir.write_summary({**self._summary("failed", last, best), "error": str(exc)})
-        except (DltoolError, OSError):  # the full disk that failed a save may refuse the summary too
-            with contextlib.suppress(OSError):
-                (self.rundir.path / "summary.json").unlink()  # no summary rather than a wrong one
-
-    def _fit(self, stop: StopSignal) -> LoopState:
-        cfg = self.config.train
-        plan = FitPlan(epochs=cfg.epochs, seed=distributed.rank_seed(self.config.seed), monitor=self.monitor,
-                       mode=self.mode, patience=cfg.patience, min_delta=cfg.min_delta, unfreeze_at=cfg.unfreeze_at,
-                       on_epoch_end=self.on_epoch_end, on_interrupt=self.on_interrupt, resume_rng=self.resume_rng)
-        try:
-            return fit(self.model, self.train_loader, self.val_loader, self.loss_fn, self.optimizer, self.schedule,
-                       self.opts, plan, state=self.state, callback=self.callback, stop=stop, forward=self.forward)
-        except torch.OutOfMemoryError:
-            raise RunFailed(self._out_of_memory()) from None
-
-    def _out_of_memory(self) -> str:
-        size, accumulate = self.config.data.batch_size, self.config.train.accumulate
-        where = f"epoch {self.state.epoch + 1}, step {self.state.step + 1}"
-        if self.state.splits > 1:
-            where += f", even with each batch in {self.state.splits} parts"
-        same_step = (f", with train.accumulate={accumulate * 2} to keep {size * accumulate} samples per optimizer step"
-                     if size % 2 == 0 else "")
-        advice = (f"lower data.batch_size (try data.batch_size={size // 2}{same_step})" if size > 1
-                  else "use a smaller model or input size")
-        return (f"{self.device} ran out of memory at {where} with data.batch_size={size}; {advice} "
-                "(the checkpoints keep the last saved epoch)")
-
-    def _start_board(self) -> None:
-        from dltool.config.load import dump_yaml
-
-        self.board.text("config", dump_yaml(self.config.to_data()))
-        self.train_loader.set_epoch(1)
-        x, _ = next(iter(self.train_loader))
-        self.board.images(x)
-        problem = self.board.graph(self.model, x[:1].to(self.device))
-        self.board.flush()
-        if problem:
-            self.callback.on_message(problem)
-
-    def _finish_board(self, summary: dict) -> None:
-        if self.collected is not None and self.classes:
-            self.board.pr_curves(self.collected["probs"], self.collected["targets"], self.classes, self.state.epoch)
-        final = {f"final_{k}": v for k, v in summary["final"].items() if v is not None}
-        best = {"best_value": summary["best_value"]} if summary["best_value"] is not None else {}
-        self.board.hparams(self.config.to_data(), {**final, **best})
-
-    def _info(self) -> dict:
-        return {"run_dir": str(self.rundir.path), "device": str(self.device), "epochs": self.config.train.epochs,
-                "start_epoch": self.state.epoch + 1, "batches": len(self.train_loader),
-                "train_samples": len(self.bundle.train), "val_samples": len(self.bundle.val) if self.bundle.val else 0,
-                "params": sum(p.numel() for p in self.model.parameters()), "monitor": self.monitor}
-
-    def _summary(self, status: str, state: LoopState | None = None, best: LoopState | None = None) -> dict:
-        """summary.json's content for `state` (default: where the run stands), its best epoch from
-        `best` (default: the same state)."""
-        state = state or self.state
-        best = best or state
-        history = state.history
-        best_row = next((r for r in best.history if r["epoch"] == best.best_epoch), {})
-        last = history[-1] if history else {}
-        final_keys = ("val_loss", "val_accuracy", "val_top5_accuracy", "val_mae")
-        return {
-            "status": status, "best_epoch": best.best_epoch, "best_val_accuracy": best_row.get("val_accuracy"),
-            "epochs_done": state.epoch, "train_seconds": round(state.train_seconds, 4),
-            "train_samples_per_second": round(state.train_samples / state.train_seconds, 1) if state.train_seconds else None,
-            "final": {k: last.get(k) for k in final_keys if k in last or k in ("val_loss", "val_accuracy")},
-            "monitor": self.monitor, "mode": self.mode, "best_value": best.best,
-            "stopped_early": state.stopped_early, "compile_seconds": round(state.compile_seconds, 3),
-            "batch_splits": state.splits,
-            "device": str(self.device), "task": self.task, "classes": len(self.classes),
-            "train_samples": len(self.bundle.train), "val_samples": len(self.bundle.val) if self.bundle.val else 0,
-            "bad_files": len(self.bundle.bad_files), "steps": state.step, "updated": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            **self._scale(),
-        }
-
-    def _scale(self) -> dict:
-        """Processes, and samples per optimizer step over all of them (data.batch_size is per process)."""
-        group = distributed.current()
-        world_size = group.world_size if group is not None else 1
-        return {"world_size": world_size,
-                "global_batch_size": self.config.data.batch_size * world_size * self.config.train.accumulate}
+    Args:
+        split: a split record for the data to repeat (a fold of `--folds`).
+    """
+    parts = build_parts(config, split=split)  # a config that fails to build leaves no folder
+    # one batch through copies: a config that cannot train leaves no folder either
+    for note in check_first_step(parts):
+        callback.on_message(note)
+    columns = metric_columns(parts.task, len(parts.classes))
+    if folder is None:
+        rundir = distributed.create_run_dir(lambda: RunDir.take(runs_dir, name, columns))
+    else:
+        rundir = distributed.own_run_dir(RunDir(folder, columns)).hold()
+    try:
+        if folder is not None:
+            rundir.remove_stale_temps()
+            rundir.keep_metrics_until(0)
+        rundir.write_config(config.to_data())
+        rundir.write_bad_files(parts.bundle.bad_files)
+        return Run(parts, rundir, callback, Fresh())
+    except BaseException:
+        # a new folder whose first file could not be written goes (the place was unusable from the start)
+        rundir.abandon() if folder is None else rundir.release()
+        raise
 
 
-def _no_full_batch(samples: int, group: Any, config: Config) -> str:
-    """The error for data.drop_last with fewer train samples (per process) than one batch: an epoch
-    of no steps."""
-    data = config.data
-    per_process = math.ceil(samples / group.world_size) if group else samples
-    count = f"the {samples} training samples" + (f" ({per_process} per process)" if group else "")
-    return located(f"{data.batch_size} is more than {count}, and data.drop_last drops the incomplete batch: no "
-                   f"step would run; use data.batch_size={max(1, per_process)} or less, or data.drop_last: false",
-                   "data.batch_size", config.marks)
+def resumed_run(target: str | Path, overrides: Sequence[str], callback: Callback) -> Run:
+    """A run continued from its checkpoint: same config (train.* overrides allowed), same split,
+    every saved state loaded into its parts."""
+    from dltool.data import build_data
+
+    if never_saved(Path(target)):  # refuses a folder whose last.pt is gone but whose work is there
+        return started_over(Path(target), overrides, callback)
+    path = resume_checkpoint(target)
+    checkpoint = _resumable(path)
+    config = _resumed_config(checkpoint, overrides, path)
+    distributed.join(resolve_device(config.train.device, config.marks))
+    with distributed.main_first():
+        bundle = build_data(config, split_state=checkpoint["split"])
+    columns = metric_columns(checkpoint["task"], len(checkpoint["classes"]))
+    rundir = distributed.own_run_dir(RunDir(run_dir_of(path), columns)).hold()
+    try:
+        rundir.remove_stale_temps()
+        parts = build_parts(config, bundle=bundle, input_shape=checkpoint["input_shape"], pretrained=False)
+        parts = replace(parts, split=checkpoint["split"])  # the run keeps the split record it began with
+        state = restore(parts, checkpoint)
+        rng = distributed.own_rng(checkpoint)  # each rank's dropout continues as it would have
+        set_rng_state(rng)
+        rundir.saved["last"] = checkpoint["loop"]
+        rundir.keep_metrics_until(state.epoch)
+        run = Run(parts, rundir, callback, Resumed(rng), state)
+        rundir.write_config(config.to_data())  # what the run now is (train.* overrides applied)
+    except BaseException:
+        rundir.release()
+        raise
+    return run
+
+
+def started_over(folder: Path, overrides: Sequence[str], callback: Callback) -> Run:
+    """A run killed before its first checkpoint, started again in its own folder from its
+    config.yaml (train.* overrides allowed): there is nothing to continue, so epoch 1 again."""
+    for text in overrides:
+        _check_resume_override(text)
+    return fresh_run(load_config(folder / "config.yaml", overrides), folder.parent, folder.name, callback,
+                     folder=folder)
+
+
+def _resumable(path: Path) -> dict:
+    """The checkpoint at `path`, refused unless it holds every state a resumed run restores."""
+    from dltool.store.checkpoint import load_checkpoint
+
+    checkpoint = load_checkpoint(path)
+    missing = [key for key in RESUME_KEYS if key not in checkpoint]
+    if missing:
+        raise CheckpointError(f"{path}: cannot resume from it: it lacks {', '.join(missing)} (only a checkpoint "
+                              "`dltool train` wrote can be resumed; eval and predict can still use it)")
+    return checkpoint
 
 
 def _check_resume_override(text: str) -> None:
@@ -562,17 +193,3 @@ def _resumed_config(checkpoint: dict, overrides: Sequence[str], path: Path) -> C
         raise ConfigError(f"--resume: {path} {how}; to train on, extend it: "
                           f"dltool train --resume {run_dir_of(path)} train.epochs={done + 10}")
     return config
-
-
-def _memory_format(channels_last: bool) -> torch.memory_format:
-    return torch.channels_last if channels_last else torch.preserve_format
-
-
-def _on_cpu(value: Any) -> Any:
-    if isinstance(value, torch.Tensor):
-        return value.detach().cpu()
-    if isinstance(value, dict):
-        return {k: _on_cpu(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return type(value)(_on_cpu(v) for v in value)
-    return value

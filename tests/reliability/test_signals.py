@@ -46,12 +46,12 @@ def test_a_hard_stop_during_start_up_says_nothing_was_saved(tmp_path, monkeypatc
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(dltool.training.train.Session, "fresh", interrupted)
+    monkeypatch.setattr(dltool.training.train, "fresh_run", interrupted)
     result = CliRunner().invoke(app, ["train", str(QUICKSTART), "--runs-dir", str(tmp_path / "runs"), "--quiet"])
     assert result.exit_code == 130, result.output
     assert result.stderr.strip().splitlines() == [
         "interrupted: stopped at once during start-up, before the first checkpoint; nothing to resume"]
-    monkeypatch.setattr(dltool.training.train.Session, "resumed", interrupted)
+    monkeypatch.setattr(dltool.training.train, "resumed_run", interrupted)
     result = CliRunner().invoke(app, ["train", "--resume", str(tmp_path / "runs" / "x"), "--quiet"])
     assert result.stderr.strip().splitlines() == [
         f"interrupted: stopped at once during start-up; {tmp_path / 'runs' / 'x'} keeps its last checkpoint"]
