@@ -64,7 +64,9 @@ def stderr_console():
 def user_errors(main_process: bool = True) -> Iterator[None]:
     """Turn a DltoolError into one red line on stderr and its exit code; bugs keep their traceback.
     An interruption is no error: its line ("interrupted by SIGINT ...") has no "error:" prefix.
-    Outside the main process, an error every process raised together exits without its line."""
+    Outside the main process, an error every process raised together (a stop request, a non-finite
+    loss) exits quietly with 0: the launcher stops every worker as soon as one exits with an error,
+    which would cut rank 0 short while it saves and says what happened; rank 0's code is the run's."""
     try:
         yield
     except DltoolError as exc:
@@ -77,7 +79,8 @@ def user_errors(main_process: bool = True) -> Iterator[None]:
                 sys.stderr.write("\n".join(plain(line) for line in details.split("\n")) + "\n")
             prefix = "" if isinstance(exc, Interrupted) else "[red]error:[/red] "
             stderr_console().print(f"{prefix}{safe(exc)}", soft_wrap=True)
-        raise typer.Exit(code=exc.exit_code) from None
+            raise typer.Exit(code=exc.exit_code) from None
+        raise typer.Exit(code=0) from None
 
 
 CodeOption = typer.Option(

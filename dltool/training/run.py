@@ -117,7 +117,9 @@ class Run:
             request = signalled.or_asked(self.callback.stop_reason)  # a signal, or a callback (a pruned trial)
             stop = distributed.shared_stop(request, parts.config.train.log_every)
             state = self._fit(stop)
-        asked = state.interrupted and signalled.requested is None  # by a callback: an ending, not an interruption
+        # a callback's request (a pruned trial) is an ending, not an interruption; a signal here or on
+        # another process is one
+        asked = state.interrupted and signalled.requested is None and self.callback.stop_reason() is not None
         state.interrupted = state.interrupted and not asked
         summary = self._summary(self.callback.stop_reason() if asked else
                                 "interrupted" if state.interrupted else "finished")
