@@ -211,7 +211,6 @@ def _rank_pid(launcher: subprocess.Popen, rank: int, timeout: float = 60) -> int
     raise AssertionError(f"no worker with RANK={rank}")
 
 
-@pytest.mark.slow
 def test_sigterm_on_one_rank_stops_all_then_resume_matches_an_uninterrupted_run(tmp_path):
     config = write_config(tmp_path, dropout=0.2, epochs=400)  # each rank restores its own dropout RNG
     launcher = subprocess.Popen([sys.executable, "-m", "dltool", "train", str(config), "--nproc", "2",
