@@ -252,6 +252,17 @@ def test_a_parameter_group_option_the_optimizer_lacks_is_an_error():
         build_optimizer(spec, mlp())
 
 
+def test_a_parameter_group_option_that_is_no_number_is_an_error():
+    for value in ["Conv2d", True, [0.1]]:
+        spec = parse_spec({"name": "SGD", "lr": 0.1, "param_groups": [{"params": ["*.bias"], "lr": value}]}, "optimizer")
+        with pytest.raises(RegistryError) as refused:
+            build_optimizer(spec, mlp())
+        assert str(refused.value) == f"optimizer.param_groups.0.lr: must be a number; got {value!r}"
+    spec = parse_spec({"name": "SGD", "lr": 0.1, "param_groups": [{"params": ["*.bias"], "lr": 1, "momentum": 0.5}]},
+                      "optimizer")
+    assert build_optimizer(spec, mlp()).param_groups[1]["lr"] == 1  # an int is a number
+
+
 def test_fused_is_chosen_for_cuda_only_where_the_optimizer_can_take_it():
     model = nn.Linear(2, 1)
     asked = build_optimizer(parse_spec({"name": "Adam", "foreach": True}, "optimizer"), model, device=torch.device("cuda"))

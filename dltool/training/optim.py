@@ -157,14 +157,22 @@ def _param_groups(spec: Spec, model: nn.Module, groups_spec: Any) -> list[dict]:
 
 
 def _check_group_options(spec: Spec, cls: type, groups: list) -> None:
-    """A group may set what the optimizer takes (lr, weight_decay, momentum, ...), nothing else."""
-    allowed = [n for n in inspect.signature(cls).parameters if n not in ("params", "self")]
+    """A group may set what the optimizer takes (lr, weight_decay, momentum, ...), nothing else, and
+    a number where the optimizer's own default is one."""
+    parameters = inspect.signature(cls).parameters
+    allowed = [n for n in parameters if n not in ("params", "self")]
     for i, group in enumerate(groups):
-        for key in group:
+        for key, value in group.items():
+            where = f"{spec.key}.{GROUP_KEY}.{i}.{key}" if spec.key else f"{GROUP_KEY}.{i}.{key}"
             if key != "params" and key not in allowed:
-                where = f"{spec.key}.{GROUP_KEY}.{i}.{key}" if spec.key else f"{GROUP_KEY}.{i}.{key}"
                 raise RegistryError(located(f"{spec.name} has no option {key!r}{suggest(key, allowed)} "
                                             f"(allowed: params, {', '.join(allowed)})", where, spec.marks))
+            if key != "params" and _is_number(parameters[key].default) and not _is_number(value):
+                raise RegistryError(located(f"must be a number; got {value!r}", where, spec.marks))
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def _named_parameters(model: nn.Module):
