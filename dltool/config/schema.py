@@ -57,7 +57,7 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    epochs: int = _f(10, min=1)
+    epochs: int = _f(10, min=1, max=1_000_000)
     device: str = "auto"
     deterministic: bool = False
     monitor: str = "auto"

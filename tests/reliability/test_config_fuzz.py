@@ -173,6 +173,8 @@ REGRESSIONS = {
                                       "transforms": {"train": [{"Resize": [10 ** 9]}, "ToTensor"],
                                                      "eval": ["ToTensor"]}}},
                             "data.transforms: the transforms cannot process the first sample"),
+    "epochs_huge": ({**LENET, "train": {"epochs": 10 ** 40}},  # OneCycleLR's total steps overflowed a float
+                    "train.epochs: must be an integer >= 1 and <= 1000000; got 1" + "0" * 40),
 }
 
 
