@@ -76,9 +76,9 @@ def test_yaml_syntax_error_gives_line_and_column(tmp_path):
 
 @pytest.mark.parametrize("text, key, expected", [
     ("optimizer: {name: SGD, lr: -0.1}\n", "optimizer.lr", "must be a number > 0; got -0.1"),
-    ("train:\n  epochs: 2.5\n", "train.epochs", "must be an integer >= 1; got 2.5"),
-    ("train:\n  epochs: 0\n", "train.epochs", "must be an integer >= 1; got 0"),
-    ("train:\n  epochs: true\n", "train.epochs", "must be an integer >= 1; got True"),
+    ("train:\n  epochs: 2.5\n", "train.epochs", "must be an integer >= 1 and <= 1000000; got 2.5"),
+    ("train:\n  epochs: 0\n", "train.epochs", "must be an integer >= 1 and <= 1000000; got 0"),
+    ("train:\n  epochs: true\n", "train.epochs", "must be an integer >= 1 and <= 1000000; got True"),
     ("data:\n  val_split: 1.0\n", "data.val_split", "must be a number >= 0 and < 1; got 1.0"),
     ("data:\n  batch_size: 0\n", "data.batch_size", "must be an integer >= 1; got 0"),
     ("train:\n  amp: fp8\n", "train.amp", "must be one of none | auto | bf16 | fp16; got 'fp8'"),
@@ -113,7 +113,7 @@ def test_base_inherits_and_merges_mappings_and_replaces_lists(tmp_path):
 def test_error_in_a_base_file_points_into_that_file(tmp_path):
     base = write(tmp_path, "train:\n  epochs: -1\n", "common.yaml")
     child = write(tmp_path, "base: common.yaml\nseed: 1\n")
-    assert error_of(child) == f"{base}:2:3: train.epochs: must be an integer >= 1; got -1"
+    assert error_of(child) == f"{base}:2:3: train.epochs: must be an integer >= 1 and <= 1000000; got -1"
 
 
 def test_base_loop_is_refused(tmp_path):
@@ -135,7 +135,7 @@ def test_overrides_use_dotted_paths_list_indexes_and_yaml_values():
 
 @pytest.mark.parametrize("override, expected", [
     ("trian.epochs=3", "command line: trian: unknown key; did you mean train?"),
-    ("train.epochs=abc", "command line: train.epochs: must be an integer >= 1; got 'abc'"),
+    ("train.epochs=abc", "command line: train.epochs: must be an integer >= 1 and <= 1000000; got 'abc'"),
     ("epochs", "override 'epochs': expected KEY=VALUE with a dotted key, like train.epochs=3"),
     ("model.layers.99.x=1", "override 'model.layers.99.x=1': model.layers.99: index 99 is out of range"),
 ])
@@ -278,7 +278,7 @@ def test_an_override_error_blames_the_override_not_the_base_file(tmp_path):
     assert result.stderr.strip() == ("error: command line: data.val_split: 0.0001 of 1797 samples leaves the val split "
                                      "empty; choose a val_split that leaves samples in both")
     result = CliRunner().invoke(app, ["config", str(path), "train.epochs=0"])
-    assert result.stderr.strip() == "error: command line: train.epochs: must be an integer >= 1; got 0"
+    assert result.stderr.strip() == "error: command line: train.epochs: must be an integer >= 1 and <= 1000000; got 0"
 
 
 def test_a_component_error_names_the_arguments_an_override_set(tmp_path):
