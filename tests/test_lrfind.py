@@ -28,7 +28,10 @@ def test_lr_find_suggests_an_lr_that_trains_the_quickstart(tmp_path, monkeypatch
     assert 1e-7 <= report["lrs"][0] < report["lrs"][-1] <= 10
     assert len(report["lrs"]) == len(report["losses"]) == len(report["raw_losses"])
     assert report["lrs"][0] <= report["suggested_lr"] <= report["lrs"][-1]
-    assert report["diverged_at"] is not None and report["diverged_at"] >= report["lrs"][-1]
+    if report["diverged_at"] is None:  # Adam with BatchNorm may stay bounded to the end, as on some CPUs
+        assert len(report["lrs"]) == 400 and report["lrs"][-1] == pytest.approx(10)
+    else:  # the ramp stopped where the loss diverged
+        assert report["diverged_at"] >= report["lrs"][-1] and len(report["lrs"]) < 400  # a NaN is not kept
     assert all(math.isfinite(x) for x in report["losses"])
     assert report["plot"] == "quickstart-lr-find.png"
     with Image.open(tmp_path / "quickstart-lr-find.png") as image:
