@@ -83,7 +83,6 @@ def _range_test(config: Any, start: float, end: float, steps: int) -> LrFindResu
 
     from dltool.data import build_data
     from dltool.training.engine import LoopState, train_batch
-    from dltool.training.optim import Schedule
     from dltool.training.parts import build_parts
     from dltool.training.runtime import num_threads
 
@@ -92,7 +91,7 @@ def _range_test(config: Any, start: float, end: float, steps: int) -> LrFindResu
     bundle = build_data(config)
     if not len(bundle.train):
         raise DataError(f"{config.path}: lr-find needs training data; the train split is empty")
-    parts = replace(build_parts(config, bundle=bundle), schedule=Schedule(None, "none"))
+    parts = build_parts(config, bundle=bundle)  # without a scheduler or warmup: Schedule(None, "none")
     optimizer, accumulate = parts.optimizer, parts.opts.accumulate
     shares = [group["lr"] / optimizer.defaults["lr"] for group in optimizer.param_groups]  # param_groups' own lrs
     ratio = (end / start) ** (1 / (steps - 1))

@@ -65,8 +65,8 @@ class TensorBoard(Callback):
         purge = epoch + 1 if epoch else (0 if self.rundir.tb.exists() else None)
         if distributed.is_main() and "tensorboard" in self.parts.config.train.loggers:
             self.board = Board(self.rundir.tb, purge_step=purge)
-        if self.fresh:
-            self._start()
+            if self.fresh:
+                self._start()
 
     def _start(self) -> None:
         from dltool.config.load import dump_yaml

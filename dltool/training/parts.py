@@ -34,7 +34,6 @@ class Parts(StepParts):
     bundle: DataBundle          # the datasets, classes, task, split
     input_shape: tuple
     classes: list
-    task: str
     split: dict                 # the split record a checkpoint keeps (a resumed run repeats it)
     device: torch.device
     train_loader: Any
@@ -42,6 +41,11 @@ class Parts(StepParts):
     steps_per_epoch: int
     monitor: str
     mode: str
+
+    @property
+    def task(self) -> str:
+        """"classification" or "regression", as the data says."""
+        return self.bundle.task
 
 
 def build_parts(config: Config, *, bundle: DataBundle | None = None, input_shape: Any = None, split: dict | None = None,
@@ -79,17 +83,17 @@ def build_parts(config: Config, *, bundle: DataBundle | None = None, input_shape
     train_loader, val_loader = _loaders(config, bundle, device)
     steps_per_epoch = math.ceil(len(train_loader) / config.train.accumulate)
     monitor = _monitor_name(config, bundle)
+    mode = monitor_mode(monitor, config.train.mode)
     schedule = build_scheduler(config.scheduler, optimizer, config.train.epochs, steps_per_epoch,
                                interval=config.train.scheduler_interval, warmup_epochs=config.train.warmup_epochs,
-                               mode=monitor_mode(monitor, config.train.mode))
+                               mode=mode)
     _check_monitor(config, bundle, monitor)
     opts = _step_options(config, model, device, bundle.task)
     forward = distributed.replicate(model, compile=config.train.compile)
     return Parts(model=model, forward=forward, loss_fn=loss_fn, optimizer=optimizer, schedule=schedule, opts=opts,
-                 config=config, bundle=bundle, input_shape=input_shape, classes=classes, task=bundle.task,
-                 split=bundle.split, device=device, train_loader=train_loader,
-                 val_loader=val_loader, steps_per_epoch=steps_per_epoch, monitor=monitor,
-                 mode=monitor_mode(monitor, config.train.mode))
+                 config=config, bundle=bundle, input_shape=input_shape, classes=classes, split=bundle.split,
+                 device=device, train_loader=train_loader, val_loader=val_loader, steps_per_epoch=steps_per_epoch,
+                 monitor=monitor, mode=mode)
 
 
 def _class_counts(bundle: DataBundle, classes: list) -> list[int]:

@@ -119,10 +119,9 @@ class Run:
             state = self._fit(stop)
         # a callback's request (a pruned trial) is an ending, not an interruption; a signal here or on
         # another process is one
-        asked = state.interrupted and signalled.requested is None and self.callback.stop_reason() is not None
-        state.interrupted = state.interrupted and not asked
-        summary = self._summary(self.callback.stop_reason() if asked else
-                                "interrupted" if state.interrupted else "finished")
+        asked = self.callback.stop_reason() if state.interrupted and signalled.requested is None else None
+        state.interrupted = state.interrupted and asked is None
+        summary = self._summary(asked or ("interrupted" if state.interrupted else "finished"))
         if distributed.current() is not None:
             summary["replica_sha256"] = distributed.replica_digests(parts.model)
         if state.interrupted:

@@ -24,7 +24,7 @@ from dltool.training.loggers import require as require_loggers
 from dltool.training.parts import build_parts
 from dltool.training.run import Fresh, Resumed, Run, TrainResult
 from dltool.training.run_folder import RunDir, metric_columns, never_saved, resume_checkpoint, run_dir_of
-from dltool.training.runtime import resolve_device, set_rng_state
+from dltool.training.runtime import set_rng_state
 
 # what a resumed run restores besides the model and its config
 RESUME_KEYS = ("optimizer", "scheduler", "rng", "split", "input_shape", "task", "classes", "loop")
@@ -119,22 +119,17 @@ def fresh_run(config: Config, runs_dir: str | Path, name: str, callback: Callbac
 def resumed_run(target: str | Path, overrides: Sequence[str], callback: Callback) -> Run:
     """A run continued from its checkpoint: same config (train.* overrides allowed), same split,
     every saved state loaded into its parts."""
-    from dltool.data import build_data
-
     if never_saved(Path(target)):  # refuses a folder whose last.pt is gone but whose work is there
         return started_over(Path(target), overrides, callback)
     path = resume_checkpoint(target)
     checkpoint = _resumable(path)
     config = _resumed_config(checkpoint, overrides, path)
-    distributed.join(resolve_device(config.train.device, config.marks))
-    with distributed.main_first():
-        bundle = build_data(config, split_state=checkpoint["split"])
+    parts = build_parts(config, split=checkpoint["split"], input_shape=checkpoint["input_shape"], pretrained=False)
+    parts = replace(parts, split=checkpoint["split"])  # the run keeps the split record it began with
     columns = metric_columns(checkpoint["task"], len(checkpoint["classes"]))
     rundir = distributed.own_run_dir(RunDir(run_dir_of(path), columns)).hold()
     try:
         rundir.remove_stale_temps()
-        parts = build_parts(config, bundle=bundle, input_shape=checkpoint["input_shape"], pretrained=False)
-        parts = replace(parts, split=checkpoint["split"])  # the run keeps the split record it began with
         state = restore(parts, checkpoint)
         rng = distributed.own_rng(checkpoint)  # each rank's dropout continues as it would have
         set_rng_state(rng)
