@@ -120,10 +120,14 @@ def predict(inputs: Sequence[str], model_path: str | Path, *, topk: int = 5, bat
     chunks = list(_chunks(found, batch_size))
     results: list[Prediction] = []
     with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
-        pending = [pool.submit(_read, predictor, item) for item in (chunks[0] if chunks else [])]
+
+        def submit(k: int) -> list:  # chunk k read in the pool (nothing past the last)
+            return [pool.submit(_read, predictor, item) for item in chunks[k]] if k < len(chunks) else []
+
+        pending = submit(0)
         for k in range(len(chunks)):
             read = [future.result() for future in pending]
-            pending = [pool.submit(_read, predictor, item) for item in (chunks[k + 1] if k + 1 < len(chunks) else [])]
+            pending = submit(k + 1)
             results += [prediction for prediction, _ in read]
             ready = [(prediction, x) for prediction, x in read if x is not None]
             if ready:
